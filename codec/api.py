@@ -1,0 +1,179 @@
+"""The codec's Python API: ``encode(image) -> bytes`` and ``decode(bytes) -> image``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from codec.bitstream import Bitstream, BitstreamError, Header
+from codec.images import ImageError, load_image, pad, to_image, to_tensor
+from codec.latent_codec import LEVELS_PER_POINT
+from codec.presets import DEFAULT_PRESET, Preset, load_preset
+
+
+def _preset(preset: str | Preset) -> Preset:
+    return preset if isinstance(preset, Preset) else load_preset(preset)
+
+
+def rate_to_level(preset: Preset, rate: float) -> int:
+    """A rate in trained-point units (0 = lowest, K-1 = highest; fractions interpolate) -> level."""
+    level = round(rate * LEVELS_PER_POINT)
+    if not 0 <= level < preset.num_levels:
+        top = (preset.num_levels - 1) / LEVELS_PER_POINT
+        raise ValueError(f"rate {rate} is outside [0, {top:g}] for preset {preset.name}")
+    return level
+
+
+def _as_image(image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return load_image(_png_bytes(image), name="<image>") if image.mode != "RGB" else image
+    return load_image(image)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class _Analysed:
+    width: int
+    height: int
+    analysed: dict
+
+
+def _analyse(p: Preset, images: list[Image.Image]) -> _Analysed:
+    sizes = {im.size for im in images}
+    if len(sizes) != 1:
+        raise ValueError("a batch must hold images of one size")
+    x = torch.cat([to_tensor(im) for im in images]).to(next(p.autoencoder.parameters()).device)
+    with torch.no_grad():
+        latent = p.autoencoder.encode(pad(x))
+    w, h = images[0].size
+    return _Analysed(w, h, p.latent_codec.analyse(latent))
+
+
+def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
+    return [
+        Bitstream(Header(p.name, p.model_id, a.width, a.height, level), z, y).to_bytes()
+        for z, y in zip(a.analysed["z_strings"], y_strings)
+    ]
+
+
+def _search_level(p: Preset, a: _Analysed, index: int, target_bpp: float) -> tuple[int, bytes]:
+    """Highest level whose whole stream stays within ``target_bpp`` (level 0 if none does)."""
+    one = {**a.analysed, "y": a.analysed["y"][index : index + 1], "hyper_fx": a.analysed["hyper_fx"][index : index + 1],
+           "z_strings": a.analysed["z_strings"][index : index + 1]}  # fmt: skip
+    single = _Analysed(a.width, a.height, one)
+    pixels = a.width * a.height
+    lo, hi = 0, p.num_levels - 1
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        stream = _assemble(p, single, mid, p.latent_codec.code_latent(one, mid))[0]
+        if len(stream) * 8 / pixels <= target_bpp:
+            best, lo = (mid, stream), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        best = (0, _assemble(p, single, 0, p.latent_codec.code_latent(one, 0))[0])
+    return best
+
+
+def encode_batch(
+    images: list[Image.Image | str | os.PathLike | bytes],
+    *,
+    rate: float | None = None,
+    target_bpp: float | None = None,
+    preset: str | Preset = DEFAULT_PRESET,
+) -> list[bytes]:
+    """Encode images of one size together (the autoencoder and transforms run batched)."""
+    if rate is not None and target_bpp is not None:
+        raise ValueError("give either rate or target_bpp, not both")
+    p = _preset(preset)
+    pil = [_as_image(im) for im in images]
+    a = _analyse(p, pil)
+    if target_bpp is not None:
+        if target_bpp <= 0:
+            raise ValueError("target_bpp must be positive")
+        return [_search_level(p, a, i, target_bpp)[1] for i in range(len(pil))]
+    level = rate_to_level(p, p.default_rate if rate is None else rate)
+    return _assemble(p, a, level, p.latent_codec.code_latent(a.analysed, level))
+
+
+def encode(
+    image: Image.Image | str | os.PathLike | bytes,
+    *,
+    rate: float | None = None,
+    target_bpp: float | None = None,
+    preset: str | Preset = DEFAULT_PRESET,
+) -> bytes:
+    """Compress one image (a PIL image, a path or encoded bytes) to a bitstream."""
+    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset)[0]
+
+
+def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:
+    """Parse and check a stream against the weights it names."""
+    stream = Bitstream.from_bytes(data)
+    name = stream.header.preset
+    if isinstance(preset, Preset) and preset.name != name:
+        raise BitstreamError(f"bitstream was made with preset {name!r}, not {preset.name!r}")
+    try:
+        p = _preset(preset or name)
+    except KeyError as e:
+        raise BitstreamError(f"bitstream names preset {name!r}, which this decoder does not have") from e
+    if stream.header.model_id != p.model_id:
+        raise BitstreamError(
+            f"bitstream was made with {name} weights {stream.header.model_id.hex()}, "
+            f"but the loaded weights are {p.model_id.hex()}"
+        )
+    if stream.header.rate_level >= p.num_levels:
+        raise BitstreamError(f"bitstream rate level {stream.header.rate_level} is out of range")
+    return stream, p
+
+
+def decode_batch(streams: list[bytes], *, preset: str | Preset | None = None) -> list[Image.Image]:
+    """Decode streams; those of one size and level share one batched decoder pass."""
+    parsed = [parse(s, preset) for s in streams]
+    out: list[Image.Image | None] = [None] * len(streams)
+    groups: dict[tuple, list[int]] = {}
+    for i, (s, p) in enumerate(parsed):
+        h = s.header
+        groups.setdefault((id(p), h.width, h.height, h.rate_level), []).append(i)
+    for (_, w, h, level), idx in groups.items():
+        p = parsed[idx[0]][1]
+        z_shape = (-(-h // 64), -(-w // 64))
+        with torch.no_grad():
+            latent = p.latent_codec.decompress(
+                [parsed[i][0].latent for i in idx], [parsed[i][0].hyper_latent for i in idx], z_shape, level
+            )
+            x = p.autoencoder.decode(latent)[:, :, :h, :w]
+        for j, i in enumerate(idx):
+            out[i] = to_image(x[j : j + 1])
+    return out  # type: ignore[return-value]
+
+
+def decode(data: bytes, *, preset: str | Preset | None = None) -> Image.Image:
+    """Restore an image from a bitstream; raises BitstreamError on a damaged or foreign stream."""
+    return decode_batch([data], preset=preset)[0]
+
+
+def info(data: bytes) -> dict:
+    """What a stream holds, without decoding it (and without loading any weights)."""
+    s = Bitstream.from_bytes(data)
+    h = s.header
+    return {
+        "format_version": 1, "preset": h.preset, "model_id": h.model_id.hex(), "width": h.width, "height": h.height,
+        "rate_level": h.rate_level, "rate": h.rate_level / LEVELS_PER_POINT, "bytes": len(data),
+        "bpp": len(data) * 8 / (h.width * h.height), "sections": s.section_bytes,
+        "diffusion": {"start_step": h.diffusion_start_step, "seed": h.diffusion_seed},
+    }  # fmt: skip
+
+
+__all__ = ["encode", "encode_batch", "decode", "decode_batch", "info", "parse", "ImageError", "BitstreamError"]

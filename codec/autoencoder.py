@@ -1,0 +1,137 @@
+"""TAEF2: the tiny autoencoder for the FLUX.2 latent space, as the offline preset's backbone.
+
+The module layout mirrors the published state dicts (``taef2_encoder.pth`` and
+``taef2_decoder.pth``) key for key, so ``load_state_dict(strict=True)`` is the check
+that this is the same network. The weights are data the user supplies: they are loaded
+from a directory with ``weights_only=True`` and never shipped with the project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ENCODER_FILE = "taef2_encoder.pth"
+DECODER_FILE = "taef2_decoder.pth"
+LATENT_CHANNELS = 32
+SCALE_FACTOR = 8
+WEIGHTS_ENV = "RESULIC_TAEF2_DIR"
+# Relative to the checkout: ``<repo>/../shared/weights/taef2``.
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "weights" / "taef2"
+
+
+def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, 3, padding=1, **kwargs)
+
+
+class Clamp(nn.Module):
+    """Soft clamp of the latent to about [-3, 3], as the decoder was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class Block(nn.Module):
+    """Residual conv block; the deepest blocks add a per-pixel bottleneck branch to their input."""
+
+    def __init__(self, channels: int, pooled: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            _conv(channels, channels), nn.ReLU(), _conv(channels, channels), nn.ReLU(), _conv(channels, channels)
+        )
+        self.pool = (
+            nn.Sequential(
+                nn.Conv2d(channels, 4 * channels, 1, bias=False),
+                nn.GroupNorm(4, 4 * channels),
+                nn.ReLU(),
+                nn.Conv2d(4 * channels, channels, 1, bias=False),
+            )
+            if pooled
+            else None
+        )
+        self.fuse = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = x + self.pool(x)
+        return self.fuse(self.conv(x) + x)
+
+
+def build_encoder() -> nn.Sequential:
+    """RGB in [0, 1] -> 32-channel latent at 1/8 scale."""
+    c = 64
+    return nn.Sequential(
+        _conv(3, c), Block(c),
+        _conv(c, c, stride=2, bias=False), Block(c), Block(c), Block(c),
+        _conv(c, c, stride=2, bias=False), Block(c), Block(c), Block(c),
+        _conv(c, c, stride=2, bias=False), Block(c, True), Block(c, True), Block(c, True),
+        _conv(c, LATENT_CHANNELS),
+    )  # fmt: skip
+
+
+def build_decoder() -> nn.Sequential:
+    """32-channel latent -> RGB, roughly in [0, 1] (callers clamp)."""
+    c = 64
+    return nn.Sequential(
+        Clamp(), _conv(LATENT_CHANNELS, c), nn.ReLU(),
+        Block(c, True), Block(c, True), Block(c, True), nn.Upsample(scale_factor=2), _conv(c, c, bias=False),
+        Block(c), Block(c), Block(c), nn.Upsample(scale_factor=2), _conv(c, c, bias=False),
+        Block(c), Block(c), Block(c), nn.Upsample(scale_factor=2), _conv(c, c, bias=False),
+        Block(c), _conv(c, 3),
+    )  # fmt: skip
+
+
+def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
+    """The TAEF2 weights directory: the argument, else ``$RESULIC_TAEF2_DIR``, else the default."""
+    return Path(path or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TAEF2(nn.Module):
+    """Encoder and decoder pair; ``weights_sha256`` identifies the exact files loaded."""
+
+    latent_channels = LATENT_CHANNELS
+    scale_factor = SCALE_FACTOR
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = build_encoder()
+        self.decoder = build_decoder()
+        self.weights_sha256 = ""
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> "TAEF2":
+        folder = resolve_weights_dir(path)
+        files = [folder / ENCODER_FILE, folder / DECODER_FILE]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"TAEF2 weights not found: {', '.join(missing)}. Set {WEIGHTS_ENV} or --weights-dir, "
+                "or run `resulic weights fetch`."
+            )
+        model = cls()
+        model.encoder.load_state_dict(torch.load(files[0], map_location="cpu", weights_only=True))
+        model.decoder.load_state_dict(torch.load(files[1], map_location="cpu", weights_only=True))
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(bytes.fromhex(file_sha256(f)))
+        model.weights_sha256 = digest.hexdigest()
+        return model.eval().requires_grad_(False)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """``image``: (B, 3, H, W) in [0, 1], H and W multiples of 8."""
+        return self.encoder(image)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent).clamp(0, 1)

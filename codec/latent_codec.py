@@ -1,0 +1,283 @@
+"""The learned latent codec: ELIC-style transforms, hyperprior and channel-conditional entropy model.
+
+It compresses the autoencoder's 32-channel latent. One model serves every rate: a gain
+vector per trained rate point scales ``y`` before quantisation (Cui et al., "Asymmetric gained
+deep image compression with continuous rate adaptation", CVPR 2021), and rates between two
+points interpolate the gains geometrically. ``y`` is coded in channel slices; each slice's
+mean and scale come from the hyperprior and the slices already decoded (Minnen & Singh 2020,
+He et al. ELIC 2022, without the spatial checkerboard).
+
+``forward`` is the training path (float). ``compress``/``decompress`` derive every entropy
+parameter with :mod:`codec.fixed_point`, from integer tables frozen by :meth:`freeze`, so
+decoded symbols are bit-exact on any hardware, thread count and batch composition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.ops import LowerBound
+from torch import nn
+
+from codec.fixed_point import ACT_BITS, FixedSequential, from_fixed, shift_floor, to_fixed
+from codec.layers import ResBlock, conv3, conv5, upsample2
+
+GAIN_BITS = 12  # fractional bits of the frozen gain tables
+# Gaussian scale table: 2**(SCALE_LOG2_MIN + i * SCALE_LOG2_STEP), i < NUM_SCALES.
+SCALE_LOG2_MIN = -3.25
+SCALE_LOG2_STEP = 0.25
+NUM_SCALES = 48
+LEVELS_PER_POINT = 8  # rate levels between two trained rate points
+
+
+@dataclass
+class LatentCodecConfig:
+    latent_channels: int = 32
+    hidden: int = 128
+    y_channels: int = 128
+    z_channels: int = 64
+    slices: list[int] = field(default_factory=lambda: [16, 16, 32, 64])
+    param_hidden: int = 128
+    num_rate_points: int = 8
+    lambdas: list[float] = field(default_factory=lambda: [2e-5 * 2.5**k for k in range(8)])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scale_table() -> torch.Tensor:
+    return 2.0 ** (SCALE_LOG2_MIN + SCALE_LOG2_STEP * torch.arange(NUM_SCALES, dtype=torch.float64))
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class LatentCodec(nn.Module):
+    def __init__(self, config: LatentCodecConfig | None = None) -> None:
+        super().__init__()
+        c = self.config = config or LatentCodecConfig()
+        if sum(c.slices) != c.y_channels:
+            raise ValueError("slices must add up to y_channels")
+        n, m = c.hidden, c.y_channels
+        self.g_a = nn.Sequential(
+            conv3(c.latent_channels, n), ResBlock(n), conv3(n, n, stride=2), ResBlock(n), ResBlock(n), conv3(n, m)
+        )
+        self.g_s = nn.Sequential(
+            conv3(m, n), ResBlock(n), ResBlock(n), upsample2(n, n), ResBlock(n), conv3(n, c.latent_channels),
+        )  # fmt: skip
+        self.h_a = nn.Sequential(conv3(m, n), nn.ReLU(), conv5(n, n, stride=2), nn.ReLU(), conv5(n, c.z_channels, 2))
+        # Entropy-parameter networks: Conv2d, ReLU and PixelShuffle only (see codec.fixed_point).
+        self.h_s = nn.Sequential(
+            conv3(c.z_channels, n), nn.ReLU(), conv3(n, 2 * n), nn.PixelShuffle(2), nn.ReLU(),
+            conv3(n // 2, 2 * n), nn.PixelShuffle(2), nn.ReLU(), conv3(n // 2, m), nn.ReLU(),
+        )  # fmt: skip
+        self.param_nets = nn.ModuleList()
+        done = 0
+        for s in c.slices:
+            self.param_nets.append(
+                nn.Sequential(
+                    conv3(m + done, c.param_hidden), nn.ReLU(),
+                    conv3(c.param_hidden, c.param_hidden // 2), nn.ReLU(),
+                    conv3(c.param_hidden // 2, 2 * s),
+                )  # fmt: skip
+            )
+            done += s
+        self.log_gain = nn.Parameter(torch.linspace(math.log(0.25), math.log(2.0), c.num_rate_points)[:, None].repeat(1, m))
+        self.entropy_bottleneck = EntropyBottleneck(c.z_channels)
+        self.gaussian = GaussianConditional(None)
+        self.scale_bound = LowerBound(2.0**SCALE_LOG2_MIN)
+        self._fixed: dict | None = None
+
+    # ----- rate --------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return (self.config.num_rate_points - 1) * LEVELS_PER_POINT + 1
+
+    def gains(self, rate: torch.Tensor) -> torch.Tensor:
+        """Gains for continuous rates in [0, K-1] (one per batch item): (B, M, 1, 1)."""
+        lo = rate.floor().long().clamp(0, self.config.num_rate_points - 2)
+        t = (rate - lo).unsqueeze(1)
+        log_g = self.log_gain[lo] * (1 - t) + self.log_gain[lo + 1] * t
+        return log_g.exp()[:, :, None, None]
+
+    def lambdas(self, rate: torch.Tensor) -> torch.Tensor:
+        log_l = torch.tensor(self.config.lambdas).log().to(rate.device)
+        lo = rate.floor().long().clamp(0, self.config.num_rate_points - 2)
+        t = rate - lo
+        return (log_l[lo] * (1 - t) + log_l[lo + 1] * t).exp()
+
+    # ----- training ----------------------------------------------------------------------
+    def _slice_params(self, net: nn.Module, hyper: torch.Tensor, done: list[torch.Tensor]):
+        out = net(torch.cat([hyper, *done], dim=1))
+        mu, log2_sigma = out.chunk(2, dim=1)
+        return mu, log2_sigma
+
+    def forward(self, latent: torch.Tensor, rate: torch.Tensor) -> dict:
+        """Training pass. Returns the reconstructed latent and the likelihoods of y and z."""
+        y = self.g_a(latent)
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        z_offset = self.entropy_bottleneck._get_medians()
+        z_hat = ste_round(z - z_offset) + z_offset
+        hyper = self.h_s(z_hat)
+        g = self.gains(rate)
+        y_hat_slices, y_likelihoods = [], []
+        start = 0
+        for size, net in zip(self.config.slices, self.param_nets):
+            mu, log2_sigma = self._slice_params(net, hyper, y_hat_slices)
+            gs = g[:, start : start + size]
+            y_r = y[:, start : start + size] * gs
+            mu_r = mu * gs
+            sigma_r = self.scale_bound(torch.exp2(log2_sigma) * gs)
+            y_hat_r = ste_round(y_r - mu_r) + mu_r  # rounded likelihoods: no noise-vs-round rate gap
+            y_likelihoods.append(self.gaussian._likelihood(y_hat_r, sigma_r, mu_r))
+            y_hat_slices.append(y_hat_r / gs)
+            start += size
+        y_hat = torch.cat(y_hat_slices, dim=1)
+        lik_y = self.gaussian.likelihood_lower_bound(torch.cat(y_likelihoods, dim=1))
+        return {"latent_hat": self.g_s(y_hat), "likelihoods": {"y": lik_y, "z": z_likelihoods}}
+
+    # ----- freezing for coding ---------------------------------------------------------
+    @torch.no_grad()
+    def freeze(self) -> dict[str, torch.Tensor]:
+        """Integer tables that coding depends on: CDFs, gain tables. Stored with the weights."""
+        self.entropy_bottleneck.update(force=True)
+        self.gaussian.update_scale_table(scale_table().float(), force=True)
+        q = torch.arange(self.num_levels, dtype=torch.float64) / LEVELS_PER_POINT
+        g = self.gains(q.float()).double()[:, :, 0, 0]
+        return {
+            "frozen.z_cdf": self.entropy_bottleneck._quantized_cdf.clone(),
+            "frozen.z_cdf_length": self.entropy_bottleneck._cdf_length.clone(),
+            "frozen.z_offset": self.entropy_bottleneck._offset.clone(),
+            "frozen.y_cdf": self.gaussian._quantized_cdf.clone(),
+            "frozen.y_cdf_length": self.gaussian._cdf_length.clone(),
+            "frozen.y_offset": self.gaussian._offset.clone(),
+            "frozen.gain": torch.round(g * 2**GAIN_BITS).long(),
+            "frozen.inv_gain": torch.round(2**GAIN_BITS / g).long(),
+            "frozen.log2_gain": torch.round(torch.log2(g) * 2**ACT_BITS).long(),
+        }
+
+    def load_frozen(self, tables: dict[str, torch.Tensor]) -> None:
+        """Install frozen tables (never recomputed from floats at decode time)."""
+        eb, gc = self.entropy_bottleneck, self.gaussian
+        eb._quantized_cdf = tables["frozen.z_cdf"].int()
+        eb._cdf_length = tables["frozen.z_cdf_length"].int()
+        eb._offset = tables["frozen.z_offset"].int()
+        gc._quantized_cdf = tables["frozen.y_cdf"].int()
+        gc._cdf_length = tables["frozen.y_cdf_length"].int()
+        gc._offset = tables["frozen.y_offset"].int()
+        gc.scale_table = scale_table().float()
+        self._fixed = {
+            "h_s": FixedSequential(self.h_s),
+            "params": [FixedSequential(net) for net in self.param_nets],
+            "gain": tables["frozen.gain"].double(),
+            "inv_gain": tables["frozen.inv_gain"].double(),
+            "log2_gain": tables["frozen.log2_gain"].double(),
+            "z_cdf": eb._quantized_cdf.tolist(),
+            "z_len": eb._cdf_length.reshape(-1).tolist(),
+            "z_off": eb._offset.reshape(-1).tolist(),
+            "y_cdf": gc._quantized_cdf.tolist(),
+            "y_len": gc._cdf_length.reshape(-1).tolist(),
+            "y_off": gc._offset.reshape(-1).tolist(),
+        }
+
+    def _require_frozen(self) -> dict:
+        if self._fixed is None:
+            raise RuntimeError("latent codec has no frozen tables: load it from a preset or call load_frozen(freeze())")
+        return self._fixed
+
+    # ----- coding ------------------------------------------------------------------------
+    def _fixed_params(self, level: int, k: int, hyper_fx: torch.Tensor, done_fx: list[torch.Tensor]):
+        """Exact mean (fixed point, scaled domain) and scale index of slice ``k`` at ``level``."""
+        fx = self._require_frozen()
+        start = sum(self.config.slices[:k])
+        size = self.config.slices[k]
+        out = fx["params"][k](torch.cat([hyper_fx, *done_fx], dim=1))
+        mu_fx, log2_sigma_fx = out[:, :size], out[:, size:]
+        gain = fx["gain"][level, start : start + size].to(out.device)[None, :, None, None]
+        log2_gain = fx["log2_gain"][level, start : start + size].to(out.device)[None, :, None, None]
+        mu_r_fx = shift_floor(mu_fx * gain, GAIN_BITS)
+        step = 2 ** ACT_BITS * SCALE_LOG2_STEP
+        idx = torch.floor((log2_sigma_fx + log2_gain - SCALE_LOG2_MIN * 2**ACT_BITS + step / 2) / step)
+        return mu_r_fx, idx.clamp_(0, NUM_SCALES - 1).long()
+
+    def _unscale(self, level: int, k: int, y_hat_r_fx: torch.Tensor) -> torch.Tensor:
+        fx = self._require_frozen()
+        start = sum(self.config.slices[:k])
+        inv = fx["inv_gain"][level, start : start + self.config.slices[k]].to(y_hat_r_fx.device)
+        return shift_floor(y_hat_r_fx * inv[None, :, None, None], GAIN_BITS).clamp_(-(2.0**30), 2.0**30)
+
+    @torch.no_grad()
+    def analyse(self, latent: torch.Tensor) -> dict:
+        """The rate-independent half of encoding: y, the z strings and the exact hyper features."""
+        fx = self._require_frozen()
+        y = self.g_a(latent)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        return {"y": y, "z_strings": z_strings, "z_shape": tuple(z.shape[-2:]), "hyper_fx": fx["h_s"](to_fixed(z_hat))}
+
+    @torch.no_grad()
+    def code_latent(self, analysed: dict, level: int) -> list[bytes]:
+        """Entropy-code y at one rate level; one string per batch item."""
+        fx = self._require_frozen()
+        y, hyper_fx = analysed["y"], analysed["hyper_fx"]
+        gain = fx["gain"][level].float()[None, :, None, None] / 2**GAIN_BITS
+        y_r = y * gain
+        encoders = [BufferedRansEncoder() for _ in range(y.shape[0])]
+        done_fx: list[torch.Tensor] = []
+        start = 0
+        for k, size in enumerate(self.config.slices):
+            mu_r_fx, idx = self._fixed_params(level, k, hyper_fx, done_fx)
+            symbols = torch.round(y_r[:, start : start + size].double() - from_fixed(mu_r_fx).double())
+            for b, enc in enumerate(encoders):
+                enc.encode_with_indexes(
+                    symbols[b].int().reshape(-1).tolist(), idx[b].reshape(-1).tolist(),
+                    fx["y_cdf"], fx["y_len"], fx["y_off"],
+                )  # fmt: skip
+            done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
+            start += size
+        return [enc.flush() for enc in encoders]
+
+    @torch.no_grad()
+    def compress(self, latent: torch.Tensor, level: int) -> dict:
+        """Latents (B, C, h, w), h and w multiples of 8 -> y and z strings per item, and the z shape."""
+        analysed = self.analyse(latent)
+        return {"y": self.code_latent(analysed, level), "z": analysed["z_strings"], "z_shape": analysed["z_shape"]}
+
+    @torch.no_grad()
+    def decompress_symbols(
+        self, y_strings: list[bytes], z_strings: list[bytes], z_shape: tuple[int, int], level: int
+    ) -> torch.Tensor:
+        """Entropy-decode to the exact fixed-point ``y_hat`` (unscaled, ACT_BITS fraction bits).
+
+        The result is bit-identical whatever the batch it is decoded in, the thread count or
+        the device: this is what the determinism tests check.
+        """
+        fx = self._require_frozen()
+        z_hat = self.entropy_bottleneck.decompress(list(z_strings), z_shape)
+        hyper_fx = fx["h_s"](to_fixed(z_hat))
+        decoders = []
+        for s in y_strings:
+            decoders.append(RansDecoder())
+            decoders[-1].set_stream(s)
+        done_fx: list[torch.Tensor] = []
+        for k, _ in enumerate(self.config.slices):
+            mu_r_fx, idx = self._fixed_params(level, k, hyper_fx, done_fx)
+            values = [
+                dec.decode_stream(idx[b].reshape(-1).tolist(), fx["y_cdf"], fx["y_len"], fx["y_off"])
+                for b, dec in enumerate(decoders)
+            ]
+            symbols = torch.tensor(values, dtype=torch.float64).reshape(idx.shape)
+            done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
+        return torch.cat(done_fx, dim=1)
+
+    @torch.no_grad()
+    def decompress(self, y_strings: list[bytes], z_strings: list[bytes], z_shape: tuple[int, int], level: int) -> torch.Tensor:
+        y_hat_fx = self.decompress_symbols(y_strings, z_strings, z_shape, level)
+        return self.g_s(from_fixed(y_hat_fx))

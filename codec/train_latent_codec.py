@@ -1,0 +1,172 @@
+"""Training of the latent codec on CPU: resumable, checkpointed, logged.
+
+Loss per item: bpp + lambda(rate) * 255**2 * D, with the rate drawn uniformly over the
+continuous range of rate points, so that one model learns every rate and the gains in
+between. D mixes two terms:
+- the image MSE after the frozen TAEF2 decoder, on a window of the crop (the true target);
+- a latent MSE weighted per channel by how much image MSE an error in that channel costs,
+  measured once through the decoder. It is free to compute and calibrated in image-MSE units,
+  so it carries the gradient where the decoder is too slow to run on every pixel on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from codec.autoencoder import TAEF2
+from codec.latent_codec import LatentCodec, LatentCodecConfig
+from codec.training_data import CropSampler, build_cache
+
+
+@torch.no_grad()
+def channel_sensitivity(ae: TAEF2, sampler: CropSampler, sigma: float = 0.3, images: int = 6) -> torch.Tensor:
+    """Image MSE per unit of latent MSE, per latent channel (mean over a few crops)."""
+    lat, _ = sampler.batch(images)
+    base = ae.decode(lat)
+    weights = torch.zeros(lat.shape[1])
+    gen = torch.Generator().manual_seed(0)
+    for c in range(lat.shape[1]):
+        noisy = lat.clone()
+        noisy[:, c] += sigma * torch.randn(noisy[:, c].shape, generator=gen)
+        weights[c] = F.mse_loss(ae.decode(noisy), base) * lat.shape[1] / sigma**2
+    return weights
+
+
+def bits_per_pixel(likelihoods: dict, pixels: int) -> torch.Tensor:
+    total = sum((-torch.log2(lik)).flatten(1).sum(1) for lik in likelihoods.values())
+    return total / pixels
+
+
+def fit_quantiles(model: LatentCodec, steps: int = 2000) -> float:
+    """Converge the hyperprior's quantiles (they set the CDF tables' ranges) on the aux loss alone."""
+    eb = model.entropy_bottleneck
+    opt = torch.optim.Adam([eb.quantiles], lr=1e-2)
+    for _ in range(steps):
+        loss = eb.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
+    """Frozen tables plus float16 weights (float16 is exact to load; the model uses these values)."""
+    fit_quantiles(model)
+    model.eval()
+    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if v.is_floating_point()}
+    tensors.pop("gaussian.scale_table", None)  # integer CDF tables are stored by freeze() instead
+    # Round-trip through float16 before freezing, so the tables match the shipped weights.
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    tensors.update({k: v.contiguous() for k, v in model.freeze().items()})
+    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict()), **meta})
+    model.train()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"])
+    p.add_argument("--cache", default=".cache/latents")
+    p.add_argument("--out", default="runs/latent-codec")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=24, help="latent crop side (image side / 8)")
+    p.add_argument("--image-window", type=int, default=12, help="latent window decoded for the image loss; 0: none")
+    p.add_argument("--image-loss-from", type=int, default=2500, help="first step with the image loss (earlier: proxy only)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ae = TAEF2.from_pretrained(args.weights_dir)
+    files = build_cache([Path(d) for d in args.data], Path(args.cache), ae)
+    sampler = CropSampler(files, args.crop, seed=int(time.time()))
+
+    ckpt_path = out / "checkpoint.pt"
+    model = LatentCodec(LatentCodecConfig())
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    opt = torch.optim.Adam(main_params, lr=args.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    step = 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        aux_opt.load_state_dict(ckpt["aux_opt"])
+        step = int(ckpt["step"])
+        sens = ckpt["sensitivity"]
+        print(f"resumed at step {step}", flush=True)
+    else:
+        sens = channel_sensitivity(ae, sampler)
+        print("channel sensitivity", [round(x, 1) for x in sens.tolist()], flush=True)
+
+    log = open(out / "train.log", "a")
+    k = model.config.num_rate_points
+    pixels = (args.crop * 8) ** 2
+    t0 = time.time()
+    while step < args.steps:
+        lr = args.lr * (0.1 if step > 0.85 * args.steps else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lat, img = sampler.batch(args.batch)
+        rate = torch.rand(args.batch) * (k - 1)
+        res = model(lat, rate)
+        bpp = bits_per_pixel(res["likelihoods"], pixels)
+        err = (res["latent_hat"] - lat).pow(2).mean((2, 3))
+        d_proxy = (err * sens).mean(1)
+        d = d_proxy
+        if args.image_window and step >= args.image_loss_from:
+            w = args.image_window
+            o = (args.crop - w) // 2
+            dec = ae.decoder(res["latent_hat"][:, :, o : o + w, o : o + w]).clamp(0, 1)
+            tgt = img[:, :, 8 * o : 8 * (o + w), 8 * o : 8 * (o + w)]
+            b = 8  # decoder border effects: compare the interior only
+            d_img = (dec - tgt)[:, :, b:-b, b:-b].pow(2).mean((1, 2, 3))
+            d = 0.5 * d_proxy + 0.5 * d_img
+        lam = model.lambdas(rate)
+        loss = (bpp + lam * 255**2 * d).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux_loss = model.entropy_bottleneck.loss()
+        aux_opt.zero_grad()
+        aux_loss.backward()
+        aux_opt.step()
+        step += 1
+        if step % 25 == 0:
+            lo, hi = rate < 1, rate > k - 2
+            rec = {
+                "step": step, "loss": round(loss.item(), 4), "bpp": round(bpp.mean().item(), 4),
+                "psnr_proxy": round(-10 * math.log10(max(d_proxy.mean().item(), 1e-10)), 2),
+                "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
+                "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
+                "aux": round(aux_loss.item(), 2), "lr": lr, "sec": round(time.time() - t0, 1),
+            }  # fmt: skip
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % args.save_every == 0 or step == args.steps:
+            torch.save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                 "step": step, "sensitivity": sens},
+                ckpt_path.with_suffix(".tmp"),
+            )  # fmt: skip
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            save_weights(model, out / "latent_codec.safetensors", {"step": str(step)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import codec
+from codec.bitstream import Bitstream
+from codec.images import to_tensor
+from tests.conftest import photo, png_bytes, psnr_arrays
+
+
+def _kinds() -> dict[str, bytes]:
+    base = photo(70, 45)
+    arr16 = (np.asarray(base.convert("L"), np.uint16) * 257).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    return {
+        "rgb": png_bytes(base), "gray": png_bytes(base.convert("L")), "rgba": png_bytes(base.convert("RGBA")),
+        "palette": png_bytes(base.convert("P")), "cmyk": png_bytes(base.convert("CMYK"), format="JPEG"),
+        "16bit": png_bytes(Image.fromarray(arr16)), "exif": png_bytes(base, format="JPEG", exif=exif.tobytes()),
+        "1x1": png_bytes(photo(1, 1)), "odd": png_bytes(photo(67, 3)), "tall": png_bytes(photo(5, 131)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(_kinds()))
+def test_every_input_kind_roundtrips_at_its_size(preset, kind):
+    data = _kinds()[kind]
+    original = codec.images.load_image(data)
+    stream = codec.encode(data, rate=7, preset=preset)
+    out = codec.decode(stream, preset=preset)
+    assert out.mode == "RGB" and out.size == original.size
+    meta = codec.info(stream)
+    assert (meta["width"], meta["height"]) == original.size
+
+
+def test_quality_rises_with_rate(preset):
+    img = photo(192, 128)
+    results = []
+    for rate in (0, 7):
+        stream = codec.encode(img, rate=rate, preset=preset)
+        results.append((len(stream), psnr_arrays(img, codec.decode(stream, preset=preset))))
+    (small, low_q), (big, high_q) = results
+    assert small < big and low_q < high_q and high_q > 18
+
+
+def test_target_bpp_picks_the_highest_rate_that_fits(preset):
+    img = photo(128, 128)
+    low, high = codec.encode(img, rate=0, preset=preset), codec.encode(img, rate=7, preset=preset)
+    bpp = lambda s: len(s) * 8 / (128 * 128)  # noqa: E731
+    target = (bpp(low) + bpp(high)) / 2
+    got = codec.encode(img, target_bpp=target, preset=preset)
+    assert bpp(got) <= target
+    assert codec.info(got)["rate_level"] > 0
+    # an unreachable target gives the lowest rate rather than failing
+    assert codec.info(codec.encode(img, target_bpp=1e-6, preset=preset))["rate_level"] == 0
+
+
+def test_rate_out_of_range_and_both_rate_kinds():
+    with pytest.raises(ValueError, match="outside"):
+        codec.encode(photo(8, 8), rate=99)
+    with pytest.raises(ValueError, match="either"):
+        codec.encode(photo(8, 8), rate=1, target_bpp=0.1)
+
+
+def _restamp(stream: bytes, **changes) -> bytes:
+    s = Bitstream.from_bytes(stream)
+    for k, v in changes.items():
+        setattr(s.header, k, v)
+    return s.to_bytes()
+
+
+def test_foreign_and_damaged_streams_are_refused(preset):
+    stream = codec.encode(photo(64, 64), rate=3, preset=preset)
+    with pytest.raises(codec.BitstreamError, match="weights"):
+        codec.decode(_restamp(stream, model_id=b"\0" * 8), preset=preset)
+    with pytest.raises(codec.BitstreamError, match="does not have"):
+        codec.decode(_restamp(stream, preset="sd21-future"))
+    with pytest.raises(codec.BitstreamError, match="truncated"):
+        codec.decode(stream[:-3], preset=preset)
+    bad = bytearray(stream)
+    bad[len(bad) // 2] ^= 1
+    with pytest.raises(codec.BitstreamError, match="corrupted"):
+        codec.decode(bytes(bad), preset=preset)
+
+
+def _symbols(preset, streams: list[bytes]) -> torch.Tensor:
+    parsed = [Bitstream.from_bytes(s) for s in streams]
+    h = parsed[0].header
+    return preset.latent_codec.decompress_symbols(
+        [p.latent for p in parsed], [p.hyper_latent for p in parsed], (-(-h.height // 64), -(-h.width // 64)),
+        h.rate_level,
+    )
+
+
+def test_decoding_is_exact_across_threads_and_batches(preset):
+    images = [photo(128, 64, f"kodim0{i}.png") for i in (1, 2, 3, 4)]
+    streams = codec.encode_batch(images, rate=4, preset=preset)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = _symbols(preset, streams)
+        torch.set_num_threads(2)
+        two_threads = _symbols(preset, streams)
+    finally:
+        torch.set_num_threads(threads)
+    singles = torch.cat([_symbols(preset, [s]) for s in streams])
+    reordered = _symbols(preset, streams[::-1]).flip(0)
+    assert torch.equal(one_thread, two_threads)
+    assert torch.equal(one_thread, singles)
+    assert torch.equal(one_thread, reordered)
+    # streams encoded one by one decode as well as those encoded in a batch
+    for img, batched in zip(images, streams):
+        alone = codec.encode(img, rate=4, preset=preset)
+        assert abs(len(alone) - len(batched)) <= 2
+        assert codec.decode(alone, preset=preset).size == img.size
+
+
+def test_batch_decode_equals_single_decode(preset):
+    images = [photo(64, 64, f"kodim0{i}.png") for i in (5, 6)] + [photo(40, 24)]
+    streams = codec.encode_batch(images[:2], rate=2, preset=preset) + [codec.encode(images[2], rate=5, preset=preset)]
+    batch = codec.decode_batch(streams, preset=preset)
+    singles = [codec.decode(s, preset=preset) for s in streams]
+    for a, b in zip(batch, singles):
+        assert a.size == b.size
+        assert psnr_arrays(a, b) > 40  # the symbols are exact; the float synthesis may differ in the last bits
+
+
+def test_info_describes_the_stream(preset):
+    stream = codec.encode(photo(96, 64), rate=2.5, preset=preset)
+    meta = codec.info(stream)
+    for key in ("width", "height", "preset", "rate", "bytes", "bpp", "sections"):
+        assert key in meta
+    assert meta["rate"] == 2.5 and meta["bytes"] == len(stream) and meta["preset"] == "taef2"
+    assert set(meta["sections"]) >= {"head", "hyper_latent", "latent"}
+    assert sum(meta["sections"].values()) == len(stream)
+    assert meta["model_id"] == preset.model_id.hex()
+    assert hashlib.sha256(stream).hexdigest()  # bytes are bytes
+
+
+def test_accepts_pil_images_of_any_mode(preset):
+    img = photo(32, 32).convert("L")
+    assert codec.decode(codec.encode(img, preset=preset), preset=preset).size == (32, 32)
+    assert to_tensor(codec.decode(codec.encode(photo(32, 32), preset=preset), preset=preset)).shape == (1, 3, 32, 32)

@@ -1,0 +1,67 @@
+import zlib
+
+import pytest
+
+from codec.bitstream import Bitstream, BitstreamError, Header, read_varint, write_varint
+
+
+def _stream(text: bytes = b"") -> Bitstream:
+    return Bitstream(Header("taef2", bytes(range(8)), 768, 512, 24, 0, 0), b"zz" * 5, b"y" * 300, text)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63 - 1])
+def test_varint_roundtrip(value):
+    data = write_varint(value)
+    assert read_varint(data + b"tail", 0) == (value, len(data))
+
+
+def test_roundtrip_and_sizes():
+    s = _stream(b"a red door")
+    data = s.to_bytes()
+    back = Bitstream.from_bytes(data)
+    assert back.header == s.header and back.latent == s.latent and back.hyper_latent == s.hyper_latent
+    assert back.text == b"a red door"
+    assert sum(back.section_bytes.values()) == len(data)
+    assert set(back.section_bytes) == {"container", "head", "hyper_latent", "latent", "text"}
+
+
+def test_framing_is_compact():
+    data = _stream().to_bytes()
+    assert len(data) - 10 - 300 <= 50  # magic, version, tags, lengths, CRCs and the header
+
+
+def test_every_truncation_is_refused():
+    data = _stream().to_bytes()
+    for n in range(len(data)):
+        with pytest.raises(BitstreamError):
+            Bitstream.from_bytes(data[:n])
+
+
+def test_every_single_byte_corruption_is_refused():
+    data = _stream().to_bytes()
+    for i in range(len(data)):
+        bad = bytearray(data)
+        bad[i] ^= 0x10
+        with pytest.raises(BitstreamError):
+            Bitstream.from_bytes(bytes(bad))
+
+
+def test_unknown_version_and_foreign_data():
+    data = bytearray(_stream().to_bytes())
+    data[3] = 2
+    with pytest.raises(BitstreamError, match="unsupported bitstream version 2"):
+        Bitstream.from_bytes(bytes(data))
+    with pytest.raises(BitstreamError, match="not a resulic bitstream"):
+        Bitstream.from_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(BitstreamError, match="not a resulic bitstream"):
+        Bitstream.from_bytes(b"")
+
+
+def test_trailing_bytes_and_missing_sections():
+    data = _stream().to_bytes()
+    with pytest.raises(BitstreamError, match="trailing"):
+        Bitstream.from_bytes(data + b"\0")
+    framed = b"H" + write_varint(3) + b"abc"
+    only_head = b"RSL\x01\x01" + framed + zlib.crc32(framed).to_bytes(4, "little")
+    with pytest.raises(BitstreamError):
+        Bitstream.from_bytes(only_head)

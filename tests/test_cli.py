@@ -1,0 +1,88 @@
+"""The real console script, run as a subprocess."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KODAK, photo
+
+RESULIC = [sys.executable, "-m", "pipelines.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    res = subprocess.run([*RESULIC, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    if check and res.returncode:
+        raise AssertionError(res.stderr)
+    return res
+
+
+def test_encode_info_decode(tmp_path):
+    src = tmp_path / "in.png"
+    photo(160, 96).save(src)
+    stream, out = tmp_path / "x.rsl", tmp_path / "out.png"
+    assert "bpp" in run("encode", src, stream, "--rate", "5").stdout
+    meta = json.loads(run("info", stream, "--json").stdout)
+    assert {"width": 160, "height": 96, "preset": "taef2", "rate": 5.0}.items() <= meta.items()
+    assert meta["bytes"] == stream.stat().st_size and meta["bpp"] > 0
+    assert set(meta["sections"]) >= {"head", "hyper_latent", "latent"}
+    line = run("decode", stream, out, "--reference", src).stdout
+    assert "PSNR" in line and "MS-SSIM" in line
+
+
+def test_target_bpp_flag(tmp_path):
+    stream = tmp_path / "x.rsl"
+    run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.05")
+    assert json.loads(run("info", stream, "--json").stdout)["bpp"] <= 0.05
+
+
+@pytest.mark.parametrize(
+    "make, expect",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("just text"), "not an image"),
+        (lambda p: p.write_bytes((KODAK / "kodim01.png").read_bytes()[:5000]), "truncated"),
+    ],
+)
+def test_bad_image_input_one_line_error(tmp_path, make, expect):
+    bad = tmp_path / "bad.png"
+    make(bad)
+    res = run("encode", bad, tmp_path / "o.rsl", check=False)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.png" in lines[0] and expect in lines[0]
+    assert not (tmp_path / "o.rsl").exists()
+
+
+def test_bad_stream_input_one_line_error(tmp_path):
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    good = tmp_path / "g.rsl"
+    run("encode", src, good)
+    trunc = tmp_path / "t.rsl"
+    trunc.write_bytes(good.read_bytes()[:-5])
+    for cmd in (["decode", trunc, tmp_path / "o.png"], ["info", trunc, "--json"]):
+        res = run(*cmd, check=False)
+        assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+        assert "t.rsl" in res.stderr and "truncated" in res.stderr
+
+
+def test_weights_dir_flag_reports_missing_weights(tmp_path):
+    src = tmp_path / "in.png"
+    photo(16, 16).save(src)
+    res = run("encode", src, tmp_path / "o.rsl", "--weights-dir", tmp_path / "none", check=False)
+    assert res.returncode != 0 and "TAEF2 weights not found" in res.stderr
+
+
+def test_weights_fetch_from_file_url(tmp_path):
+    src = tmp_path / "mirror"
+    shutil.copytree(ROOT.parent / "shared" / "weights" / "taef2", src)
+    dest = tmp_path / "dest"
+    res = run("weights", "fetch", "--dest", dest, "--base-url", src.as_uri())
+    assert (dest / "taef2_encoder.pth").exists() and "taef2_decoder.pth" in res.stdout

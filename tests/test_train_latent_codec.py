@@ -1,0 +1,27 @@
+"""A real (tiny) training run: cache, two steps, checkpoint, resume, export, load."""
+
+import json
+
+from PIL import Image
+
+from codec.presets import load_latent_codec
+from codec.train_latent_codec import main
+from tests.conftest import photo
+
+
+def test_train_resume_and_export(tmp_path):
+    data = tmp_path / "photos"
+    data.mkdir()
+    photo(256, 192).save(data / "a.png")
+    photo(200, 208, "kodim05.png").save(data / "b.png")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--cache", str(tmp_path / "cache"), "--out", str(out), "--batch", "2",
+            "--crop", "16", "--image-window", "8", "--image-loss-from", "1", "--save-every", "2", "--threads", "2"]  # fmt: skip
+    main([*args, "--steps", "2"])
+    assert (out / "checkpoint.pt").exists()
+    main([*args, "--steps", "3"])  # resumes at step 2
+    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    assert log == [] or all("bpp" in r for r in log)
+    model = load_latent_codec(out / "latent_codec.safetensors")
+    assert model.num_levels == 57
+    assert Image.open(data / "a.png").size == (256, 192)

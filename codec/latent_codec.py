@@ -43,7 +43,7 @@ class LatentCodecConfig:
     slices: list[int] = field(default_factory=lambda: [16, 16, 32, 64])
     param_hidden: int = 128
     num_rate_points: int = 8
-    lambdas: list[float] = field(default_factory=lambda: [2e-5 * 2.5**k for k in range(8)])
+    lambdas: list[float] = field(default_factory=lambda: [5e-7 * 2.35**k for k in range(8)])
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -72,7 +72,8 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"])
+    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
+                   help="photo folders, each optionally DIR:SCALE,SCALE (default scales 0.7,0.5)")
     p.add_argument("--cache", default=".cache/latents")
     p.add_argument("--out", default="runs/latent-codec")
     p.add_argument("--steps", type=int, default=6000)
@@ -91,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ae = TAEF2.from_pretrained(args.weights_dir)
-    files = build_cache([Path(d) for d in args.data], Path(args.cache), ae)
+    files: list[Path] = []
+    for spec in args.data:
+        folder, _, scales = spec.partition(":")
+        kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
+        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
 
     ckpt_path = out / "checkpoint.pt"
@@ -103,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        # coding tables (CDFs, scale table) are rebuilt by freeze() at every export
+        tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
+        model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith(tables)}, strict=False)
         opt.load_state_dict(ckpt["opt"])
         aux_opt.load_state_dict(ckpt["aux_opt"])
         step = int(ckpt["step"])

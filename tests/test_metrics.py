@@ -21,3 +21,15 @@ def test_ms_ssim_full_and_small_images():
     assert 0 < ms_ssim(big, noisy) < 1
     small = photo(24, 20)
     assert abs(ms_ssim(small, small) - 1) < 1e-6
+
+
+def test_bd_rate_hand_computed_cases():
+    from codec.metrics import bd_rate
+
+    anchor = [(0.01, 20.0), (0.02, 22.0), (0.05, 24.5), (0.1, 26.0)]
+    assert abs(bd_rate(anchor, [(r * 0.8, q) for r, q in anchor]) - (-20.0)) < 1e-9
+    assert abs(bd_rate(anchor, anchor)) < 1e-9
+    # a log-linear pair: log r = q / 10 against log r = q / 10 + log 2 over q in [20, 30] -> +100 %
+    a = [(float(np.exp(q / 10)), q) for q in (20.0, 25.0, 30.0)]
+    b = [(2 * r, q) for r, q in a]
+    assert abs(bd_rate(a, b) - 100.0) < 1e-6

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from codec.bitstream import Bitstream, BitstreamError, Header
-from codec.images import ImageError, load_image, pad, to_image, to_tensor
+from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import DEFAULT_PRESET, Preset, load_preset
 
@@ -29,16 +29,8 @@ def rate_to_level(preset: Preset, rate: float) -> int:
 
 def _as_image(image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
     if isinstance(image, Image.Image):
-        return load_image(_png_bytes(image), name="<image>") if image.mode != "RGB" else image
+        return image if image.mode == "RGB" else normalise(image)
     return load_image(image)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @dataclass

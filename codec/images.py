@@ -42,6 +42,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def normalise(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation and convert to 8-bit RGB."""
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
 def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, apply the EXIF orientation, and normalise to RGB; raise ImageError on any problem."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
@@ -62,8 +67,7 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
                 img.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return normalise(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -25,6 +25,16 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def upsample2(n_in: int, n_out: int) -> nn.Sequential:
-    """Sub-pixel 2x upsampling (conv then PixelShuffle): exact in fixed point, unlike transposed convs."""
-    return nn.Sequential(conv3(n_in, 4 * n_out), nn.PixelShuffle(2))
+class ResidualStack(nn.Module):
+    """x + body(x): a conv into ``hidden`` channels, residual blocks, and a zero-initialised conv
+    back, so that the stack starts as the identity."""
+
+    def __init__(self, channels: int, hidden: int, blocks: int) -> None:
+        super().__init__()
+        out = conv3(hidden, channels)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.body = nn.Sequential(conv3(channels, hidden), *[ResBlock(hidden) for _ in range(blocks)], nn.ReLU(), out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

@@ -54,7 +54,7 @@ def fit_quantiles(model: LatentCodec, steps: int = 2000) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
@@ -70,8 +70,8 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
     model.train()
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
                    help="photo folders, each optionally DIR:SCALE,SCALE (default scales 0.7,0.5)")
     p.add_argument("--cache", default=".cache/latents")
@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=24, help="latent crop side (image side / 8)")
     p.add_argument("--image-window", type=int, default=12, help="latent window decoded for the image loss; 0: none")
-    p.add_argument("--image-loss-from", type=int, default=2500, help="first step with the image loss (earlier: proxy only)")
+    p.add_argument("--image-loss-from", type=int, default=0, help="first step with the image loss (earlier: proxy only)")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--gain-lr-factor", type=float, default=30.0, help="learning-rate multiplier of the rate gains")
+    p.add_argument("--density-lr-factor", type=float, default=10.0, help="learning-rate multiplier of the z density")
+    p.add_argument("--init-from", help="start from this checkpoint's model weights (fresh optimiser, step 0)")
+    p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), keeping the --steps schedule")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
@@ -103,13 +107,23 @@ def main(argv: list[str] | None = None) -> None:
     model = LatentCodec(LatentCodecConfig())
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.Adam(main_params, lr=args.lr)
+    # The gains get a much larger step: they are few, and if they lag, the shared transforms
+    # shrink y for the low rates and starve the high ones.
+    # The hyperprior's density gets a larger step too: while it is broad, every z symbol costs
+    # bits whatever its value, and z would dominate the rate at the low end.
+    density = [p for n, p in model.named_parameters() if n.startswith("entropy_bottleneck.") and not n.endswith("quantiles")]
+    fast = {id(p) for p in density} | {id(model.log_gain)}
+    opt = torch.optim.Adam(
+        [{"params": [p for p in main_params if id(p) not in fast]},
+         {"params": [model.log_gain], "lr_factor": args.gain_lr_factor},
+         {"params": density, "lr_factor": args.density_lr_factor}],
+        lr=args.lr,
+    )  # fmt: skip
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     step = 0
+    tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")  # rebuilt by freeze() at export
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        # coding tables (CDFs, scale table) are rebuilt by freeze() at every export
-        tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
         model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith(tables)}, strict=False)
         opt.load_state_dict(ckpt["opt"])
         aux_opt.load_state_dict(ckpt["aux_opt"])
@@ -117,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         sens = ckpt["sensitivity"]
         print(f"resumed at step {step}", flush=True)
     else:
+        if args.init_from:
+            init = torch.load(args.init_from, map_location="cpu", weights_only=True)
+            model.load_state_dict({k: v for k, v in init["model"].items() if not k.endswith(tables)}, strict=False)
+            print(f"initialised from {args.init_from}", flush=True)
         sens = channel_sensitivity(ae, sampler)
         print("channel sensitivity", [round(x, 1) for x in sens.tolist()], flush=True)
 
@@ -124,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     k = model.config.num_rate_points
     pixels = (args.crop * 8) ** 2
     t0 = time.time()
-    while step < args.steps:
+    last = min(args.steps, args.stop_at or args.steps)
+    while step < last:
         lr = args.lr * (0.1 if step > 0.85 * args.steps else 1.0)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_factor", 1.0)
         lat, img = sampler.batch(args.batch)
         rate = torch.rand(args.batch) * (k - 1)
         res = model(lat, rate)
@@ -135,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         err = (res["latent_hat"] - lat).pow(2).mean((2, 3))
         d_proxy = (err * sens).mean(1)
         d = d_proxy
+        psnr_img = None
         if args.image_window and step >= args.image_loss_from:
             w = args.image_window
             o = (args.crop - w) // 2
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             b = 8  # decoder border effects: compare the interior only
             d_img = (dec - tgt)[:, :, b:-b, b:-b].pow(2).mean((1, 2, 3))
             d = 0.5 * d_proxy + 0.5 * d_img
+            psnr_img = -10 * math.log10(max(d_img.mean().item(), 1e-10))
         lam = model.lambdas(rate)
         loss = (bpp + lam * 255**2 * d).mean()
         opt.zero_grad()
@@ -159,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
             rec = {
                 "step": step, "loss": round(loss.item(), 4), "bpp": round(bpp.mean().item(), 4),
                 "psnr_proxy": round(-10 * math.log10(max(d_proxy.mean().item(), 1e-10)), 2),
+                "psnr_img": None if psnr_img is None else round(psnr_img, 2),
                 "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
                 "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
                 "aux": round(aux_loss.item(), 2), "lr": lr, "sec": round(time.time() - t0, 1),
             }  # fmt: skip
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == last:
             torch.save(
                 {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                  "step": step, "sensitivity": sens},

@@ -84,13 +84,6 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_latent_codec(args: argparse.Namespace) -> int:
-    from codec.train_latent_codec import main
-
-    main(args.rest)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the project's own models")
     tsub = p.add_subparsers(dest="train_command", required=True)
-    t = tsub.add_parser("latent-codec", help="train the taef2 latent codec (see --help of the trainer)", add_help=False)
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train_latent_codec)
+    tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["train", "latent-codec"]:  # the trainer owns all of its flags, --help included
+        from codec.train_latent_codec import main as train
+
+        train(argv[2:], prog="resulic train latent-codec")
+        return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)
     from codec.bitstream import BitstreamError

@@ -140,6 +140,12 @@ def test_info_describes_the_stream(preset):
 
 
 def test_accepts_pil_images_of_any_mode(preset):
-    img = photo(32, 32).convert("L")
-    assert codec.decode(codec.encode(img, preset=preset), preset=preset).size == (32, 32)
+    for mode in ("L", "CMYK", "RGBA", "I;16"):
+        img = photo(32, 24).convert(mode)
+        assert codec.decode(codec.encode(img, preset=preset), preset=preset).size == (32, 24), mode
     assert to_tensor(codec.decode(codec.encode(photo(32, 32), preset=preset), preset=preset)).shape == (1, 3, 32, 32)
+
+
+def test_same_input_same_stream(preset):
+    img = photo(96, 96, "kodim09.png")
+    assert codec.encode(img, rate=3, preset=preset) == codec.encode(img, rate=3, preset=preset)

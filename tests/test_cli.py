@@ -86,3 +86,8 @@ def test_weights_fetch_from_file_url(tmp_path):
     dest = tmp_path / "dest"
     res = run("weights", "fetch", "--dest", dest, "--base-url", src.as_uri())
     assert (dest / "taef2_encoder.pth").exists() and "taef2_decoder.pth" in res.stdout
+
+
+def test_train_help_lists_trainer_flags():
+    out = run("train", "latent-codec", "--help").stdout
+    assert "resulic train latent-codec" in out and "--image-window" in out and "--stop-at" in out

@@ -6,7 +6,7 @@ from codec.latent_codec import LatentCodec, LatentCodecConfig
 
 def _small() -> LatentCodec:
     torch.manual_seed(0)
-    cfg = LatentCodecConfig(hidden=32, y_channels=24, z_channels=16, slices=[8, 16], param_hidden=32)
+    cfg = LatentCodecConfig(latent_channels=8, hidden=32, y_channels=32, z_channels=16, slices=[8, 24], param_hidden=32)
     model = LatentCodec(cfg)
     model.load_frozen(model.freeze())
     return model.eval()
@@ -14,14 +14,20 @@ def _small() -> LatentCodec:
 
 def test_forward_shapes_and_likelihoods():
     model = _small().train()
-    latent = torch.randn(2, 32, 16, 16)
+    latent = torch.randn(2, 8, 16, 16)
     out = model(latent, torch.tensor([0.0, 6.5]))
     assert out["latent_hat"].shape == latent.shape
     lik = out["likelihoods"]
-    assert lik["y"].shape == (2, 24, 8, 8) and lik["z"].shape == (2, 16, 2, 2)
+    assert lik["y"].shape == (2, 32, 8, 8) and lik["z"].shape == (2, 16, 2, 2)
     assert ((lik["y"] > 0) & (lik["y"] <= 1)).all()
     (out["latent_hat"].mean() - lik["y"].log().mean()).backward()
     assert model.log_gain.grad is not None
+
+
+def test_transforms_start_as_the_identity():
+    model = _small()
+    latent = torch.randn(1, 8, 16, 16)
+    assert torch.allclose(model.g_s(model.g_a(latent)), latent)
 
 
 def test_gains_interpolate_between_points():
@@ -32,7 +38,7 @@ def test_gains_interpolate_between_points():
 
 def test_compress_decompress_gives_encoder_symbols_at_every_level():
     model = _small()
-    latent = torch.randn(2, 32, 16, 16)
+    latent = torch.randn(2, 8, 16, 16)
     for level in (0, 13, model.num_levels - 1):
         analysed = model.analyse(latent)
         strings = model.code_latent(analysed, level)
@@ -46,7 +52,7 @@ def test_compress_decompress_gives_encoder_symbols_at_every_level():
 
 def test_higher_level_spends_more_bits():
     model = _small()
-    latent = torch.randn(1, 32, 16, 16) * 2
+    latent = torch.randn(1, 8, 16, 16) * 2
     analysed = model.analyse(latent)
     sizes = [len(model.code_latent(analysed, lv)[0]) for lv in (0, model.num_levels - 1)]
     assert sizes[0] < sizes[1]

@@ -1,0 +1,47 @@
+"""Write the golden stream that test_golden.py decodes: ``python -m tests.make_golden``.
+
+Run it only when a preset's shipped weights change (which changes the model id, so old
+streams then fail loudly rather than decode wrongly); never to make a failing test pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import codec
+from codec.bitstream import Bitstream
+from codec.metrics import psnr
+from codec.presets import load_preset
+from tests.conftest import photo
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def symbols_digest(stream: bytes) -> str:
+    p = load_preset()
+    s = Bitstream.from_bytes(stream)
+    h = s.header
+    y_hat = p.latent_codec.decompress_symbols(
+        [s.latent], [s.hyper_latent], (-(-h.height // 64), -(-h.width // 64)), h.rate_level
+    )
+    return hashlib.sha256(y_hat.long().numpy().tobytes()).hexdigest()
+
+
+def main() -> None:
+    img = photo(200, 136, "kodim07.png")
+    stream = codec.encode(img, rate=5)
+    (DATA / "golden_taef2_v1.rsl").write_bytes(stream)
+    out = codec.decode(stream)
+    meta = {
+        "source": "kodim07.png crop (200, 150)-(400, 286) via tests.conftest.photo", "rate": 5,
+        "symbols_sha256": symbols_digest(stream), "psnr_db": round(psnr(img, out), 3),
+        "stream_sha256": hashlib.sha256(stream).hexdigest(),
+    }  # fmt: skip
+    (DATA / "golden_taef2_v1.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -104,25 +104,20 @@ class LatentCodec(nn.Module):
     def num_levels(self) -> int:
         return (self.config.num_rate_points - 1) * LEVELS_PER_POINT + 1
 
-    def gains(self, rate: torch.Tensor) -> torch.Tensor:
-        """Gains for continuous rates in [0, K-1] (one per batch item): (B, M, 1, 1)."""
+    def _interpolate(self, log_table: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation of per-rate-point log values at continuous rates in [0, K-1]."""
         lo = rate.floor().long().clamp(0, self.config.num_rate_points - 2)
-        t = (rate - lo).unsqueeze(1)
-        log_g = self.log_gain[lo] * (1 - t) + self.log_gain[lo + 1] * t
-        return log_g.exp()[:, :, None, None]
+        t = (rate - lo).reshape(-1, *[1] * (log_table.dim() - 1))
+        return log_table[lo] * (1 - t) + log_table[lo + 1] * t
+
+    def gains(self, rate: torch.Tensor) -> torch.Tensor:
+        """Gains for continuous rates (one per batch item), geometric between points: (B, M, 1, 1)."""
+        return self._interpolate(self.log_gain, rate).exp()[:, :, None, None]
 
     def lambdas(self, rate: torch.Tensor) -> torch.Tensor:
-        log_l = torch.tensor(self.config.lambdas).log().to(rate.device)
-        lo = rate.floor().long().clamp(0, self.config.num_rate_points - 2)
-        t = rate - lo
-        return (log_l[lo] * (1 - t) + log_l[lo + 1] * t).exp()
+        return self._interpolate(torch.tensor(self.config.lambdas).log().to(rate.device), rate).exp()
 
     # ----- training ----------------------------------------------------------------------
-    def _slice_params(self, net: nn.Module, hyper: torch.Tensor, done: list[torch.Tensor]):
-        out = net(torch.cat([hyper, *done], dim=1))
-        mu, log2_sigma = out.chunk(2, dim=1)
-        return mu, log2_sigma
-
     def forward(self, latent: torch.Tensor, rate: torch.Tensor) -> dict:
         """Training pass. Returns the reconstructed latent and the likelihoods of y and z."""
         y = self.g_a(latent)
@@ -135,7 +130,7 @@ class LatentCodec(nn.Module):
         y_hat_slices, y_likelihoods = [], []
         start = 0
         for size, net in zip(self.config.slices, self.param_nets):
-            mu, log2_sigma = self._slice_params(net, hyper, y_hat_slices)
+            mu, log2_sigma = net(torch.cat([hyper, *y_hat_slices], dim=1)).chunk(2, dim=1)
             gs = g[:, start : start + size]
             y_r = y[:, start : start + size] * gs
             mu_r = mu * gs

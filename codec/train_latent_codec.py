@@ -70,6 +70,12 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
     model.train()
 
 
+def load_model_weights(model: LatentCodec, state: dict[str, torch.Tensor]) -> None:
+    """Checkpoint weights without the coding tables, which freeze() rebuilds at every export."""
+    tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
+    model.load_state_dict({k: v for k, v in state.items() if not k.endswith(tables)}, strict=False)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for spec in args.data:
         folder, _, scales = spec.partition(":")
         kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
-        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)
+        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)  # each call lists the whole cache
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
 
     ckpt_path = out / "checkpoint.pt"
@@ -121,10 +127,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     )  # fmt: skip
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     step = 0
-    tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")  # rebuilt by freeze() at export
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.endswith(tables)}, strict=False)
+        load_model_weights(model, ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         aux_opt.load_state_dict(ckpt["aux_opt"])
         step = int(ckpt["step"])
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     else:
         if args.init_from:
             init = torch.load(args.init_from, map_location="cpu", weights_only=True)
-            model.load_state_dict({k: v for k, v in init["model"].items() if not k.endswith(tables)}, strict=False)
+            load_model_weights(model, init["model"])
             print(f"initialised from {args.init_from}", flush=True)
         sens = channel_sensitivity(ae, sampler)
         print("channel sensitivity", [round(x, 1) for x in sens.tolist()], flush=True)

@@ -1,7 +1,6 @@
 """A real (tiny) training run: cache, two steps, checkpoint, resume, export, load."""
 
-import json
-
+import torch
 from PIL import Image
 
 from codec.presets import load_latent_codec
@@ -20,8 +19,7 @@ def test_train_resume_and_export(tmp_path):
     main([*args, "--steps", "2"])
     assert (out / "checkpoint.pt").exists()
     main([*args, "--steps", "3"])  # resumes at step 2
-    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
-    assert log == [] or all("bpp" in r for r in log)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3  # resumed, not restarted
     model = load_latent_codec(out / "latent_codec.safetensors")
     assert model.num_levels == 57
     assert Image.open(data / "a.png").size == (256, 192)

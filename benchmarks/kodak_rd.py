@@ -75,7 +75,7 @@ def main() -> None:
     ae_times = []
     for f in files:
         img = load_image(f)
-        x = pad(to_tensor(img))
+        x = pad(to_tensor(img), p.pad_multiple)
         with torch.no_grad():
             t = time.perf_counter()
             latent = p.autoencoder.encode(x)
@@ -90,7 +90,7 @@ def main() -> None:
         for r in args.rates:
             level = rate_to_level(p, r)
             t = time.perf_counter()
-            stream = _assemble(p, a, level, p.latent_codec.code_latent(a.analysed, level))[0]
+            stream = _assemble(p, a, level, p.latent_codec.code_latent(a.analysed, level)[0])[0]
             t_code = time.perf_counter() - t
             t = time.perf_counter()
             out = codec.decode(stream, preset=p)

@@ -46,7 +46,7 @@ def _analyse(p: Preset, images: list[Image.Image]) -> _Analysed:
         raise ValueError("a batch must hold images of one size")
     x = torch.cat([to_tensor(im) for im in images]).to(next(p.autoencoder.parameters()).device)
     with torch.no_grad():
-        latent = p.autoencoder.encode(pad(x))
+        latent = p.autoencoder.encode(pad(x, p.pad_multiple))
     w, h = images[0].size
     return _Analysed(w, h, p.latent_codec.analyse(latent))
 
@@ -58,34 +58,53 @@ def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> li
     ]
 
 
-def _search_level(p: Preset, a: _Analysed, index: int, target_bpp: float) -> tuple[int, bytes]:
-    """Highest level whose whole stream stays within ``target_bpp`` (level 0 if none does)."""
+def _item(a: _Analysed, index: int) -> _Analysed:
     one = {**a.analysed, "y": a.analysed["y"][index : index + 1], "hyper_fx": a.analysed["hyper_fx"][index : index + 1],
            "z_strings": a.analysed["z_strings"][index : index + 1]}  # fmt: skip
-    single = _Analysed(a.width, a.height, one)
+    return _Analysed(a.width, a.height, one)
+
+
+def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, bytes, torch.Tensor]:
+    """Highest level whose whole stream stays within ``target_bpp`` (level 0 if none does)."""
     pixels = a.width * a.height
     lo, hi = 0, p.num_levels - 1
     best = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        stream = _assemble(p, single, mid, p.latent_codec.code_latent(one, mid))[0]
+        strings, y_hat = p.latent_codec.code_latent(a.analysed, mid)
+        stream = _assemble(p, a, mid, strings)[0]
         if len(stream) * 8 / pixels <= target_bpp:
-            best, lo = (mid, stream), mid + 1
+            best, lo = (mid, stream, y_hat), mid + 1
         else:
             hi = mid - 1
     if best is None:
-        best = (0, _assemble(p, single, 0, p.latent_codec.code_latent(one, 0))[0])
+        strings, y_hat = p.latent_codec.code_latent(a.analysed, 0)
+        best = (0, _assemble(p, a, 0, strings)[0], y_hat)
     return best
 
 
-def encode_batch(
+class VerifyError(RuntimeError):
+    """A freshly made stream did not decode to what the encoder meant (never written)."""
+
+
+def verify(stream: bytes, y_hat: torch.Tensor, preset: str | Preset = DEFAULT_PRESET) -> None:
+    """Parse ``stream`` as a decoder would and check that it entropy-decodes to exactly ``y_hat``."""
+    s, p = parse(stream, preset)
+    m = p.pad_multiple
+    z_shape = (-(-s.header.height // m), -(-s.header.width // m))
+    decoded = p.latent_codec.decompress_symbols([s.latent], [s.hyper_latent], z_shape, s.header.rate_level)
+    if not torch.equal(decoded[0].to(y_hat.device), y_hat):
+        raise VerifyError("bitstream does not decode to the encoder's symbols")
+
+
+def encode_with_symbols(
     images: list[Image.Image | str | os.PathLike | bytes],
     *,
     rate: float | None = None,
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
-) -> list[bytes]:
-    """Encode images of one size together (the autoencoder and transforms run batched)."""
+) -> list[tuple[bytes, torch.Tensor]]:
+    """Each image's stream with the exact ``y_hat`` a decoder must recover from it (for :func:`verify`)."""
     if rate is not None and target_bpp is not None:
         raise ValueError("give either rate or target_bpp, not both")
     p = _preset(preset)
@@ -94,9 +113,31 @@ def encode_batch(
     if target_bpp is not None:
         if target_bpp <= 0:
             raise ValueError("target_bpp must be positive")
-        return [_search_level(p, a, i, target_bpp)[1] for i in range(len(pil))]
+        found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(pil))]
+        return [(f[1], f[2][0]) for f in found]
     level = rate_to_level(p, p.default_rate if rate is None else rate)
-    return _assemble(p, a, level, p.latent_codec.code_latent(a.analysed, level))
+    strings, y_hat = p.latent_codec.code_latent(a.analysed, level)
+    return list(zip(_assemble(p, a, level, strings), y_hat))
+
+
+def encode_batch(
+    images: list[Image.Image | str | os.PathLike | bytes],
+    *,
+    rate: float | None = None,
+    target_bpp: float | None = None,
+    preset: str | Preset = DEFAULT_PRESET,
+    verify_streams: bool = False,
+) -> list[bytes]:
+    """Encode images of one size together (the autoencoder and transforms run batched).
+
+    With ``verify_streams`` every stream is parsed and entropy-decoded once before it is
+    returned (:class:`VerifyError` if it does not give back the encoder's symbols).
+    """
+    pairs = encode_with_symbols(images, rate=rate, target_bpp=target_bpp, preset=preset)
+    if verify_streams:
+        for stream, y_hat in pairs:
+            verify(stream, y_hat, preset)
+    return [stream for stream, _ in pairs]
 
 
 def encode(
@@ -140,7 +181,8 @@ def decode_batch(streams: list[bytes], *, preset: str | Preset | None = None) ->
         groups.setdefault((id(p), h.width, h.height, h.rate_level), []).append(i)
     for (_, w, h, level), idx in groups.items():
         p = parsed[idx[0]][1]
-        z_shape = (-(-h // 64), -(-w // 64))
+        m = p.pad_multiple
+        z_shape = (-(-h // m), -(-w // m))
         with torch.no_grad():
             latent = p.latent_codec.decompress(
                 [parsed[i][0].latent for i in idx], [parsed[i][0].hyper_latent for i in idx], z_shape, level
@@ -168,4 +210,4 @@ def info(data: bytes) -> dict:
     }  # fmt: skip
 
 
-__all__ = ["encode", "encode_batch", "decode", "decode_batch", "info", "parse", "ImageError", "BitstreamError"]
+__all__ = ["encode", "encode_batch", "decode", "decode_batch", "info", "parse", "verify", "ImageError", "BitstreamError", "VerifyError"]

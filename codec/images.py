@@ -18,7 +18,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decompression-bomb limit: 256 megapixels by default (PIL's own default is 89 MP).
 MAX_PIXELS = int(os.environ.get("RESULIC_MAX_PIXELS", 256 * 1024 * 1024))
-PAD_MULTIPLE = 64  # latent /8, y /16, z /64
 
 
 class ImageError(ValueError):
@@ -93,7 +92,7 @@ def to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+def pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Replicate-pad H and W up to a multiple (the codec's total stride); crop back after decoding."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple

@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.ops import LowerBound
@@ -37,11 +38,13 @@ LEVELS_PER_POINT = 8  # rate levels between two trained rate points
 @dataclass
 class LatentCodecConfig:
     latent_channels: int = 32
+    patch: int = 4  # y has one vector per patch x patch block of the latent
     hidden: int = 128
-    y_channels: int = 128
+    y_channels: int = 256
     z_channels: int = 64
-    slices: list[int] = field(default_factory=lambda: [16, 16, 32, 64])
+    slices: list[int] = field(default_factory=lambda: [16, 16, 32, 64, 128])
     param_hidden: int = 128
+    refine_hidden: int = 64  # the latent-resolution refinement after the synthesis transform
     num_rate_points: int = 8
     lambdas: list[float] = field(default_factory=lambda: [3e-7 * 2.4**k for k in range(8)])
 
@@ -63,15 +66,21 @@ class LatentCodec(nn.Module):
         c = self.config = config or LatentCodecConfig()
         if sum(c.slices) != c.y_channels:
             raise ValueError("slices must add up to y_channels")
-        n, m = c.hidden, c.y_channels
-        # Space-to-depth makes g_s(g_a(x)) the identity at initialisation (the residual branches
-        # end in zero-initialised convs), so training starts from a perfect reconstruction of the
-        # latent and only has to learn decorrelation and rate allocation: on a CPU budget this
-        # converges far faster than learning the transform pair from scratch.
-        if m != 4 * c.latent_channels:
-            raise ValueError("y_channels must be 4 x latent_channels (space-to-depth by 2)")
-        self.g_a = nn.Sequential(nn.PixelUnshuffle(2), ResidualStack(m, n, blocks=2))
-        self.g_s = nn.Sequential(ResidualStack(m, n, blocks=3), nn.PixelShuffle(2))
+        n, m, k = c.hidden, c.y_channels, c.patch
+        if m > c.latent_channels * k * k:
+            raise ValueError("y_channels must not exceed latent_channels x patch^2")
+        # A patch transform (a strided conv, initialised by init_transforms() to the KLT of
+        # latent patches, so that g_s(g_a(x)) starts as the best rank-M projection) followed by
+        # residual stacks that start as the identity. Training then only has to learn the
+        # nonlinear part: on a CPU budget this converges far faster than learning the transform
+        # pair from scratch. Patches of 4 latents (32 pixels) give y a coarse enough grid to
+        # code an image's layout in a few hundred bytes, which the ultra-low rates need.
+        self.g_a = nn.Sequential(nn.Conv2d(c.latent_channels, m, k, stride=k), ResidualStack(m, n, blocks=2))
+        self.g_s = nn.Sequential(
+            ResidualStack(m, n, blocks=3),
+            nn.ConvTranspose2d(m, c.latent_channels, k, stride=k),
+            ResidualStack(c.latent_channels, c.refine_hidden, blocks=2),  # smooths patch seams
+        )  # fmt: skip
         self.h_a = nn.Sequential(conv3(m, n), nn.ReLU(), conv5(n, n, stride=2), nn.ReLU(), conv5(n, c.z_channels, 2))
         # Entropy-parameter networks: Conv2d, ReLU and PixelShuffle only (see codec.fixed_point).
         self.h_s = nn.Sequential(
@@ -98,6 +107,30 @@ class LatentCodec(nn.Module):
         self.gaussian = GaussianConditional(None)
         self.scale_bound = LowerBound(2.0**SCALE_LOG2_MIN)
         self._fixed: dict | None = None
+
+    @property
+    def stride(self) -> int:
+        """Total downsampling from the latent to z: latent sides must be multiples of it."""
+        return self.config.patch * 4
+
+    @torch.no_grad()
+    def init_transforms(self, latents: list[torch.Tensor]) -> None:
+        """Set the patch transforms to the KLT (PCA) of the latents' patches, strongest first.
+
+        The strongest components land in the first slices, which the later slices are
+        conditioned on, as in ELIC's uneven grouping.
+        """
+        c = self.config
+        k, m = c.patch, c.y_channels
+        patches = torch.cat([F.unfold(lat[None].double(), k, stride=k)[0].T for lat in latents])
+        mean = patches.mean(0)
+        eigvals, eigvecs = torch.linalg.eigh(torch.cov(patches.T))
+        basis = eigvecs[:, eigvals.argsort(descending=True)[:m]].T  # (m, C*k*k), orthonormal rows
+        analysis, synthesis = self.g_a[0], self.g_s[1]
+        analysis.weight.copy_(basis.reshape(m, c.latent_channels, k, k))
+        analysis.bias.copy_(-(basis @ mean))
+        synthesis.weight.copy_(basis.reshape(m, c.latent_channels, k, k))
+        synthesis.bias.copy_(mean.reshape(c.latent_channels, k * k).mean(1))
 
     # ----- rate --------------------------------------------------------------------------
     @property
@@ -224,8 +257,9 @@ class LatentCodec(nn.Module):
         return {"y": y, "z_strings": z_strings, "z_shape": tuple(z.shape[-2:]), "hyper_fx": fx["h_s"](to_fixed(z_hat))}
 
     @torch.no_grad()
-    def code_latent(self, analysed: dict, level: int) -> list[bytes]:
-        """Entropy-code y at one rate level; one string per batch item."""
+    def code_latent(self, analysed: dict, level: int) -> tuple[list[bytes], torch.Tensor]:
+        """Entropy-code y at one rate level: one string per batch item, and the exact fixed-point
+        ``y_hat`` a decoder must recover from them (what verify-after-encode compares)."""
         fx = self._require_frozen()
         y, hyper_fx = analysed["y"], analysed["hyper_fx"]
         gain = fx["gain"][level].float()[None, :, None, None] / 2**GAIN_BITS
@@ -243,13 +277,13 @@ class LatentCodec(nn.Module):
                 )  # fmt: skip
             done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
             start += size
-        return [enc.flush() for enc in encoders]
+        return [enc.flush() for enc in encoders], torch.cat(done_fx, dim=1)
 
     @torch.no_grad()
     def compress(self, latent: torch.Tensor, level: int) -> dict:
-        """Latents (B, C, h, w), h and w multiples of 8 -> y and z strings per item, and the z shape."""
+        """Latents (B, C, h, w), h and w multiples of ``stride`` -> y and z strings per item, and the z shape."""
         analysed = self.analyse(latent)
-        return {"y": self.code_latent(analysed, level), "z": analysed["z_strings"], "z_shape": analysed["z_shape"]}
+        return {"y": self.code_latent(analysed, level)[0], "z": analysed["z_strings"], "z_shape": analysed["z_shape"]}
 
     @torch.no_grad()
     def decompress_symbols(

@@ -55,6 +55,11 @@ class Preset:
         return bytes.fromhex(self.weights_sha256)[:MODEL_ID_BYTES]
 
     @property
+    def pad_multiple(self) -> int:
+        """Image sides are padded to this (the autoencoder's 8 times the latent codec's stride)."""
+        return 8 * self.latent_codec.stride
+
+    @property
     def num_levels(self) -> int:
         return self.latent_codec.num_levels
 

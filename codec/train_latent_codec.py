@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--out", default="runs/latent-codec")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=24, help="latent crop side (image side / 8)")
-    p.add_argument("--image-window", type=int, default=12, help="latent window decoded for the image loss; 0: none")
+    p.add_argument("--crop", type=int, default=32, help="latent crop side (image side / 8), a multiple of the codec stride")
+    p.add_argument("--image-window", type=int, default=16, help="latent window decoded for the image loss; 0: none")
     p.add_argument("--image-loss-from", type=int, default=0, help="first step with the image loss (earlier: proxy only)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--gain-lr-factor", type=float, default=30.0, help="learning-rate multiplier of the rate gains")
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     ckpt_path = out / "checkpoint.pt"
     model = LatentCodec(LatentCodecConfig())
+    if args.crop % model.stride:
+        p.error(f"--crop must be a multiple of {model.stride}")
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     # The gains get a much larger step: they are few, and if they lag, the shared transforms
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             init = torch.load(args.init_from, map_location="cpu", weights_only=True)
             load_model_weights(model, init["model"])
             print(f"initialised from {args.init_from}", flush=True)
+        else:
+            model.init_transforms([it["latent"] for it in sampler.items])
+            print("patch transforms initialised to the latents' KLT", flush=True)
         sens = channel_sensitivity(ae, sampler)
         print("channel sensitivity", [round(x, 1) for x in sens.tolist()], flush=True)
 

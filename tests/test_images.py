@@ -68,5 +68,5 @@ def test_tensor_roundtrip_and_padding():
     img = photo(37, 5)
     x = to_tensor(img)
     assert to_image(x).tobytes() == img.tobytes()
-    assert pad(x).shape[-2:] == (64, 64)
+    assert pad(x, 128).shape[-2:] == (128, 128)
     assert pad(x, 8).shape[-2:] == (8, 40)

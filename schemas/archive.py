@@ -1,0 +1,73 @@
+"""The archive's Arrow schema, its on-storage layout and its metadata keys (spec: archive_v1.md).
+
+Kept free of Ray and torch so that any tool (pyarrow, DuckDB, Spark) can read an archive
+with nothing but this file and the spec.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ARCHIVE_FORMAT = "resulic-archive"
+ARCHIVE_VERSION = 1
+
+# Layout under the archive root (any fsspec URL).
+META_FILE = "_archive.json"  # archive-level metadata, written once when the archive is created
+DATA_DIR = "data"  # immutable Parquet files; a file is committed when it appears here
+STAGING_DIR = "_staging"  # files being written; never read, cleaned by the next job
+INDEX_FILE = "_index/index.parquet"  # key -> (file, row group, row): derived, rebuilt from DATA_DIR
+JOBS_DIR = "_jobs"  # one summary JSON per job
+
+STATUS_WRITTEN = "written"
+STATUS_FAILED = "failed"
+STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never rewritten
+
+ROW_GROUP_ROWS = 32  # restoring one asset reads one row group: a few dozen bitstreams at most
+
+ASSET_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # relative path in the source; unique per archive
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_fingerprint", pa.string()),  # size + mtime/ETag from the listing
+        pa.field("source_size", pa.int64()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("bitstream", pa.large_binary()),
+        pa.field("bits_header", pa.int64()),
+        pa.field("bits_hyper", pa.int64()),
+        pa.field("bits_latent", pa.int64()),
+        pa.field("bits_text", pa.int64()),
+        pa.field("bpp", pa.float64()),
+        pa.field("preset", pa.string()),
+        pa.field("model_id", pa.string()),  # hex, as in the bitstream header
+        pa.field("rate_level", pa.int32()),
+        pa.field("caption", pa.string()),  # an existing caption from a manifest, kept for later issues
+        pa.field("status", pa.string(), nullable=False),  # written | failed
+        pa.field("error", pa.string()),
+        pa.field("seconds_read", pa.float64()),
+        pa.field("seconds_decode", pa.float64()),
+        pa.field("seconds_encode", pa.float64()),
+        pa.field("seconds_verify", pa.float64()),
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),  # relative to the archive root
+        pa.field("row_group", pa.int32(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),  # within the row group
+        pa.field("source_uri", pa.string()),
+        pa.field("source_fingerprint", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("bpp", pa.float64()),
+        pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# Columns the index is built from (read from data files without touching the bitstreams).
+INDEX_SOURCE_COLUMNS = [f.name for f in INDEX_SCHEMA if f.name not in ("file", "row_group", "row")]

@@ -15,6 +15,11 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-codec", help="latent codec weights (default: the preset's shipped file)")
 
 
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+    p.add_argument("--anon", action="store_true", help="anonymous object-store access")
+
+
 def _apply_weights_args(args: argparse.Namespace) -> None:
     if getattr(args, "weights_dir", None):
         os.environ["RESULIC_TAEF2_DIR"] = args.weights_dir
@@ -58,19 +63,88 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    import codec
+def _storage_options(args: argparse.Namespace) -> dict:
+    """fsspec options from the flags: an S3-compatible endpoint (else $AWS_ENDPOINT_URL, which
+    botocore reads itself), anonymous access."""
+    so: dict = {}
+    if getattr(args, "endpoint_url", None):
+        so["endpoint_url"] = args.endpoint_url
+    if getattr(args, "anon", False):
+        so["anon"] = True
+    return so
 
-    path = Path(args.input)
+
+def _is_archive(path: str) -> bool:
+    from operators.archive import Archive
+
     try:
-        meta = codec.info(path.read_bytes())
-    except codec.BitstreamError as e:
-        raise codec.BitstreamError(f"{path}: {e}") from e
+        return not Path(path).is_file() and Archive(path).exists()
+    except Exception:  # noqa: BLE001 - not an archive, then
+        return False
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if _is_archive(args.input) or "://" in args.input:
+        from pipelines.catalog import archive_info
+
+        meta = archive_info(args.input, _storage_options(args))
+    else:
+        import codec
+
+        path = Path(args.input)
+        try:
+            meta = codec.info(path.read_bytes())
+        except codec.BitstreamError as e:
+            raise codec.BitstreamError(f"{path}: {e}") from e
     if args.json:
         print(json.dumps(meta))
     else:
         for k, v in meta.items():
             print(f"{k:>14}: {v}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from pipelines.compress import compress, format_table
+
+    summary = compress(
+        args.source, args.archive, preset=args.preset, rate=args.rate, target_bpp=args.target_bpp,
+        workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
+        storage_options=_storage_options(args),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_table(summary))
+    nothing_read = summary["written"] + summary["unchanged"] == 0 and summary["failed"] > 0
+    return 1 if nothing_read or (args.fail_on_error and summary["failed"]) else 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pipelines.restore import restore
+
+    summary = restore(args.archive, args.dest, keys=args.key, all_keys=args.all, prefix=args.prefix, fmt=args.format,
+                      workers=args.workers, storage_options=_storage_options(args))  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"restored {summary['restored']}, failed {summary['failed']} into {summary['dest']} "
+              f"({summary['wall_seconds']:.2f} s)")  # fmt: skip
+        for f in summary["failures"]:
+            print(f"FAILED {f['key']}: {f['reason']}")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from pipelines.catalog import list_assets
+
+    rows = list_assets(args.archive, _storage_options(args))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            bpp = "-" if r["bpp"] is None else f"{r['bpp']:.5f}"
+            print(f"{r['status']:<8} {bpp:>9}  {r['key']}")
     return 0
 
 
@@ -105,10 +179,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_args(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("info", help="describe a bitstream without decoding it")
-    p.add_argument("input")
+    p = sub.add_parser("info", help="describe a bitstream (without decoding it) or an archive")
+    p.add_argument("input", help="a bitstream file or an archive (path or URL)")
     p.add_argument("--json", action="store_true")
+    _add_storage_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compress", help="compress a collection into a Parquet archive (Ray Data)")
+    p.add_argument("source", help="folder, glob, fsspec URL, WebDataset .tar shards, or a .parquet/.csv manifest")
+    p.add_argument("archive", help="archive location (folder or fsspec URL); created if absent")
+    p.add_argument("--preset", default="taef2")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rate", type=float, help="rate in trained-point units (default: the preset's)")
+    g.add_argument("--target-bpp", type=float, help="per image, the highest rate within this many bits per pixel")
+    p.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per encoder call")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per encoder actor (default: 1 when GPUs exist)")
+    p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any asset failed")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_weights_args(p)
+    _add_storage_args(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("restore", help="restore assets from an archive into DEST")
+    p.add_argument("archive")
+    p.add_argument("dest", help="destination folder or fsspec URL")
+    p.add_argument("--key", action="append", help="an asset key (repeatable): index lookup, no scan")
+    p.add_argument("--all", action="store_true", help="every asset (a Ray Data pipeline)")
+    p.add_argument("--prefix", help="every asset whose key starts with this")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--json", action="store_true")
+    _add_weights_args(p)
+    _add_storage_args(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("ls", help="list an archive's assets")
+    p.add_argument("archive")
+    p.add_argument("--json", action="store_true")
+    _add_storage_args(p)
+    p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("weights", help="manage model weights")
     wsub = p.add_subparsers(dest="weights_command", required=True)
@@ -136,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     from codec.bitstream import BitstreamError
     from codec.images import ImageError
     from codec.weights_fetch import FetchError
+    from operators.archive import ArchiveError
 
     try:
         return args.func(args)
-    except (ImageError, BitstreamError, FetchError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+    except (ImageError, BitstreamError, FetchError, ArchiveError, FileNotFoundError, KeyError, ValueError, OSError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"resulic: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
         return 2

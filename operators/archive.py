@@ -1,0 +1,191 @@
+"""The archive on storage: layout, atomic data files, the key index, and one-row reads.
+
+Commit protocol (our own, not Ray Data's job checkpointing): a data file is written under
+``_staging/`` and then moved into ``data/``; a file in ``data/`` is committed, whole and
+immutable. A local rename is atomic and an object store's copy makes the object appear
+whole, so a job killed at any moment leaves only committed files and staging debris. The
+index is derived data: every job first indexes any committed file the index lacks, so a
+file committed by a job that died before updating the index is found, and its assets count
+as unchanged on the rerun. Ray Data's checkpointing (alpha in 2.60) filters on an ID column
+it keeps in files of its own; it cannot tell a changed source file from an unchanged one,
+and the archive would then have two sources of truth.
+
+One writer at a time per archive is assumed (the nightly job); concurrent jobs would each
+clean the other's staging files.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from schemas.archive import (
+    ARCHIVE_FORMAT,
+    ARCHIVE_VERSION,
+    ASSET_SCHEMA,
+    DATA_DIR,
+    INDEX_FILE,
+    INDEX_SCHEMA,
+    INDEX_SOURCE_COLUMNS,
+    JOBS_DIR,
+    META_FILE,
+    ROW_GROUP_ROWS,
+    STAGING_DIR,
+)
+
+
+class ArchiveError(ValueError):
+    """An archive that is missing, foreign or of an unknown version."""
+
+
+class Archive:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
+                 fs: fsspec.AbstractFileSystem | None = None) -> None:  # fmt: skip
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        if fs is None:
+            fs, root = url_to_fs(url, **self.storage_options)
+        else:
+            root = url
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root = root.rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    # ----- metadata ------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.fs.exists(self.path(META_FILE))
+
+    def meta(self) -> dict:
+        try:
+            with self.fs.open(self.path(META_FILE), "rb") as f:
+                meta = json.loads(f.read())
+        except FileNotFoundError as e:
+            raise ArchiveError(f"{self.url}: not a resulic archive (no {META_FILE})") from e
+        if meta.get("format") != ARCHIVE_FORMAT:
+            raise ArchiveError(f"{self.url}: not a resulic archive")
+        if meta.get("version") != ARCHIVE_VERSION:
+            raise ArchiveError(f"{self.url}: archive version {meta.get('version')} is not supported (this is {ARCHIVE_VERSION})")
+        return meta
+
+    def create(self, meta: dict) -> dict:
+        """Write the archive metadata once; an existing archive keeps its own."""
+        if self.exists():
+            return self.meta()
+        self.fs.makedirs(self.root, exist_ok=True)
+        meta = {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION, **meta}
+        self._put(META_FILE, json.dumps(meta, indent=2).encode())
+        return meta
+
+    def _put(self, rel: str, data: bytes) -> None:
+        """Write whole-or-nothing: to staging, then move into place."""
+        tmp = self.path(f"{STAGING_DIR}/{uuid.uuid4().hex}")
+        self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.makedirs(posixpath.dirname(self.path(rel)), exist_ok=True)
+        self.fs.mv(tmp, self.path(rel))
+
+    def write_job_summary(self, job_id: str, summary: dict) -> str:
+        rel = f"{JOBS_DIR}/{job_id}.json"
+        self._put(rel, json.dumps(summary, indent=2).encode())
+        return rel
+
+    def clean_staging(self) -> None:
+        if self.fs.exists(self.path(STAGING_DIR)):
+            self.fs.rm(self.path(STAGING_DIR), recursive=True)
+
+    # ----- data files --------------------------------------------------------------------
+    def write_data_file(self, table: pa.Table, name: str, metadata: dict[str, str]) -> str:
+        """Commit one sorted Parquet file of asset rows; returns its path relative to the root."""
+        table = table.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA).sort_by("key")
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd",
+                       use_dictionary=["preset", "model_id", "status", "job_id"])  # fmt: skip
+        rel = f"{DATA_DIR}/{name}.parquet"
+        self._put(rel, sink.getvalue().to_pybytes())
+        return rel
+
+    def data_files(self) -> list[str]:
+        base = self.path(DATA_DIR)
+        if not self.fs.exists(base):
+            return []
+        return sorted(posixpath.relpath(p, self.root) for p in self.fs.glob(f"{base}/*.parquet"))
+
+    def _index_rows(self, rel: str) -> pa.Table:
+        with self.fs.open(self.path(rel), "rb") as f:
+            pf = pq.ParquetFile(f)
+            table = pf.read(columns=INDEX_SOURCE_COLUMNS)
+            sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        groups = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        rows = np.concatenate([np.arange(n, dtype=np.int32) for n in sizes]) if sizes else np.zeros(0, np.int32)
+        table = table.append_column("file", pa.array([rel] * table.num_rows, pa.string()))
+        table = table.append_column("row_group", pa.array(groups, pa.int32()))
+        table = table.append_column("row", pa.array(rows, pa.int32()))
+        return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+
+    # ----- index -------------------------------------------------------------------------
+    def load_index(self) -> pa.Table:
+        try:
+            with self.fs.open(self.path(INDEX_FILE), "rb") as f:
+                return pq.read_table(f).cast(INDEX_SCHEMA)
+        except FileNotFoundError:
+            return INDEX_SCHEMA.empty_table()
+
+    def refresh_index(self, write: bool = True) -> pa.Table:
+        """Index every committed data file the index lacks; the newest row of a key wins.
+
+        With ``write=False`` the refreshed index is returned but not stored (read-only use)."""
+        index = self.load_index()
+        known = set(index.column("file").to_pylist())
+        new = [rel for rel in self.data_files() if rel not in known]
+        if not new:
+            return index
+        table = pa.concat_tables([index, *(self._index_rows(rel) for rel in new)])
+        table = latest_per_key(table)
+        if not write:
+            return table
+        sink = pa.BufferOutputStream()
+        # sorted by key with small row groups: a lookup reads only the groups whose key range fits
+        pq.write_table(table, sink, row_group_size=4096, compression="zstd")
+        self._put(INDEX_FILE, sink.getvalue().to_pybytes())
+        return table
+
+    def lookup(self, keys: list[str]) -> pa.Table:
+        """Index rows of these keys, reading only the index row groups whose key range holds them."""
+        import pyarrow.compute as pc
+
+        try:
+            with self.fs.open(self.path(INDEX_FILE), "rb") as f:
+                table = pq.read_table(f, filters=[("key", "in", list(keys))])
+        except FileNotFoundError:
+            return INDEX_SCHEMA.empty_table()
+        return table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string())))
+
+    def read_asset(self, entry: dict, columns: list[str] | None = None) -> dict:
+        """One asset row, reading the file's footer and one row group."""
+        with self.fs.open(self.path(entry["file"]), "rb") as f:
+            group = pq.ParquetFile(f).read_row_group(entry["row_group"], columns=columns)
+        row = group.slice(entry["row"], 1).to_pylist()[0]
+        if row["key"] != entry["key"]:
+            raise ArchiveError(f"{self.url}: index is stale for key {entry['key']!r}")
+        return row
+
+
+def latest_per_key(table: pa.Table) -> pa.Table:
+    """One row per key, the most recently written; sorted by key."""
+    table = table.sort_by([("key", "ascending"), ("written_at", "descending"), ("file", "descending")])
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return table.filter(pa.array(first))

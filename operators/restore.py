@@ -1,0 +1,119 @@
+"""Restore: bitstream -> pixels -> image file under DEST, per row, never outside DEST."""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from fsspec.core import url_to_fs
+from PIL import Image
+
+from operators.archive import Archive
+from operators.sources import _retry
+from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
+
+FORMATS = {"png": ("PNG", ".png", {}), "jpeg": ("JPEG", ".jpg", {"quality": 95}), "webp": ("WEBP", ".webp", {"quality": 95})}
+
+
+class UnsafeKeyError(ValueError):
+    """A key that would write outside the destination."""
+
+
+def dest_relpath(key: str, fmt: str) -> str:
+    """The file a key restores to, relative to DEST: the key with the format's suffix.
+
+    Keys come from archives, which may come from anyone: absolute paths, ``..`` segments,
+    backslashes, drive letters and control characters are refused rather than cleaned.
+    """
+    if not key or "\x00" in key or "\\" in key or any(ord(c) < 32 for c in key):
+        raise UnsafeKeyError(f"unsafe key {key!r}: empty or with control characters or backslashes")
+    if key.startswith("/") or (len(key) > 1 and key[1] == ":"):
+        raise UnsafeKeyError(f"unsafe key {key!r}: absolute path")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKeyError(f"unsafe key {key!r}: empty, '.' or '..' path segment")
+    stem, _ = posixpath.splitext(key)
+    return (stem or key) + FORMATS[fmt][1]
+
+
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    name, _, kwargs = FORMATS[fmt]
+    buf = io.BytesIO()
+    image.save(buf, name, **kwargs)
+    return buf.getvalue()
+
+
+def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str, Any]) -> pa.Table:
+    """Index rows -> the bitstreams they point at, reading each needed row group once."""
+    arc = Archive(archive_url, storage_options)
+    rows = batch.to_pylist()
+    streams: list[bytes | None] = [None] * len(rows)
+    by_group: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(rows):
+        by_group.setdefault((r["file"], r["row_group"]), []).append(i)
+    for (file, group), idx in by_group.items():
+        with arc.fs.open(arc.path(file), "rb") as f:
+            table = pq.ParquetFile(f).read_row_group(group, columns=["key", "bitstream"])
+        for i in idx:
+            streams[i] = table.column("bitstream")[rows[i]["row"]].as_py()
+    return batch.append_column("bitstream", pa.array(streams, pa.large_binary()))
+
+
+class Restorer:
+    """Holds a preset; decodes streams and writes image files under ``dest``."""
+
+    def __init__(self, dest: str, fmt: str, storage_options: dict[str, Any] | None = None,
+                 threads: int | None = None, env: dict[str, str] | None = None) -> None:  # fmt: skip
+        os.environ.update(env or {})
+        if threads:
+            torch.set_num_threads(threads)
+        self.fs, self.root = url_to_fs(dest, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.dest, self.fmt = dest, fmt
+
+    def restore_one(self, key: str, status: str, stream: bytes | None) -> tuple[str | None, str | None]:
+        """Returns (written path, error)."""
+        import codec
+
+        try:
+            rel = dest_relpath(key, self.fmt)
+        except UnsafeKeyError as e:
+            return None, str(e)
+        if status != STATUS_WRITTEN or stream is None:
+            return None, f"{key}: not restorable (archived with status {status})"
+        try:
+            image = codec.decode(stream)
+        except codec.BitstreamError as e:
+            return None, f"{key}: {e}"
+        path = posixpath.join(self.root, rel)
+        data = encode_image(image, self.fmt)
+
+        def put() -> None:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with self.fs.open(path, "wb") as f:
+                f.write(data)
+
+        _retry(put)
+        return self.fs.unstrip_protocol(path) if "://" in self.dest else path, None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths, errors, seconds = [], [], []
+        for r in batch.select(["key", "status", "bitstream"]).to_pylist():
+            t0 = time.perf_counter()
+            path, err = self.restore_one(r["key"], r["status"], r["bitstream"])
+            paths.append(path)
+            errors.append(err)
+            seconds.append(time.perf_counter() - t0)
+        out = batch.select(["key", "source_uri"])
+        return out.append_column("path", pa.array(paths, pa.string())).append_column(
+            "restore_status", pa.array([STATUS_FAILED if e else "restored" for e in errors], pa.string())
+        ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
+
+
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "UnsafeKeyError"]

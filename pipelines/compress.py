@@ -1,0 +1,138 @@
+"""The compress pipeline: a source of photos -> a Parquet archive of verified bitstreams.
+
+Read top to bottom, it is one chain: list -> skip unchanged (listing fingerprint) -> read
+bytes (or expand WebDataset shards) -> skip unchanged (content hash) -> decode -> encode and
+verify (actor pool) -> commit to the archive. Every listed asset reaches the sink exactly
+once, as written, unchanged or failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from typing import Any
+
+import pyarrow.compute as pc
+import ray
+
+from operators.archive import Archive
+from operators.decode import decode_images
+from operators.encode import Encoder
+from operators.sink import ArchiveDatasink
+from operators.sources import ListingDatasource, Source, expand_shards, fetch, mark_unchanged
+from pipelines.ray_runtime import ensure_ray, plan_pool
+from schemas.archive import STATUS_WRITTEN
+
+# Environment a worker needs to find the same weights as the driver.
+FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_MAX_PIXELS")
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import torch
+
+    import codec  # noqa: F401 - the codec's version is the project's
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("resulic")
+    except PackageNotFoundError:
+        own = "unknown"
+    return {"resulic": own, "torch": torch.__version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__}
+
+
+def compress(
+    source: str,
+    archive: str,
+    *,
+    preset: str = "taef2",
+    rate: float | None = None,
+    target_bpp: float | None = None,
+    workers: int | None = None,
+    batch_size: int = 4,
+    gpus_per_worker: float | None = None,
+    storage_options: dict[str, Any] | None = None,
+    rows_per_file: int = 128,
+) -> dict:
+    """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
+    t0 = time.time()
+    from codec.presets import load_preset
+
+    p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
+    if rate is None and target_bpp is None:
+        rate = p.default_rate
+    ensure_ray()
+    job_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    src = Source.parse(source, storage_options)
+    arc = Archive(archive, storage_options)
+    meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                       "created_by": _versions()})  # fmt: skip
+    arc.clean_staging()
+    index = arc.refresh_index()
+    archived = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN)).select(
+        ["key", "source_fingerprint", "source_sha256"]
+    )
+    plan = plan_pool(workers, gpus_per_worker)
+    so = src.storage_options
+    light = {"batch_format": "pyarrow", "num_cpus": 0.5}
+    ds = ray.data.read_datasource(ListingDatasource(src), num_cpus=0.5)
+    ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_fingerprint"}, **light)
+    if src.kind == "webdataset":
+        ds = ds.map_batches(expand_shards, fn_kwargs={"storage_options": so}, batch_size=1, **light)
+    else:
+        ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=16, **light)
+    ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_sha256"}, **light)
+    ds = ds.map_batches(decode_images, batch_size=batch_size, **light)
+    ds = ds.map_batches(
+        Encoder,
+        fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "threads": plan.threads_per_actor,
+                               "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},  # fmt: skip
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor or None,
+    )
+    sink = ArchiveDatasink(archive, so, job_id, min_rows=rows_per_file)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+    arc.refresh_index()
+    summary = summarise(sink, job_id, source, archive, meta, rate, target_bpp, time.time() - t0)
+    arc.write_job_summary(job_id, summary)
+    return summary
+
+
+def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,
+              rate: float | None, target_bpp: float | None, wall: float) -> dict:  # fmt: skip
+    tallies = sink.result.write_returns if sink.result else []
+    total = {k: sum(t[k] for t in tallies) for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels")}
+    failures = [f for t in tallies for f in t["failures"]]
+    return {
+        "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
+        "rate": rate, "target_bpp": target_bpp,
+        "written": total["written"], "unchanged": total["unchanged"], "failed": total["failed"],
+        "failures": sorted(failures, key=lambda f: f["source"]),
+        "bytes_in": total["bytes_in"], "bytes_out": total["bytes_out"],
+        "mean_bpp": total["bytes_out"] * 8 / total["pixels"] if total["pixels"] else None,
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(total["written"] / wall, 4) if wall > 0 else None,
+        "files": sorted(f for t in tallies for f in t["files"]),
+    }  # fmt: skip
+
+
+def format_table(summary: dict) -> str:
+    rows = [
+        ("written", summary["written"]), ("unchanged", summary["unchanged"]), ("failed", summary["failed"]),
+        ("bytes in", summary["bytes_in"]), ("bytes out", summary["bytes_out"]),
+        ("mean bpp", "-" if summary["mean_bpp"] is None else f"{summary['mean_bpp']:.5f}"),
+        ("images/s", summary["images_per_second"]), ("wall s", summary["wall_seconds"]),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines += [f"FAILED {f['source']}: {f['reason']}" for f in summary["failures"]]
+    return "\n".join(lines)
+
+
+__all__ = ["compress", "format_table"]

@@ -1,0 +1,60 @@
+"""Starting Ray and sizing the actor pools to what the cluster has.
+
+Local Ray binds loopback only (127.0.0.1): a laptop or CI machine never exposes its object
+store or GCS. With ``RAY_ADDRESS`` set (a cluster, e.g. a RayJob on KubeRay) we join that
+cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+LOOPBACK = "127.0.0.1"
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+@dataclass
+class PoolPlan:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads_per_actor: int
+
+
+def plan_pool(workers: int | None, gpus_per_worker: float | None) -> PoolPlan:
+    """How many model-holding actors, and what each asks for.
+
+    On CPUs, actors together ask for at most all CPUs but one, so the read and decode tasks
+    always have a CPU: an actor pool that takes every CPU starves the read stage and the job
+    hangs (Ray Data backpressures the reads against a budget the actors hold). Torch threads
+    per actor still use the whole machine's cores between them.
+    """
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
+    if gpus_per_worker > 0:
+        if gpus < gpus_per_worker:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the cluster has {gpus:g} GPUs")
+        n = workers or max(1, int(gpus // gpus_per_worker))
+        return PoolPlan(n, min(1.0, max(0.25, (cpus - 1) / n)), gpus_per_worker, max(1, int(cpus // n)))
+    n = workers or max(1, int(cpus) - 1)
+    budget = max(0.25, cpus - 1)
+    return PoolPlan(n, min(1.0, budget / n), 0.0, max(1, int(cpus // n)))

@@ -90,8 +90,7 @@ class VerifyError(RuntimeError):
 def verify(stream: bytes, y_hat: torch.Tensor, preset: str | Preset = DEFAULT_PRESET) -> None:
     """Parse ``stream`` as a decoder would and check that it entropy-decodes to exactly ``y_hat``."""
     s, p = parse(stream, preset)
-    m = p.pad_multiple
-    z_shape = (-(-s.header.height // m), -(-s.header.width // m))
+    z_shape = p.z_shape(s.header.width, s.header.height)
     decoded = p.latent_codec.decompress_symbols([s.latent], [s.hyper_latent], z_shape, s.header.rate_level)
     if not torch.equal(decoded[0].to(y_hat.device), y_hat):
         raise VerifyError("bitstream does not decode to the encoder's symbols")
@@ -181,8 +180,7 @@ def decode_batch(streams: list[bytes], *, preset: str | Preset | None = None) ->
         groups.setdefault((id(p), h.width, h.height, h.rate_level), []).append(i)
     for (_, w, h, level), idx in groups.items():
         p = parsed[idx[0]][1]
-        m = p.pad_multiple
-        z_shape = (-(-h // m), -(-w // m))
+        z_shape = p.z_shape(w, h)
         with torch.no_grad():
             latent = p.latent_codec.decompress(
                 [parsed[i][0].latent for i in idx], [parsed[i][0].hyper_latent for i in idx], z_shape, level

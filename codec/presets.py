@@ -59,6 +59,11 @@ class Preset:
         """Image sides are padded to this (the autoencoder's 8 times the latent codec's stride)."""
         return 8 * self.latent_codec.stride
 
+    def z_shape(self, width: int, height: int) -> tuple[int, int]:
+        """The hyper-latent's (rows, columns) for an image of this size: all a decoder needs."""
+        m = self.pad_multiple
+        return -(-height // m), -(-width // m)
+
     @property
     def num_levels(self) -> int:
         return self.latent_codec.num_levels

@@ -130,7 +130,6 @@ def _glob_files(source: Source, pattern: str) -> Iterator[pa.Table]:
 
 
 def _shards(source: Source) -> Iterator[pa.Table]:
-    fs, _ = source.filesystem()
     entries = []
     for url in braceexpand(source.url):
         sfs, path = url_to_fs(url, **source.storage_options)

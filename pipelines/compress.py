@@ -9,7 +9,6 @@ once, as written, unchanged or failed.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 import uuid
 from typing import Any
@@ -22,18 +21,14 @@ from operators.decode import decode_images
 from operators.encode import Encoder
 from operators.sink import ArchiveDatasink
 from operators.sources import ListingDatasource, Source, expand_shards, fetch, mark_unchanged
-from pipelines.ray_runtime import ensure_ray, plan_pool
+from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
 from schemas.archive import STATUS_WRITTEN
 
-# Environment a worker needs to find the same weights as the driver.
-FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_MAX_PIXELS")
 
 
 def _versions() -> dict[str, str]:
     import pyarrow
     import torch
-
-    import codec  # noqa: F401 - the codec's version is the project's
 
     from importlib.metadata import PackageNotFoundError, version
 
@@ -89,7 +84,7 @@ def compress(
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "threads": plan.threads_per_actor,
-                               "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},  # fmt: skip
+                               "env": worker_env()},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
         batch_format="pyarrow",

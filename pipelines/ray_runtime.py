@@ -13,6 +13,12 @@ from dataclasses import dataclass
 import ray
 
 LOOPBACK = "127.0.0.1"
+# Environment a worker needs to find the same weights and limits as the driver.
+FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_MAX_PIXELS")
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

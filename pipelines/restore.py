@@ -7,7 +7,6 @@ index rows -> bitstreams (one read per row group) -> decode actors -> files.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -16,14 +15,7 @@ import ray
 
 from operators.archive import Archive
 from operators.restore import Restorer, load_bitstreams
-from pipelines.ray_runtime import ensure_ray, plan_pool
-
-FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC")
-
-
-def _env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
+from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
 
 def restore(
     archive: str,
@@ -64,7 +56,7 @@ def restore(
             ds = ds.map_batches(
                 Restorer,
                 fn_constructor_kwargs={"dest": dest, "fmt": fmt, "storage_options": storage_options,
-                                       "threads": plan.threads_per_actor, "env": _env()},  # fmt: skip
+                                       "threads": plan.threads_per_actor, "env": worker_env()},  # fmt: skip
                 compute=ray.data.ActorPoolStrategy(size=plan.actors),
                 batch_size=4,
                 batch_format="pyarrow",

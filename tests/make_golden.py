@@ -24,7 +24,7 @@ def symbols_digest(stream: bytes) -> str:
     s = Bitstream.from_bytes(stream)
     h = s.header
     y_hat = p.latent_codec.decompress_symbols(
-        [s.latent], [s.hyper_latent], (-(-h.height // p.pad_multiple), -(-h.width // p.pad_multiple)), h.rate_level
+        [s.latent], [s.hyper_latent], p.z_shape(h.width, h.height), h.rate_level
     )
     return hashlib.sha256(y_hat.long().numpy().tobytes()).hexdigest()
 

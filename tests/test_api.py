@@ -87,7 +87,7 @@ def _symbols(preset, streams: list[bytes]) -> torch.Tensor:
     parsed = [Bitstream.from_bytes(s) for s in streams]
     h = parsed[0].header
     return preset.latent_codec.decompress_symbols(
-        [p.latent for p in parsed], [p.hyper_latent for p in parsed], (-(-h.height // preset.pad_multiple), -(-h.width // preset.pad_multiple)),
+        [p.latent for p in parsed], [p.hyper_latent for p in parsed], preset.z_shape(h.width, h.height),
         h.rate_level,
     )
 

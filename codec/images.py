@@ -21,7 +21,11 @@ MAX_PIXELS = int(os.environ.get("RESULIC_MAX_PIXELS", 256 * 1024 * 1024))
 
 
 class ImageError(ValueError):
-    """An input that cannot be compressed, with a one-line reason."""
+    """An input that cannot be compressed: ``str()`` is ``"<name>: <reason>"``, one line."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(f"{label}: {reason}")
+        self.reason = reason
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -52,9 +56,9 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as e:
-        raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from e
+        raise ImageError(label, f"cannot read file ({e.strerror or e})") from e
     if not data:
-        raise ImageError(f"{label}: empty file")
+        raise ImageError(label, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,7 +66,7 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
             try:
                 img = Image.open(io.BytesIO(data))
                 if img.width * img.height > max_pixels:
-                    raise ImageError(f"{label}: too large ({img.width}x{img.height} exceeds {max_pixels} pixels)")
+                    raise ImageError(label, f"too large ({img.width}x{img.height} exceeds {max_pixels} pixels)")
                 img.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
@@ -70,14 +74,14 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{label}: too large (decompression bomb: {e})") from e
+        raise ImageError(label, f"too large (decompression bomb: {e})") from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"{label}: not an image (unrecognised format)") from e
+        raise ImageError(label, "not an image (unrecognised format)") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "truncated" in reason.lower() or isinstance(e, EOFError):
-            raise ImageError(f"{label}: truncated image ({reason})") from e
-        raise ImageError(f"{label}: unreadable image ({reason})") from e
+            raise ImageError(label, f"truncated image ({reason})") from e
+        raise ImageError(label, f"unreadable image ({reason})") from e
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

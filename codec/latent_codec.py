@@ -45,8 +45,8 @@ class LatentCodecConfig:
     slices: list[int] = field(default_factory=lambda: [16, 16, 32, 64, 128])
     param_hidden: int = 128
     refine_hidden: int = 64  # the latent-resolution refinement after the synthesis transform
-    num_rate_points: int = 8
-    lambdas: list[float] = field(default_factory=lambda: [3e-7 * 2.4**k for k in range(8)])
+    num_rate_points: int = 10
+    lambdas: list[float] = field(default_factory=lambda: [3e-7 * 2.4**k for k in range(10)])
 
     def to_dict(self) -> dict:
         return asdict(self)

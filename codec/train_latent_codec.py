@@ -73,7 +73,23 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
 def load_model_weights(model: LatentCodec, state: dict[str, torch.Tensor]) -> None:
     """Checkpoint weights without the coding tables, which freeze() rebuilds at every export."""
     tables = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
-    model.load_state_dict({k: v for k, v in state.items() if not k.endswith(tables)}, strict=False)
+    state = {k: v for k, v in state.items() if not k.endswith(tables)}
+    state["log_gain"] = extend_gains(state["log_gain"], model.log_gain.shape[0])
+    model.load_state_dict(state, strict=False)
+
+
+def extend_gains(log_gain: torch.Tensor, rate_points: int) -> torch.Tensor:
+    """Gains for a model with more rate points than the checkpoint: new points continue the top
+    two points' geometric step per channel, so a model can be extended to higher rates by
+    fine-tuning instead of training from scratch."""
+    have = log_gain.shape[0]
+    if rate_points < have:
+        raise ValueError(f"checkpoint has {have} rate points, the model only {rate_points}")
+    if rate_points == have:
+        return log_gain
+    step = log_gain[-1] - log_gain[-2]
+    extra = log_gain[-1] + step * torch.arange(1, rate_points - have + 1, dtype=log_gain.dtype)[:, None]
+    return torch.cat([log_gain, extra])
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

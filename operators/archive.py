@@ -39,6 +39,7 @@ from schemas.archive import (
     META_FILE,
     ROW_GROUP_ROWS,
     STAGING_DIR,
+    STATUS_WRITTEN,
 )
 
 
@@ -183,8 +184,16 @@ class Archive:
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:
-    """One row per key, the most recently written; sorted by key."""
-    table = table.sort_by([("key", "ascending"), ("written_at", "descending"), ("file", "descending")])
+    """One row per key, sorted by key: the newest written row, else the newest failed one.
+
+    A source that turns unreadable after it was archived must not hide the asset already
+    archived; its failure is still reported by each job that meets it."""
+    import pyarrow.compute as pc
+
+    failed = pc.not_equal(table.column("status"), STATUS_WRITTEN)
+    table = table.append_column("_failed", failed)
+    table = table.sort_by([("key", "ascending"), ("_failed", "ascending"), ("written_at", "descending"),
+                           ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
     keys = table.column("key").to_numpy(zero_copy_only=False)
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]

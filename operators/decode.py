@@ -11,23 +11,23 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from codec.images import ImageError, load_image
+from codec.images import MAX_PIXELS, ImageError, load_image
 from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
 
-def decode_images(batch: pa.Table) -> pa.Table:
+def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
     pixels, widths, heights, seconds, status, error = [], [], [], [], [], []
     for row in batch.select(["key", "status", "error", "data"]).to_pylist():
         st, err, px, w, h, t = row["status"], row["error"], None, None, None, None
         if st is None:
             t0 = time.perf_counter()
             try:
-                img = load_image(row["data"], name=row["key"])
+                img = load_image(row["data"], name=row["key"], max_pixels=max_pixels)
                 w, h = img.size
                 px = np.asarray(img, dtype=np.uint8).tobytes()
             except ImageError as e:
-                st, err = STATUS_FAILED, str(e)
+                st, err = STATUS_FAILED, e.reason  # the row already names its source
             t = time.perf_counter() - t0
         pixels.append(px)
         widths.append(w)

@@ -26,7 +26,7 @@ class UnsafeKeyError(ValueError):
 
 
 def dest_relpath(key: str, fmt: str) -> str:
-    """The file a key restores to, relative to DEST: the key with the format's suffix.
+    """The file a key restores to, relative to DEST.
 
     Keys come from archives, which may come from anyone: absolute paths, ``..`` segments,
     backslashes, drive letters and control characters are refused rather than cleaned.
@@ -38,8 +38,10 @@ def dest_relpath(key: str, fmt: str) -> str:
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeKeyError(f"unsafe key {key!r}: empty, '.' or '..' path segment")
-    stem, _ = posixpath.splitext(key)
-    return (stem or key) + FORMATS[fmt][1]
+    suffix = FORMATS[fmt][1]
+    # Appending (photo.jpg -> photo.jpg.png) keeps two keys that differ only in their
+    # extension apart; a key that already has the format's suffix keeps its name.
+    return key if key.lower().endswith(suffix) else key + suffix
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -56,9 +56,12 @@ class ArchiveDatasink(Datasink[dict]):
         unchanged = pc.equal(table.column("status"), STATUS_UNCHANGED)
         tally["unchanged"] = pc.sum(unchanged).as_py() or 0
         kept = table.filter(pc.invert(unchanged))
-        if kept.num_rows:
+        arc = Archive(self.url, self.storage_options)
+        # min_rows is also the most a file holds: each file commits its rows as soon as it lands
+        for start in range(0, kept.num_rows, self.min_rows):
             name = f"{self.job_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-            tally["files"].append(Archive(self.url, self.storage_options).write_data_file(kept, name, {"job_id": self.job_id}))
+            chunk = kept.slice(start, self.min_rows)
+            tally["files"].append(arc.write_data_file(chunk, name, {"job_id": self.job_id}))
         for row in kept.select(["source_uri", "status", "error", "source_size", "bitstream", "width", "height"]).to_pylist():
             if row["status"] == STATUS_FAILED:
                 tally["failed"] += 1

@@ -153,7 +153,9 @@ def read_manifest(source: Source) -> pa.Table:
         if path.lower().endswith(".csv"):
             from pyarrow import csv
 
-            table = csv.read_csv(f)
+            # every column as text, empty cells as null (a missing caption is not "")
+            table = csv.read_csv(f, convert_options=csv.ConvertOptions(strings_can_be_null=True))
+            table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
         else:
             import pyarrow.parquet as pq
 
@@ -162,7 +164,7 @@ def read_manifest(source: Source) -> pa.Table:
         raise ValueError(f"{source.url}: a manifest needs a 'uri' column (has: {', '.join(table.column_names)})")
     uris = [str(u) for u in table.column("uri").to_pylist()]
     keys = table.column("key").to_pylist() if "key" in table.column_names else [_manifest_key(u) for u in uris]
-    captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * len(uris)
+    captions = table.column("caption").cast(pa.string()).to_pylist() if "caption" in table.column_names else [None] * len(uris)
     n = len(uris)
     return pa.table(
         {"key": [str(k) for k in keys], "source_uri": uris, "source_fingerprint": [None] * n, "caption": captions,

@@ -110,7 +110,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     summary = compress(
         args.source, args.archive, preset=args.preset, rate=args.rate, target_bpp=args.target_bpp,
         workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
-        storage_options=_storage_options(args),
+        storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
     p.add_argument("--batch-size", type=int, default=4, help="images per encoder call")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per encoder actor (default: 1 when GPUs exist)")
+    p.add_argument("--rows-per-file", type=int, default=128,
+                   help="assets per committed data file: smaller files lose less work to a crash")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images as 'too large' (default: $RESULIC_MAX_PIXELS or 256 Mpx)")
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any asset failed")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _add_weights_args(p)

@@ -51,6 +51,7 @@ def compress(
     gpus_per_worker: float | None = None,
     storage_options: dict[str, Any] | None = None,
     rows_per_file: int = 128,
+    max_pixels: int | None = None,
 ) -> dict:
     """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
     t0 = time.time()
@@ -80,7 +81,8 @@ def compress(
     else:
         ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=16, **light)
     ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_sha256"}, **light)
-    ds = ds.map_batches(decode_images, batch_size=batch_size, **light)
+    limit = {"max_pixels": max_pixels} if max_pixels else {}
+    ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "threads": plan.threads_per_actor,

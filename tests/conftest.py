@@ -39,3 +39,71 @@ def psnr_arrays(a: Image.Image, b: Image.Image) -> float:
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     return 10 * np.log10(255**2 / max(((x - y) ** 2).mean(), 1e-12))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto's server mode) on loopback, and the environment that points
+    boto/s3fs at it. Set before Ray starts, so that Ray's workers inherit it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray for the session (loopback only), started after the S3 environment is set."""
+    import ray
+
+    from pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def photo_folder(root: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    """Real photo crops of the given sizes, saved under ``root`` (format from the suffix)."""
+    names = sorted(p.name for p in KODAK.glob("*.png"))
+    for i, (rel, (w, h)) in enumerate(sorted(sizes.items())):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.open(KODAK / names[i % len(names)]).convert("RGB").crop((100, 100, 100 + w, 100 + h))
+        img.save(path, quality=92) if path.suffix.lower() in (".jpg", ".jpeg") else img.save(path)
+    return root

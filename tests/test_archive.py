@@ -1,0 +1,151 @@
+"""The archive layout: metadata, committed data files, the index, and reads of one row group."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from operators.archive import Archive, ArchiveError, latest_per_key
+from operators.sink import finalise_rows
+from schemas.archive import ASSET_SCHEMA, INDEX_SCHEMA, META_FILE, ROW_GROUP_ROWS, STAGING_DIR
+
+
+def _rows(keys: list[str], job: str, status: str | None = None, payload: int = 2000) -> pa.Table:
+    n = len(keys)
+    table = pa.table({
+        "key": keys, "source_uri": [f"file:///src/{k}" for k in keys], "source_fingerprint": ["1:1"] * n,
+        "source_sha256": [f"sha-{k}-{job}" for k in keys], "width": pa.array([64] * n, pa.int32()),
+        "height": pa.array([64] * n, pa.int32()),
+        "bitstream": pa.array([None if status else os.urandom(payload) for _ in keys], pa.large_binary()),
+        "bpp": [0.01] * n, "status": pa.array([status] * n, pa.string()),
+        "error": [status and "not an image"] * n,
+    })  # fmt: skip
+    return finalise_rows(table, job, dt.datetime.now(dt.timezone.utc))
+
+
+def test_create_and_meta(tmp_path):
+    arc = Archive(str(tmp_path / "a"))
+    with pytest.raises(ArchiveError, match="not a resulic archive"):
+        arc.meta()
+    meta = arc.create({"preset": "taef2"})
+    assert meta["preset"] == "taef2" and arc.meta() == meta
+    assert arc.create({"preset": "other"})["preset"] == "taef2"  # an existing archive keeps its own
+    (tmp_path / "a" / META_FILE).write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(ArchiveError, match="version 99 is not supported"):
+        arc.meta()
+
+
+def test_data_file_is_sorted_with_small_row_groups(tmp_path):
+    arc = Archive(str(tmp_path))
+    keys = [f"k{i:03d}" for i in range(100)][::-1]
+    rel = arc.write_data_file(_rows(keys, "j1"), "j1-0", {"job_id": "j1"})
+    pf = pq.ParquetFile(tmp_path / rel)
+    assert pf.schema_arrow.remove_metadata() == ASSET_SCHEMA
+    assert pf.schema_arrow.metadata[b"job_id"] == b"j1"
+    assert pf.num_row_groups == -(-100 // ROW_GROUP_ROWS)
+    assert pf.read(columns=["key"]).column("key").to_pylist() == sorted(keys)
+    assert not list((tmp_path / STAGING_DIR).iterdir())  # moved out of staging, nothing left behind
+
+
+def test_index_finds_uncommitted_files_and_newest_row_wins(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    index = arc.refresh_index()
+    assert index.schema == INDEX_SCHEMA and index.column("key").to_pylist() == ["a", "b"]
+    # a job that died after committing a file but before updating the index
+    arc.write_data_file(_rows(["b", "c"], "j2"), "j2-0", {})
+    index = arc.refresh_index()
+    rows = {r["key"]: r for r in index.to_pylist()}
+    assert sorted(rows) == ["a", "b", "c"]
+    assert rows["b"]["file"] == "data/j2-0.parquet" and rows["a"]["file"] == "data/j1-0.parquet"
+
+
+def test_a_later_failure_does_not_hide_an_archived_asset(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    arc.write_data_file(_rows(["a", "b"], "j2", status="failed"), "j2-0", {})
+    rows = {r["key"]: r for r in arc.refresh_index().to_pylist()}
+    assert rows["a"]["status"] == "written" and rows["b"]["status"] == "failed"
+
+
+def test_latest_per_key_order():
+    t = pa.table({"key": ["b", "a", "a"], "status": ["written"] * 3, "file": ["f1", "f1", "f2"],
+                  "written_at": pa.array([1, 1, 2], pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    out = latest_per_key(t).to_pylist()
+    assert [(r["key"], r["file"]) for r in out] == [("a", "f2"), ("b", "f1")]
+
+
+def test_refresh_without_write_leaves_storage_alone(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    assert arc.refresh_index(write=False).num_rows == 1
+    assert not (tmp_path / "_index").exists()
+
+
+def test_clean_staging(tmp_path):
+    arc = Archive(str(tmp_path))
+    (tmp_path / STAGING_DIR).mkdir()
+    (tmp_path / STAGING_DIR / "half-written").write_bytes(b"x")
+    arc.clean_staging()
+    assert not (tmp_path / STAGING_DIR).exists()
+
+
+class RecordingFS(LocalFileSystem):
+    """A local filesystem that records every byte range read through it."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.reads: list[tuple[str, int, int]] = []
+
+    def _open(self, path, mode="rb", **kw):
+        f = super()._open(path, mode, **kw)
+        if "r" in mode:
+            reads, read = self.reads, f.read
+
+            def recording_read(n=-1):
+                at = f.tell()
+                data = read(n)
+                reads.append((path, at, len(data)))
+                return data
+
+            f.read = recording_read
+        return f
+
+
+def test_read_asset_reads_footer_and_one_row_group(tmp_path):
+    Archive(str(tmp_path)).write_data_file(_rows([f"k{i:03d}" for i in range(320)], "j1"), "j1-0", {})
+    arc = Archive(str(tmp_path))
+    arc.refresh_index()
+    entry = arc.lookup(["k077"]).to_pylist()[0]
+    assert entry["row_group"] == 77 // ROW_GROUP_ROWS
+
+    fs = RecordingFS(skip_instance_cache=True)
+    rec = Archive(str(tmp_path), fs=fs)
+    row = rec.read_asset(entry, columns=["key", "status", "bitstream"])
+    assert row["key"] == "k077" and len(row["bitstream"]) == 2000
+
+    path = str(tmp_path / entry["file"])
+    size = os.path.getsize(path)
+    meta = pq.ParquetFile(path).metadata
+    footer_start = size - 8 - int.from_bytes(open(path, "rb").read()[-8:-4], "little")
+    group = meta.row_group(entry["row_group"])
+    starts = [min(c.data_page_offset, c.dictionary_page_offset or c.data_page_offset)
+              for c in (group.column(i) for i in range(group.num_columns))]  # fmt: skip
+    lo, hi = min(starts), max(s + group.column(i).total_compressed_size for i, s in enumerate(starts))
+    read = 0
+    for p, at, n in fs.reads:
+        assert p == path
+        if n:
+            # every range read lies in the footer or in the wanted row group
+            assert at >= footer_start - 64 * 1024 or (lo <= at and at + n <= hi), (at, n, lo, hi, footer_start)
+            read += n
+    # one row group plus the tail (pyarrow reads the last 64 KiB speculatively for the footer)
+    assert read <= (hi - lo) + 64 * 1024 + (size - footer_start)
+    assert read < size / 3  # 10 row groups of 32 assets: the other nine are never read

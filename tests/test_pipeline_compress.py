@@ -1,0 +1,178 @@
+"""The compress pipeline end to end on real Ray, real Parquet files and a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import codec
+from conftest import photo_folder, png_bytes, photo
+from operators.archive import Archive
+from pipelines.catalog import archive_info, list_assets
+from pipelines.compress import compress, format_table
+from pipelines.restore import restore
+from schemas.archive import ASSET_SCHEMA, ROW_GROUP_ROWS
+
+pytestmark = pytest.mark.timeout(420)
+
+SIZES = {"a.png": (64, 64), "b.jpg": (96, 64), "sub/c.png": (64, 96), "sub/deep/d.png": (128, 64)}
+
+
+def _archived(url: str, **so) -> dict[str, dict]:
+    """Every asset the archive's index points at, read back from the data files."""
+    arc = Archive(url, so)
+    out = {}
+    for entry in arc.refresh_index(write=False).to_pylist():
+        out[entry["key"]] = arc.read_asset(entry)
+    return out
+
+
+def _check_written(rows: dict[str, dict], keys: list[str]) -> None:
+    for k in keys:
+        r = rows[k]
+        assert r["status"] == "written" and r["error"] is None
+        img = codec.decode(r["bitstream"])  # every archived stream decodes, at its source's size
+        assert img.size == (r["width"], r["height"])
+        assert r["bpp"] == pytest.approx(8 * len(r["bitstream"]) / (r["width"] * r["height"]))
+        assert r["bits_header"] + r["bits_hyper"] + r["bits_latent"] + r["bits_text"] == 8 * len(r["bitstream"])
+        assert len(r["source_sha256"]) == 64 and r["source_size"] > 0 and r["model_id"] and r["preset"] == "taef2"
+
+
+def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
+    src = photo_folder(tmp_path / "src", SIZES)
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.jpg").write_bytes(b"this is not a photo")
+    jpeg = (src / "b.jpg").read_bytes()
+    (src / "sub" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    photo_folder(src, {"huge.png": (400, 300)})
+    (src / "notes.txt").write_text("not listed: no image suffix")
+    arc = str(tmp_path / "arc")
+
+    s = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    assert (s["written"], s["unchanged"], s["failed"]) == (4, 0, 4)
+    reasons = {f["source"].rsplit("/", 1)[-1]: f["reason"] for f in s["failures"]}
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["text.jpg"] == "not an image (unrecognised format)"
+    assert reasons["cut.jpg"].startswith("truncated image")
+    assert reasons["huge.png"].startswith("too large")
+    assert s["bytes_in"] == sum((src / k).stat().st_size for k in SIZES)
+    assert s["bytes_out"] > 0 and 0 < s["mean_bpp"] < 0.2 and s["wall_seconds"] > 0
+    table = format_table(s).splitlines()
+    assert table[0].split() == ["written", "4"] and sum(line.startswith("FAILED ") for line in table) == 4
+
+    rows = _archived(arc)
+    assert sorted(rows) == sorted([*SIZES, "empty.png", "text.jpg", "sub/cut.jpg", "huge.png"])
+    _check_written(rows, list(SIZES))
+    assert rows["text.jpg"]["status"] == "failed" and rows["text.jpg"]["bitstream"] is None
+
+    # the data files: the schema of schemas/, sorted keys, small row groups, no pickle
+    a = Archive(arc)
+    files = a.data_files()
+    assert len(files) >= 2  # rows_per_file=3 over 8 rows
+    for rel in files:
+        pf = pq.ParquetFile(Path(arc) / rel)
+        assert pf.schema_arrow.remove_metadata() == ASSET_SCHEMA
+        assert pf.schema_arrow.field("bitstream").type == "large_binary"
+        keys = pf.read(columns=["key"]).column("key").to_pylist()
+        assert keys == sorted(keys)
+        assert all(pf.metadata.row_group(i).num_rows <= ROW_GROUP_ROWS for i in range(pf.num_row_groups))
+        assert not any(b"pickle" in k.lower() for k in (pf.schema_arrow.metadata or {}))
+    assert (Path(arc) / "_jobs" / f"{s['job_id']}.json").exists()
+
+    # the same job again writes nothing; failures are tried again and reported again
+    s2 = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    assert (s2["written"], s2["unchanged"], s2["failed"]) == (0, 4, 4)
+    assert s2["bytes_in"] == 0
+
+    # one file changed, one added: only those are written
+    photo_folder(src, {"a.png": (80, 64), "new/e.png": (64, 64)})
+    s3 = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    assert (s3["written"], s3["unchanged"], s3["failed"]) == (2, 3, 4)
+    rows = _archived(arc)
+    assert rows["a.png"]["width"] == 80 and "new/e.png" in rows
+
+    listing = list_assets(arc)
+    assert [r["key"] for r in listing] == sorted(rows)
+    assert {"key", "source_uri", "status", "bpp"} <= set(listing[0])
+    info = archive_info(arc)
+    assert info["written"] == 5 and info["failed"] == 4 and info["preset"] == "taef2" and info["jobs"] == 3
+
+
+def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
+    src = photo_folder(tmp_path / "photos", {"x.png": (64, 64), "y.png": (96, 64)})
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uri", "key", "caption"])
+        w.writerow([f"file://{src}/x.png", "cats/x.png", "a red door"])
+        w.writerow([str(src / "y.png"), "cats/y.png", ""])
+        w.writerow([str(src / "gone.png"), "cats/gone.png", ""])
+    arc = str(tmp_path / "arc")
+    s = compress(str(manifest), arc, rate=1)
+    assert (s["written"], s["failed"]) == (2, 1)
+    assert s["failures"] == [{"source": str(src / "gone.png"), "reason": "I/O error: file not found"}]
+    rows = _archived(arc)
+    _check_written(rows, ["cats/x.png", "cats/y.png"])
+    assert rows["cats/x.png"]["caption"] == "a red door" and rows["cats/y.png"]["caption"] is None
+    assert compress(str(manifest), arc, rate=1)["unchanged"] == 2
+
+
+def _shard(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards(ray_local, tmp_path):
+    img = png_bytes(photo(64, 64))
+    _shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
+    _shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})
+    arc = str(tmp_path / "arc")
+    s = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)
+    assert (s["written"], s["failed"]) == (3, 1)
+    assert s["failures"][0]["source"].endswith("train-001.tar#0004.png")
+    rows = _archived(arc)
+    _check_written(rows, ["train-000/0001.png", "train-000/0002.png", "train-001/0003.png"])
+    r = restore(arc, str(tmp_path / "out"), keys=["train-000/0002.png"])
+    assert r["restored"] == 1 and Path(r["paths"][0]).name == "0002.png"
+    again = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)
+    assert (again["written"], again["unchanged"]) == (0, 3)
+
+
+def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()  # endpoint and credentials from the environment, as users set them
+    fs.mkdir("photos-bucket")
+    src = photo_folder(tmp_path / "src", {"2024/a.png": (64, 64), "2024/b.jpg": (96, 64), "2025/c.png": (64, 96)})
+    for p in sorted(src.rglob("*.*")):
+        fs.put_file(str(p), f"photos-bucket/in/{p.relative_to(src)}")
+    fs.pipe_file("photos-bucket/in/2025/bad.png", b"nope")
+
+    s = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", rate=2)
+    assert (s["written"], s["failed"]) == (3, 1)
+    assert s["failures"][0]["source"] == "s3://photos-bucket/in/2025/bad.png"
+    assert fs.exists("photos-bucket/archive/_archive.json") and fs.exists("photos-bucket/archive/_index/index.parquet")
+    assert not fs.exists("photos-bucket/archive/_staging") or not fs.ls("photos-bucket/archive/_staging")
+    rows = _archived("s3://photos-bucket/archive")
+    _check_written(rows, ["2024/a.png", "2024/b.jpg", "2025/c.png"])
+    assert rows["2024/a.png"]["source_uri"] == "s3://photos-bucket/in/2024/a.png"
+
+    again = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", rate=2)
+    assert (again["written"], again["unchanged"]) == (0, 3)
+
+    # a few keys without Ray, to local files; everything with Ray, back into the bucket
+    one = restore("s3://photos-bucket/archive", str(tmp_path / "out"), keys=["2024/b.jpg"])
+    assert one["restored"] == 1 and (tmp_path / "out" / "2024" / "b.jpg.png").exists()
+    every = restore("s3://photos-bucket/archive", "s3://photos-bucket/restored", all_keys=True, fmt="webp")
+    assert every["restored"] == 3 and every["failed"] == 1  # the failed asset is reported, not restored
+    assert sorted(fs.find("photos-bucket/restored")) == [
+        "photos-bucket/restored/2024/a.png.webp", "photos-bucket/restored/2024/b.jpg.webp",
+        "photos-bucket/restored/2025/c.png.webp"]  # fmt: skip

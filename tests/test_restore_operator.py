@@ -1,0 +1,41 @@
+"""Restore operator: where a key lands under DEST (never outside it) and one real decode."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from conftest import photo, psnr_arrays
+from operators.restore import Restorer, UnsafeKeyError, dest_relpath
+
+
+@pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "C:/x.png", "a\\..\\x.png",
+                                 "a//b.png", "./a.png", "a/\x00.png", "a/\nb.png", ""])  # fmt: skip
+def test_unsafe_keys_are_refused(key):
+    with pytest.raises(UnsafeKeyError):
+        dest_relpath(key, "png")
+
+
+def test_names():
+    assert dest_relpath("a/b.png", "png") == "a/b.png"
+    assert dest_relpath("a/B.PNG", "png") == "a/B.PNG"
+    # keys differing only in their extension stay apart
+    assert dest_relpath("a/b.jpg", "png") == "a/b.jpg.png"
+    assert dest_relpath("a/b.jpg", "jpeg") == "a/b.jpg"
+    assert dest_relpath("shard-0/0001.webp", "webp") == "shard-0/0001.webp"
+
+
+def test_restore_one(tmp_path, preset):
+    import codec
+
+    img = photo(96, 64)
+    stream = codec.encode(img, rate=3, preset=preset)
+    r = Restorer(str(tmp_path), "png")
+    path, err = r.restore_one("d/p.jpg", "written", stream)
+    assert err is None and path == str(tmp_path / "d" / "p.jpg.png")
+    out = Image.open(path)
+    assert out.size == (96, 64) and psnr_arrays(out.convert("RGB"), img) > 14
+    assert r.restore_one("../evil.png", "written", stream) == (None, "unsafe key '../evil.png': empty, '.' or '..' path segment")
+    assert r.restore_one("x.png", "failed", None)[1] == "x.png: not restorable (archived with status failed)"
+    assert "x.png" in r.restore_one("x.png", "written", stream[:-5])[1]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["p.jpg.png"]

@@ -79,7 +79,7 @@ def compress(
     if src.kind == "webdataset":
         ds = ds.map_batches(expand_shards, fn_kwargs={"storage_options": so}, batch_size=1, **light)
     else:
-        ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=16, **light)
+        ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=batch_size, **light)
     ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_sha256"}, **light)
     limit = {"max_pixels": max_pixels} if max_pixels else {}
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)

@@ -27,6 +27,16 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
+    # Ray turns a node address of 127.0.0.1 into the machine's own address and then listens on
+    # every interface. Its single-machine mode (meant for laptops: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
+    # keeps the node address, and so every server, on loopback. The flag is read once, when Ray
+    # is imported, so the module constant is set too (a private name: checked by
+    # tests/test_pipeline_faults.py on every Ray upgrade); the environment passes it to Ray's
+    # own processes.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,

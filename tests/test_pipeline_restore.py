@@ -1,0 +1,103 @@
+"""The restore pipeline and the catalog commands, on an archive built by the real compress job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import codec
+from conftest import ROOT, photo_folder
+from operators.archive import Archive
+from operators.sink import finalise_rows
+from pipelines.compress import compress
+from pipelines.restore import restore
+
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def archive(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("restore")
+    src = photo_folder(root / "src", {"a.png": (64, 64), "sub/b.jpg": (96, 64), "sub/c.png": (64, 96)})
+    (src / "sub" / "bad.png").write_bytes(b"nope")
+    arc = root / "arc"
+    compress(str(src), str(arc), rate=2)
+    return arc
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # fmt: skip
+
+
+def _stream(arc, key: str) -> bytes:
+    a = Archive(str(arc))
+    return a.read_asset(a.lookup([key]).to_pylist()[0])["bitstream"]
+
+
+def test_all_keys_with_ray(archive, tmp_path):
+    s = restore(str(archive), str(tmp_path / "out"), all_keys=True)
+    assert (s["restored"], s["failed"]) == (3, 1)
+    assert s["failures"] == [{"key": "sub/bad.png", "reason": "sub/bad.png: not restorable (archived with status failed)"}]
+    for key, rel in [("a.png", "a.png"), ("sub/b.jpg", "sub/b.jpg.png"), ("sub/c.png", "sub/c.png")]:
+        got = np.asarray(Image.open(tmp_path / "out" / rel).convert("RGB"))
+        assert np.array_equal(got, np.asarray(codec.decode(_stream(archive, key))))  # PNG is lossless
+
+
+def test_prefix_and_formats(archive, tmp_path):
+    s = restore(str(archive), str(tmp_path / "out"), prefix="sub/c", fmt="jpeg")
+    assert s["restored"] == 1 and s["paths"] == [str(tmp_path / "out" / "sub" / "c.png.jpg")]
+    assert Image.open(s["paths"][0]).format == "JPEG"
+
+
+def test_named_keys_and_missing_key(archive, tmp_path):
+    s = restore(str(archive), str(tmp_path / "out"), keys=["sub/c.png", "nope.png"], fmt="webp")
+    assert s["restored"] == 1 and s["failures"] == [{"key": "nope.png", "reason": "nope.png: not in the archive"}]
+    assert Image.open(tmp_path / "out" / "sub" / "c.png.webp").size == (64, 96)
+
+
+def test_a_hostile_key_never_writes_outside_dest(archive, tmp_path):
+    arc = tmp_path / "hostile"
+    stream = _stream(archive, "a.png")
+    rows = pa.table({"key": ["../escape.png", "ok.png"], "source_uri": ["x", "y"], "bitstream": pa.array([stream] * 2, pa.large_binary()),
+                     "width": pa.array([64, 64], pa.int32()), "height": pa.array([64, 64], pa.int32()),
+                     "status": pa.array([None, None], pa.string())})  # fmt: skip
+    a = Archive(str(arc))
+    a.create({"preset": "taef2"})
+    a.write_data_file(finalise_rows(rows, "j", dt.datetime.now(dt.timezone.utc)), "j-0", {})
+    dest = tmp_path / "dest"
+    s = restore(str(arc), str(dest), all_keys=True)
+    assert s["restored"] == 1 and s["failures"][0]["key"] == "../escape.png"
+    assert "unsafe key" in s["failures"][0]["reason"]
+    assert not (tmp_path / "escape.png").exists() and (dest / "ok.png").exists()
+
+
+def test_cli_ls_info_restore(archive, tmp_path):
+    res = _cli("ls", str(archive), "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["key"] for r in rows] == ["a.png", "sub/b.jpg", "sub/bad.png", "sub/c.png"]
+    assert all({"key", "source_uri", "status", "bpp"} <= set(r) for r in rows)
+    assert rows[2]["status"] == "failed" and rows[2]["bpp"] is None
+
+    info = json.loads(_cli("info", str(archive), "--json").stdout)
+    assert info["format"] == "resulic-archive" and info["version"] == 1 and info["preset"] == "taef2"
+    assert (info["written"], info["failed"]) == (3, 1) and info["last_job"]["written"] == 3
+    assert {"created_at", "created_by", "model_id"} <= set(info)
+
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--key", "sub/b.jpg", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["paths"] == [str(tmp_path / "o" / "sub" / "b.jpg.png")]
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--key", "missing.png")
+    assert res.returncode == 1 and "missing.png: not in the archive" in res.stdout
+
+    res = _cli("ls", str(tmp_path / "not-an-archive"))
+    assert res.returncode != 0 and "not a resulic archive" in res.stderr

@@ -1,0 +1,158 @@
+"""Archive pipeline benchmark: throughput against the in-process codec, peak memory, restore latency.
+
+    python benchmarks/pipeline.py [--sizes 1000 10000] [--side 64] [--throughput-images 200] [--restores 20]
+
+1. Throughput: the same small photos compressed by the raw codec in this process (encode,
+   verify; one batch at a time, all threads) and by `compress` on local Ray (Ray start-up
+   excluded: Ray is started first). Target: pipeline / raw >= 0.9.
+2. Peak memory while compressing N small photos, for each N in --sizes: the highest sum of
+   USS over the driver and every Ray process, sampled every 0.5 s (shared memory, such as the
+   object store's mapping, is counted once). Target: flat in N.
+3. One-key restore latency from the largest archive: `restore(keys=[k])` for random keys, the
+   first call (cold: loads the model) and the median of the rest (warm).
+
+The photos are random crops of ../shared/datasets/photos-train (never Kodak), saved as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from codec.api import encode_with_symbols, verify  # noqa: E402
+from codec.presets import load_preset  # noqa: E402
+from pipelines.compress import compress  # noqa: E402
+from pipelines.ray_runtime import ensure_ray  # noqa: E402
+from pipelines.restore import restore  # noqa: E402
+
+TRAIN = ROOT.parent / "shared" / "datasets" / "photos-train"
+
+
+def make_photos(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    sources = [Image.open(p).convert("RGB") for p in sorted(TRAIN.glob("*"))[:8]]
+    paths = []
+    for i in range(n):
+        img = rng.choice(sources)
+        x, y = rng.randrange(img.width - side), rng.randrange(img.height - side)
+        path = folder / f"{i // 1000:03d}" / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.crop((x, y, x + side, y + side)).save(path)
+        paths.append(path)
+    return paths
+
+
+class PeakMemory:
+    """Samples the summed USS of this process and its descendants in a thread."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().uss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def raw_throughput(paths: list[Path], rate: float, batch: int) -> float:
+    preset = load_preset("taef2")
+    torch.set_num_threads(os.cpu_count() or 1)
+    images = [Image.open(p).convert("RGB") for p in paths[:batch]]
+    encode_with_symbols(images[:1], rate=rate, preset=preset)  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        images = [Image.open(p).convert("RGB") for p in paths[i : i + batch]]
+        for stream, y_hat in encode_with_symbols(images, rate=rate, preset=preset):
+            verify(stream, y_hat, preset)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--side", type=int, default=64)
+    ap.add_argument("--throughput-images", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=2)
+    ap.add_argument("--restores", type=int, default=20)
+    ap.add_argument("--workdir", help="where photos and archives go (default: a temporary folder)")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="resulic-bench-"))
+    ensure_ray()
+    rows = []
+
+    # 1. throughput, same photos, one run
+    photos = make_photos(work / "tp", args.throughput_images, args.side, seed=1)
+    raw = raw_throughput(photos, args.rate, args.batch_size)
+    s = compress(str(work / "tp"), str(work / "tp-archive"), rate=args.rate, batch_size=args.batch_size)
+    pipe = s["written"] / s["wall_seconds"]
+    rows.append(("throughput", f"{args.throughput_images} photos {args.side}px",
+                 f"raw {raw:.2f} img/s, pipeline {pipe:.2f} img/s (job wall {s['wall_seconds']:.0f} s)",
+                 f"{pipe / raw:.2f}x"))  # fmt: skip
+
+    # 2. peak memory against N
+    biggest = None
+    for n in args.sizes:
+        src = work / f"n{n}"
+        make_photos(src, n, args.side, seed=2)
+        with PeakMemory() as mem:
+            s = compress(str(src), str(work / f"n{n}-archive"), rate=args.rate, batch_size=args.batch_size)
+        assert s["written"] == n, s
+        rows.append(("peak memory", f"{n} photos", f"{mem.peak / 2**20:.0f} MiB USS (driver + Ray), "
+                     f"{s['images_per_second']:.2f} img/s", ""))  # fmt: skip
+        biggest = (n, work / f"n{n}-archive")
+
+    # 3. one-key restore latency from the biggest archive
+    n, arc = biggest
+    keys = random.Random(3).sample([f"{i // 1000:03d}/{i:06d}.png" for i in range(n)], args.restores)
+    times = []
+    for k in keys:
+        t0 = time.perf_counter()
+        r = restore(str(arc), str(work / "restored"), keys=[k])
+        times.append(time.perf_counter() - t0)
+        assert r["restored"] == 1, r
+    rows.append(("restore 1 key", f"from {n} assets", f"cold {times[0] * 1000:.0f} ms, warm median "
+                 f"{statistics.median(times[1:]) * 1000:.0f} ms over {len(times) - 1}", ""))  # fmt: skip
+
+    print(f"\nresulic pipeline benchmark ({os.cpu_count()} CPUs, torch {torch.__version__}; work dir {work})")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -67,6 +67,15 @@ class Source:
     def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
         return url_to_fs(self.url, **self.storage_options)
 
+    def check(self) -> None:
+        """Fail before any work when a folder, file or manifest source does not exist (shards
+        and glob matches are accounted for one by one instead)."""
+        if self.kind == "webdataset":
+            return
+        fs, path = self.filesystem()
+        if not any(c in path for c in "*?[") and not _retry(lambda: fs.exists(path)):
+            raise FileNotFoundError(f"source not found: {self.url}")
+
 
 def fingerprint(info: dict) -> str:
     """What says a file changed, from listing metadata alone: size plus ETag or mtime."""

@@ -60,9 +60,10 @@ def compress(
     p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
     if rate is None and target_bpp is None:
         rate = p.default_rate
+    src = Source.parse(source, storage_options)
+    src.check()
     ensure_ray()
     job_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    src = Source.parse(source, storage_options)
     arc = Archive(archive, storage_options)
     meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                        "created_by": _versions()})  # fmt: skip

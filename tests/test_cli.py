@@ -91,3 +91,18 @@ def test_weights_fetch_from_file_url(tmp_path):
 def test_train_help_lists_trainer_flags():
     out = run("train", "latent-codec", "--help").stdout
     assert "resulic train latent-codec" in out and "--image-window" in out and "--stop-at" in out
+
+
+def test_compress_exit_codes(tmp_path):
+    """Exit 0 when some assets fail (they are in the summary), 1 with --fail-on-error, 2 for a
+    source that does not exist (found before Ray starts or the archive is created)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    photo(64, 64).save(src / "ok.png")
+    (src / "bad.png").write_bytes(b"not a png")
+    res = run("compress", src, tmp_path / "arc", "--rate", "1", "--json", "--fail-on-error", check=False)
+    summary = json.loads(res.stdout)
+    assert res.returncode == 1 and (summary["written"], summary["failed"]) == (1, 1)
+    assert summary["failures"] == [{"source": f"file://{src}/bad.png", "reason": "not an image (unrecognised format)"}]
+    res = run("compress", tmp_path / "missing", tmp_path / "arc2", check=False)
+    assert res.returncode == 2 and "source not found" in res.stderr and not (tmp_path / "arc2").exists()

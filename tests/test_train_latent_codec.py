@@ -23,3 +23,15 @@ def test_train_resume_and_export(tmp_path):
     model = load_latent_codec(out / "latent_codec.safetensors")
     assert model.num_levels == 57
     assert Image.open(data / "a.png").size == (256, 192)
+
+
+def test_extend_gains_continues_the_top_step():
+    import torch
+
+    from codec.train_latent_codec import extend_gains
+
+    g = torch.tensor([[0.0, 1.0], [0.5, 1.2], [1.0, 1.6]])
+    out = extend_gains(g, 5)
+    assert torch.equal(out[:3], g)
+    assert torch.allclose(out[3:], torch.tensor([[1.5, 2.0], [2.0, 2.4]]))
+    assert extend_gains(g, 3) is g

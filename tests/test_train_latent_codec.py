@@ -3,6 +3,7 @@
 import torch
 from PIL import Image
 
+from codec.latent_codec import LEVELS_PER_POINT, LatentCodecConfig
 from codec.presets import load_latent_codec
 from codec.train_latent_codec import main
 from tests.conftest import photo
@@ -21,7 +22,7 @@ def test_train_resume_and_export(tmp_path):
     main([*args, "--steps", "3"])  # resumes at step 2
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3  # resumed, not restarted
     model = load_latent_codec(out / "latent_codec.safetensors")
-    assert model.num_levels == 57
+    assert model.num_levels == (LatentCodecConfig().num_rate_points - 1) * LEVELS_PER_POINT + 1
     assert Image.open(data / "a.png").size == (256, 192)
 
 

@@ -197,8 +197,7 @@ def list_tasks(source: Source, parallelism: int) -> list[Callable[[], Iterator[p
     fs, path = source.filesystem()
     if any(c in path for c in "*?["):
         return [lambda: _glob_files(source, path)]
-    if not _retry(lambda: fs.exists(path)):
-        raise FileNotFoundError(f"source not found: {source.url}")
+    source.check()
     if _retry(lambda: fs.isfile(path)):
         return [lambda: _walk_files(source, posixpath.dirname(path), [path])]
     tops = sorted(e["name"] for e in _retry(lambda: fs.ls(path, detail=True)))

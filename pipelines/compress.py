@@ -25,7 +25,6 @@ from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
 from schemas.archive import STATUS_WRITTEN
 
 
-
 def _versions() -> dict[str, str]:
     import pyarrow
     import torch

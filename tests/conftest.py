@@ -107,3 +107,14 @@ def photo_folder(root: Path, sizes: dict[str, tuple[int, int]]) -> Path:
         img = Image.open(KODAK / names[i % len(names)]).convert("RGB").crop((100, 100, 100 + w, 100 + h))
         img.save(path, quality=92) if path.suffix.lower() in (".jpg", ".jpeg") else img.save(path)
     return root
+
+
+def write_shard(path: Path, members: dict[str, bytes]) -> None:
+    """A WebDataset shard: a plain tar of the given members, in order."""
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import io
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 import codec
-from conftest import photo_folder, png_bytes, photo
+from conftest import photo, photo_folder, png_bytes, write_shard
 from operators.archive import Archive
 from pipelines.catalog import archive_info, list_assets
 from pipelines.compress import compress, format_table
@@ -122,18 +120,10 @@ def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
     assert compress(str(manifest), arc, rate=1)["unchanged"] == 2
 
 
-def _shard(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_webdataset_shards(ray_local, tmp_path):
     img = png_bytes(photo(64, 64))
-    _shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
-    _shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})
+    write_shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
+    write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})
     arc = str(tmp_path / "arc")
     s = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)
     assert (s["written"], s["failed"]) == (3, 1)

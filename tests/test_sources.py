@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import errno
-import io
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import photo, png_bytes
+from conftest import photo, png_bytes, write_shard
 from operators import sources
 from operators.sources import (
     LISTING_SCHEMA,
@@ -105,18 +103,10 @@ def test_manifest_without_uri_column(tmp_path):
         read_manifest(Source.parse(str(tmp_path / "m.parquet")))
 
 
-def _shard(path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_webdataset_shards(tmp_path):
     img = png_bytes(photo(32, 32))
-    _shard(tmp_path / "s-000.tar", {"0001.png": img, "0001.json": b"{}", "0002.png": img})
-    _shard(tmp_path / "s-001.tar", {"0003.png": img})
+    write_shard(tmp_path / "s-000.tar", {"0001.png": img, "0001.json": b"{}", "0002.png": img})
+    write_shard(tmp_path / "s-001.tar", {"0003.png": img})
     full = (tmp_path / "s-001.tar").read_bytes()
     (tmp_path / "s-002.tar").write_bytes(full[:700])  # cut inside the member
     src = Source.parse(str(tmp_path / "s-{000..003}.tar"))

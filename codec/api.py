@@ -12,6 +12,7 @@ from codec.bitstream import Bitstream, BitstreamError, Header
 from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import DEFAULT_PRESET, Preset, load_preset
+from codec.text_coding import decode_text, encode_text
 
 
 def _preset(preset: str | Preset) -> Preset:
@@ -38,9 +39,13 @@ class _Analysed:
     width: int
     height: int
     analysed: dict
+    texts: list[str]
 
 
-def _analyse(p: Preset, images: list[Image.Image]) -> _Analysed:
+def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None) -> _Analysed:
+    texts = [""] * len(images) if texts is None else list(texts)
+    if len(texts) != len(images):
+        raise ValueError(f"{len(texts)} texts for {len(images)} images")
     sizes = {im.size for im in images}
     if len(sizes) != 1:
         raise ValueError("a batch must hold images of one size")
@@ -48,20 +53,20 @@ def _analyse(p: Preset, images: list[Image.Image]) -> _Analysed:
     with torch.no_grad():
         latent = p.autoencoder.encode(pad(x, p.pad_multiple))
     w, h = images[0].size
-    return _Analysed(w, h, p.latent_codec.analyse(latent))
+    return _Analysed(w, h, p.latent_codec.analyse(latent), texts)
 
 
 def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
     return [
-        Bitstream(Header(p.name, p.model_id, a.width, a.height, level), z, y).to_bytes()
-        for z, y in zip(a.analysed["z_strings"], y_strings)
+        Bitstream(Header(p.name, p.model_id, a.width, a.height, level), z, y, encode_text(t, p.text_model)).to_bytes()
+        for z, y, t in zip(a.analysed["z_strings"], y_strings, a.texts)
     ]
 
 
 def _item(a: _Analysed, index: int) -> _Analysed:
     one = {**a.analysed, "y": a.analysed["y"][index : index + 1], "hyper_fx": a.analysed["hyper_fx"][index : index + 1],
            "z_strings": a.analysed["z_strings"][index : index + 1]}  # fmt: skip
-    return _Analysed(a.width, a.height, one)
+    return _Analysed(a.width, a.height, one, a.texts[index : index + 1])
 
 
 def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, bytes, torch.Tensor]:
@@ -87,9 +92,12 @@ class VerifyError(RuntimeError):
     """A freshly made stream did not decode to what the encoder meant (never written)."""
 
 
-def verify(stream: bytes, y_hat: torch.Tensor, preset: str | Preset = DEFAULT_PRESET) -> None:
-    """Parse ``stream`` as a decoder would and check that it entropy-decodes to exactly ``y_hat``."""
+def verify(stream: bytes, y_hat: torch.Tensor, preset: str | Preset = DEFAULT_PRESET, text: str = "") -> None:
+    """Parse ``stream`` as a decoder would and check that it entropy-decodes to exactly ``y_hat``
+    and ``text``."""
     s, p = parse(stream, preset)
+    if decode_text(s.text, p.text_model) != text:
+        raise VerifyError("bitstream does not decode to the encoder's text")
     z_shape = p.z_shape(s.header.width, s.header.height)
     decoded = p.latent_codec.decompress_symbols([s.latent], [s.hyper_latent], z_shape, s.header.rate_level)
     if not torch.equal(decoded[0].to(y_hat.device), y_hat):
@@ -102,13 +110,17 @@ def encode_with_symbols(
     rate: float | None = None,
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
+    texts: list[str] | None = None,
 ) -> list[tuple[bytes, torch.Tensor]]:
-    """Each image's stream with the exact ``y_hat`` a decoder must recover from it (for :func:`verify`)."""
+    """Each image's stream with the exact ``y_hat`` a decoder must recover from it (for :func:`verify`).
+
+    ``texts`` (one per image, "" for none) go into the streams' text sections (the semantic residual).
+    """
     if rate is not None and target_bpp is not None:
         raise ValueError("give either rate or target_bpp, not both")
     p = _preset(preset)
     pil = [_as_image(im) for im in images]
-    a = _analyse(p, pil)
+    a = _analyse(p, pil, texts)
     if target_bpp is not None:
         if target_bpp <= 0:
             raise ValueError("target_bpp must be positive")
@@ -126,16 +138,17 @@ def encode_batch(
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
     verify_streams: bool = False,
+    texts: list[str] | None = None,
 ) -> list[bytes]:
     """Encode images of one size together (the autoencoder and transforms run batched).
 
     With ``verify_streams`` every stream is parsed and entropy-decoded once before it is
     returned (:class:`VerifyError` if it does not give back the encoder's symbols).
     """
-    pairs = encode_with_symbols(images, rate=rate, target_bpp=target_bpp, preset=preset)
+    pairs = encode_with_symbols(images, rate=rate, target_bpp=target_bpp, preset=preset, texts=texts)
     if verify_streams:
-        for stream, y_hat in pairs:
-            verify(stream, y_hat, preset)
+        for (stream, y_hat), text in zip(pairs, texts or [""] * len(pairs)):
+            verify(stream, y_hat, preset, text)
     return [stream for stream, _ in pairs]
 
 
@@ -145,9 +158,10 @@ def encode(
     rate: float | None = None,
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
+    text: str = "",
 ) -> bytes:
-    """Compress one image (a PIL image, a path or encoded bytes) to a bitstream."""
-    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset)[0]
+    """Compress one image (a PIL image, a path or encoded bytes), and optionally its residual text."""
+    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[text])[0]
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:
@@ -196,6 +210,12 @@ def decode(data: bytes, *, preset: str | Preset | None = None) -> Image.Image:
     return decode_batch([data], preset=preset)[0]
 
 
+def read_text(data: bytes, *, preset: str | Preset | None = None) -> str:
+    """The residual text a stream carries ("" when it has none); no language model involved."""
+    s, p = parse(data, preset)
+    return decode_text(s.text, p.text_model)
+
+
 def info(data: bytes) -> dict:
     """What a stream holds, without decoding it (and without loading any weights)."""
     s = Bitstream.from_bytes(data)
@@ -208,4 +228,4 @@ def info(data: bytes) -> dict:
     }  # fmt: skip
 
 
-__all__ = ["encode", "encode_batch", "decode", "decode_batch", "info", "parse", "verify", "ImageError", "BitstreamError", "VerifyError"]
+__all__ = ["encode", "encode_batch", "decode", "decode_batch", "info", "read_text", "parse", "verify", "ImageError", "BitstreamError", "VerifyError"]

@@ -20,9 +20,11 @@ from safetensors.torch import load_file
 from codec.autoencoder import TAEF2, file_sha256
 from codec.bitstream import MODEL_ID_BYTES
 from codec.latent_codec import LatentCodec, LatentCodecConfig
+from codec.text_model import TextModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 LATENT_CODEC_ENV = "RESULIC_LATENT_CODEC"
+TEXT_MODEL_FILE = WEIGHTS_DIR / "text_en_v1.safetensors"
 DEFAULT_PRESET = "taef2"
 
 
@@ -47,6 +49,7 @@ class Preset:
     name: str
     autoencoder: TAEF2
     latent_codec: LatentCodec
+    text_model: TextModel
     weights_sha256: str
     default_rate: float
 
@@ -79,11 +82,21 @@ def _load_taef2(weights_dir: str | None, latent_codec_path: str | None) -> Prese
     path = Path(latent_codec_path or os.environ.get(LATENT_CODEC_ENV) or WEIGHTS_DIR / "latent_codec_taef2.safetensors")
     if not path.is_file():
         raise FileNotFoundError(f"latent codec weights not found: {path}")
-    digest = hashlib.sha256(bytes.fromhex(ae.weights_sha256) + bytes.fromhex(file_sha256(path))).hexdigest()
-    return Preset("taef2", ae, load_latent_codec(path), digest, default_rate=3.0)
+    text = load_text_model("taef2")
+    parts = (ae.weights_sha256, file_sha256(path), text.sha256)
+    digest = hashlib.sha256(b"".join(bytes.fromhex(h) for h in parts)).hexdigest()
+    return Preset("taef2", ae, load_latent_codec(path), text, digest, default_rate=3.0)
 
 
 REGISTRY = {"taef2": _load_taef2}
+TEXT_MODELS = {"taef2": TEXT_MODEL_FILE}
+
+
+def load_text_model(name: str = DEFAULT_PRESET) -> TextModel:
+    """Only the preset's text tables (what text coding needs), without its networks."""
+    if name not in TEXT_MODELS:
+        raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(TEXT_MODELS))})")
+    return TextModel.load(TEXT_MODELS[name])
 _cache: dict[tuple, Preset] = {}
 _lock = threading.Lock()
 

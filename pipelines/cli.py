@@ -31,7 +31,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import codec
 
     t = time.perf_counter()
-    data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset)
+    data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset, text=args.text)
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
@@ -158,6 +158,14 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_text_measure(args: argparse.Namespace) -> int:
+    from codec.presets import load_text_model
+    from codec.text_measure import measure, read_captions
+
+    print(json.dumps(measure(read_captions(args.file), load_text_model(args.preset))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=float, help="rate in trained-point units (0 = lowest; fractions interpolate)")
     g.add_argument("--target-bpp", type=float, help="highest rate whose stream fits this many bits per pixel")
     p.add_argument("--preset", default="taef2")
+    p.add_argument("--text", default="", help="residual text to carry in the stream (coded losslessly)")
     _add_weights_args(p)
     p.set_defaults(func=cmd_encode)
 
@@ -230,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-url", help="where the files live (http, https or file URL)")
     f.add_argument("--force", action="store_true", help="download even when intact files are present")
     f.set_defaults(func=cmd_weights_fetch)
+
+    p = sub.add_parser("text", help="the residual text coder")
+    tsub = p.add_subparsers(dest="text_command", required=True)
+    m = tsub.add_parser("measure", help="bits the text coder spends on captions (one JSON object)")
+    m.add_argument("file", help="JSON list of objects with 'original_caption' (or of strings), or text lines")
+    m.add_argument("--preset", default="taef2")
+    m.set_defaults(func=cmd_text_measure)
 
     p = sub.add_parser("train", help="train the project's own models")
     tsub = p.add_subparsers(dest="train_command", required=True)

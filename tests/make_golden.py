@@ -17,6 +17,7 @@ from codec.presets import load_preset
 from tests.conftest import photo
 
 DATA = Path(__file__).resolve().parent / "data"
+TEXT = "Red and pink flowers below a window with weathered white shutters."
 
 
 def symbols_digest(stream: bytes) -> str:
@@ -31,11 +32,11 @@ def symbols_digest(stream: bytes) -> str:
 
 def main() -> None:
     img = photo(200, 136, "kodim07.png")
-    stream = codec.encode(img, rate=5)
+    stream = codec.encode(img, rate=5, text=TEXT)
     (DATA / "golden_taef2_v1.rsl").write_bytes(stream)
     out = codec.decode(stream)
     meta = {
-        "source": "kodim07.png crop (200, 150)-(400, 286) via tests.conftest.photo", "rate": 5,
+        "source": "kodim07.png crop (200, 150)-(400, 286) via tests.conftest.photo", "rate": 5, "text": TEXT,
         "symbols_sha256": symbols_digest(stream), "psnr_db": round(psnr(img, out), 3),
         "stream_sha256": hashlib.sha256(stream).hexdigest(),
     }  # fmt: skip

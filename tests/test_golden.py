@@ -21,6 +21,7 @@ def test_golden_stream_decodes_to_recorded_symbols_and_quality():
     meta = json.loads((DATA / "golden_taef2_v1.json").read_text())
     stream = (DATA / "golden_taef2_v1.rsl").read_bytes()
     assert symbols_digest(stream) == meta["symbols_sha256"]
+    assert codec.read_text(stream) == meta["text"]
     out = codec.decode(stream)
     assert abs(psnr(photo(200, 136, "kodim07.png"), out) - meta["psnr_db"]) < 0.05
 

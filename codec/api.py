@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from codec.bitstream import Bitstream, BitstreamError, Header
+from codec.fixed_point import from_fixed
 from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import DEFAULT_PRESET, Preset, load_preset
@@ -182,6 +183,16 @@ def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, P
     if stream.header.rate_level >= p.num_levels:
         raise BitstreamError(f"bitstream rate level {stream.header.rate_level} is out of range")
     return stream, p
+
+
+def reconstruct(y_hats: list[torch.Tensor], width: int, height: int, preset: str | Preset = DEFAULT_PRESET) -> list[Image.Image]:
+    """The latent-only reconstruction a plain decoder gives for exact symbols ``y_hat`` (as
+    returned by :func:`encode_with_symbols`): what semantic residual coding captions."""
+    p = _preset(preset)
+    with torch.no_grad():
+        latent = p.latent_codec.g_s(from_fixed(torch.stack(list(y_hats))))
+        x = p.autoencoder.decode(latent)[:, :, :height, :width]
+    return [to_image(x[i : i + 1]) for i in range(x.shape[0])]
 
 
 def decode_batch(streams: list[bytes], *, preset: str | Preset | None = None) -> list[Image.Image]:

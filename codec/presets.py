@@ -6,6 +6,7 @@ refuse a stream made with weights it does not have instead of decoding garbage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,7 @@ REGISTRY = {"taef2": _load_taef2}
 TEXT_MODELS = {"taef2": TEXT_MODEL_FILE}
 
 
+@functools.lru_cache(maxsize=None)
 def load_text_model(name: str = DEFAULT_PRESET) -> TextModel:
     """Only the preset's text tables (what text coding needs), without its networks."""
     if name not in TEXT_MODELS:

@@ -1,7 +1,9 @@
 """Decode: source bytes -> normalised 8-bit RGB pixels, or a failed row with its reason.
 
 Stateless and CPU-only (a Ray task). Pixels travel as raw bytes with their width and height
-rather than as a tensor column, so failed rows (no pixels) keep one stable schema.
+rather than as a tensor column, so failed rows (no pixels) keep one stable schema. A caption the
+file carries (XMP dc:description, EXIF ImageDescription) is picked up here, where the bytes are,
+unless the manifest gave one.
 """
 
 from __future__ import annotations
@@ -12,20 +14,26 @@ import numpy as np
 import pyarrow as pa
 
 from codec.images import MAX_PIXELS, ImageError, load_image
+from codec.semantic.embedded import embedded_caption
 from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
 
 def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
-    pixels, widths, heights, seconds, status, error = [], [], [], [], [], []
-    for row in batch.select(["key", "status", "error", "data"]).to_pylist():
+    pixels, widths, heights, seconds, status, error, captions, sources = [], [], [], [], [], [], [], []
+    has_captions = "caption" in batch.column_names
+    for row in batch.select(["key", "status", "error", "data", *(["caption"] if has_captions else [])]).to_pylist():
         st, err, px, w, h, t = row["status"], row["error"], None, None, None, None
+        caption = row.get("caption")
+        source = "manifest" if caption else None
         if st is None:
             t0 = time.perf_counter()
             try:
                 img = load_image(row["data"], name=row["key"], max_pixels=max_pixels)
                 w, h = img.size
                 px = np.asarray(img, dtype=np.uint8).tobytes()
+                if not caption:
+                    caption, source = embedded_caption(row["data"])
             except ImageError as e:
                 st, err = STATUS_FAILED, e.reason  # the row already names its source
             t = time.perf_counter() - t0
@@ -35,8 +43,11 @@ def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
         seconds.append(t)
         status.append(st)
         error.append(err)
+        captions.append(caption)
+        sources.append(source)
     out = batch.drop_columns(["data"])
-    return _with(out, status=status, error=error, pixels=pa.array(pixels, pa.large_binary()),
+    return _with(out, status=status, error=error, caption=captions, caption_source=sources,
+                 pixels=pa.array(pixels, pa.large_binary()),
                  width=pa.array(widths, pa.int32()), height=pa.array(heights, pa.int32()),
                  seconds_decode=pa.array(seconds, pa.float64()))  # fmt: skip
 

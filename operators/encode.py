@@ -4,6 +4,10 @@ Images of one size are encoded together (the autoencoder runs batched). Every st
 verified: parsed and entropy-decoded once, and compared with the encoder's own symbols, before
 it can reach the archive. An error fails its row only; a failing group is retried one image at
 a time so that one bad image never takes its neighbours down.
+
+With ``reconstruct`` (semantic residual coding with a captioning model) the actor also decodes
+its own symbols into the latent-only reconstruction (``recon_pixels``) and keeps the original
+``pixels`` for the caption stage; otherwise the pixels are dropped here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,24 @@ from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
 
+SECTION_TYPES = {"bits_header": pa.int64(), "bits_hyper": pa.int64(), "bits_latent": pa.int64(),
+                 "bits_text": pa.int64(), "bpp": pa.float64()}  # fmt: skip
+
+
+def section_columns(stream: bytes | None) -> dict[str, int | float | None]:
+    """A stream's size by section in bits, and its bpp (all None without a stream)."""
+    from codec.api import info
+
+    if not stream:
+        return dict.fromkeys(SECTION_TYPES)
+    meta = info(stream)
+    sec = meta["sections"]
+    # the header's share is everything but the payload sections (magic, framing, CRCs)
+    head = len(stream) - sec["hyper_latent"] - sec["latent"] - sec.get("text", 0)
+    return {"bits_header": 8 * head, "bits_hyper": 8 * sec["hyper_latent"], "bits_latent": 8 * sec["latent"],
+            "bits_text": 8 * sec.get("text", 0), "bpp": meta["bpp"]}  # fmt: skip
+
+
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -35,6 +57,7 @@ class Encoder:
         target_bpp: float | None = None,
         threads: int | None = None,
         env: dict[str, str] | None = None,
+        reconstruct: bool = False,
     ) -> None:
         os.environ.update(env or {})  # weight paths chosen on the driver
         if threads:
@@ -42,10 +65,10 @@ class Encoder:
         from codec.presets import load_preset
 
         self.preset = load_preset(preset).to(_device())
-        self.rate, self.target_bpp = rate, target_bpp
+        self.rate, self.target_bpp, self.reconstruct = rate, target_bpp, reconstruct
 
-    def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float]]:
-        from codec.api import encode_with_symbols, verify
+    def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
+        from codec.api import encode_with_symbols, reconstruct, verify
 
         t0 = time.perf_counter()
         pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset)
@@ -54,14 +77,18 @@ class Encoder:
         for stream, y_hat in pairs:
             t1 = time.perf_counter()
             verify(stream, y_hat, self.preset)
-            out.append((stream, t_enc, time.perf_counter() - t1))
+            out.append((stream, t_enc, time.perf_counter() - t1, None))
+        if self.reconstruct:
+            w, h = images[0].size
+            recon = reconstruct([y for _, y in pairs], w, h, self.preset)
+            out = [(s, te, tv, im.tobytes()) for (s, te, tv, _), im in zip(out, recon)]
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from codec.api import info
 
         rows = batch.select(["status", "error", "pixels", "width", "height"]).to_pylist()
-        results: dict[int, tuple[bytes, float, float] | str] = {}
+        results: dict[int, tuple[bytes, float, float, bytes | None] | str] = {}
         groups: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(rows):
             if r["status"] is None:
@@ -78,31 +105,26 @@ class Encoder:
                     except Exception as e:  # noqa: BLE001
                         results[i] = f"encode failed: {type(e).__name__}: {e}".split("\n")[0]
         cols: dict[str, list[Any]] = {k: [] for k in (
-            "status", "error", "bitstream", "bits_header", "bits_hyper", "bits_latent", "bits_text", "bpp",
-            "preset", "model_id", "rate_level", "seconds_encode", "seconds_verify")}  # fmt: skip
+            "status", "error", "bitstream", "preset", "model_id", "rate_level", "seconds_encode", "seconds_verify",
+            "recon_pixels", *SECTION_TYPES)}  # fmt: skip
         for i, r in enumerate(rows):
             res = results.get(i)
             stream = res[0] if isinstance(res, tuple) else None
             meta = info(stream) if stream else None
-            status = r["status"] if res is None else (STATUS_FAILED if isinstance(res, str) else None)
-            sections = meta["sections"] if meta else {}
-            cols["status"].append(status)
+            cols["status"].append(r["status"] if res is None else (STATUS_FAILED if isinstance(res, str) else None))
             cols["error"].append(res if isinstance(res, str) else r["error"])
             cols["bitstream"].append(stream)
-            # the header's share is everything but the payload sections (magic, framing, CRCs)
-            head = len(stream) - sections["hyper_latent"] - sections["latent"] - sections.get("text", 0) if meta else 0
-            cols["bits_header"].append(8 * head if meta else None)
-            cols["bits_hyper"].append(8 * sections["hyper_latent"] if meta else None)
-            cols["bits_latent"].append(8 * sections["latent"] if meta else None)
-            cols["bits_text"].append(8 * sections.get("text", 0) if meta else None)
-            cols["bpp"].append(meta["bpp"] if meta else None)
+            for k, v in section_columns(stream).items():
+                cols[k].append(v)
             cols["preset"].append(meta["preset"] if meta else None)
             cols["model_id"].append(meta["model_id"] if meta else None)
             cols["rate_level"].append(meta["rate_level"] if meta else None)
             cols["seconds_encode"].append(res[1] if isinstance(res, tuple) else None)
             cols["seconds_verify"].append(res[2] if isinstance(res, tuple) else None)
-        types = {"bitstream": pa.large_binary(), "rate_level": pa.int32(), "bpp": pa.float64(),
-                 "seconds_encode": pa.float64(), "seconds_verify": pa.float64(),
-                 **{k: pa.int64() for k in ("bits_header", "bits_hyper", "bits_latent", "bits_text")}}  # fmt: skip
-        out = batch.drop_columns(["pixels"])
+            cols["recon_pixels"].append(res[3] if isinstance(res, tuple) else None)
+        types = {"bitstream": pa.large_binary(), "rate_level": pa.int32(), "seconds_encode": pa.float64(),
+                 "seconds_verify": pa.float64(), "recon_pixels": pa.large_binary(), **SECTION_TYPES}  # fmt: skip
+        if not self.reconstruct:
+            cols.pop("recon_pixels")
+        out = batch if self.reconstruct else batch.drop_columns(["pixels"])
         return _with(out, **{k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})

@@ -48,7 +48,7 @@ class ArchiveDatasink(Datasink[dict]):
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
         tally = {"written": 0, "unchanged": 0, "failed": 0, "failures": [], "bytes_in": 0, "bytes_out": 0,
-                 "pixels": 0, "files": []}  # fmt: skip
+                 "pixels": 0, "bits_text": 0, "files": []}  # fmt: skip
         if not tables:
             return tally
         table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id,
@@ -62,7 +62,8 @@ class ArchiveDatasink(Datasink[dict]):
             name = f"{self.job_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
             chunk = kept.slice(start, self.min_rows)
             tally["files"].append(arc.write_data_file(chunk, name, {"job_id": self.job_id}))
-        for row in kept.select(["source_uri", "status", "error", "source_size", "bitstream", "width", "height"]).to_pylist():
+        for row in kept.select(["source_uri", "status", "error", "source_size", "bitstream", "width", "height",
+                                "bits_text"]).to_pylist():  # fmt: skip
             if row["status"] == STATUS_FAILED:
                 tally["failed"] += 1
                 tally["failures"].append({"source": row["source_uri"], "reason": row["error"]})
@@ -71,6 +72,7 @@ class ArchiveDatasink(Datasink[dict]):
                 tally["bytes_in"] += row["source_size"] or 0
                 tally["bytes_out"] += len(row["bitstream"])
                 tally["pixels"] += row["width"] * row["height"]
+                tally["bits_text"] += row["bits_text"] or 0
         return tally
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -104,13 +104,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caption_config(args: argparse.Namespace):
+    from codec.semantic.captioners import DEFAULT_PROMPT, CaptionConfig
+
+    return CaptionConfig(
+        backend=args.captioner, model=args.caption_model, endpoint=args.caption_endpoint,
+        api_key_env=args.caption_api_key_env, prompt=args.caption_prompt or DEFAULT_PROMPT,
+        residual=args.residual, max_residual_words=args.residual_words,
+    )  # fmt: skip
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    captions = _caption_config(args)  # a bad combination fails before Ray starts
     from pipelines.compress import compress, format_table
 
     summary = compress(
         args.source, args.archive, preset=args.preset, rate=args.rate, target_bpp=args.target_bpp,
         workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
         storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
+        captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -209,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, help="refuse larger images as 'too large' (default: $RESULIC_MAX_PIXELS or 256 Mpx)")
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any asset failed")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s = p.add_argument_group("semantic residual text")
+    s.add_argument("--captioner", choices=["none", "known", "transformers", "openai"], default="none",
+                   help="none: no text; known: captions the source has (manifest column, XMP, EXIF); "
+                        "transformers: a local vision-language model; openai: a chat-completions endpoint")
+    s.add_argument("--caption-model", help="transformers: local path or hub id; openai: model name")
+    s.add_argument("--caption-endpoint", help="openai: base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--caption-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    s.add_argument("--caption-prompt", help="instruction sent with each image")
+    s.add_argument("--residual", choices=["words", "model"], default="words",
+                   help="words: deterministic word difference of the two captions; model: ask the captioning model")
+    s.add_argument("--residual-words", type=int, default=12, help="most words the residual keeps")
+    s.add_argument("--caption-workers", type=int, help="captioning actors (default 1)")
+    s.add_argument("--caption-gpus-per-worker", type=float, help="GPUs per captioning actor (default 0.5 with GPUs)")
     _add_weights_args(p)
     _add_storage_args(p)
     p.set_defaults(func=cmd_compress)

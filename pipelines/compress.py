@@ -2,8 +2,9 @@
 
 Read top to bottom, it is one chain: list -> skip unchanged (listing fingerprint) -> read
 bytes (or expand WebDataset shards) -> skip unchanged (content hash) -> decode -> encode and
-verify (actor pool) -> commit to the archive. Every listed asset reaches the sink exactly
-once, as written, unchanged or failed.
+verify (actor pool) -> [caption original and reconstruction (actor pool)] -> [residual text
+into the stream] -> commit to the archive. Every listed asset reaches the sink exactly once,
+as written, unchanged or failed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 import pyarrow.compute as pc
 import ray
 
+from codec.semantic.captioners import CaptionConfig
 from operators.archive import Archive
+from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
+from operators.residual import attach_residual
 from operators.sink import ArchiveDatasink
 from operators.sources import ListingDatasource, Source, expand_shards, fetch, mark_unchanged
 from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
@@ -51,6 +55,9 @@ def compress(
     storage_options: dict[str, Any] | None = None,
     rows_per_file: int = 128,
     max_pixels: int | None = None,
+    captions: CaptionConfig | None = None,
+    caption_workers: int | None = None,
+    caption_gpus_per_worker: float | None = None,
 ) -> dict:
     """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
     t0 = time.time()
@@ -71,7 +78,9 @@ def compress(
     archived = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN)).select(
         ["key", "source_fingerprint", "source_sha256"]
     )
-    plan = plan_pool(workers, gpus_per_worker)
+    captions = captions or CaptionConfig()
+    two_pools = captions.captions_reconstructions
+    plan = plan_pool(workers, gpus_per_worker, share=0.5 if two_pools else 1.0)
     so = src.storage_options
     light = {"batch_format": "pyarrow", "num_cpus": 0.5}
     ds = ray.data.read_datasource(ListingDatasource(src), num_cpus=0.5)
@@ -86,17 +95,32 @@ def compress(
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "threads": plan.threads_per_actor,
-                               "env": worker_env()},  # fmt: skip
+                               "env": worker_env(), "reconstruct": two_pools},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
+    if two_pools:
+        cap = plan_pool(caption_workers or 1, caption_gpus_per_worker, share=0.5)
+        ds = ds.map_batches(
+            Captioner,
+            fn_constructor_kwargs={"config": captions.to_dict(), "env": worker_env()},
+            compute=ray.data.ActorPoolStrategy(size=cap.actors),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            num_cpus=cap.cpus_per_actor,
+            num_gpus=cap.gpus_per_actor or None,
+        )
+    if captions.backend != "none":
+        ds = ds.map_batches(attach_residual, fn_kwargs={"preset": preset, "max_words": captions.max_residual_words,
+                                                        "target_bpp": target_bpp}, **light)  # fmt: skip
     sink = ArchiveDatasink(archive, so, job_id, min_rows=rows_per_file)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
     arc.refresh_index()
     summary = summarise(sink, job_id, source, archive, meta, rate, target_bpp, time.time() - t0)
+    summary["captioner"] = captions.backend
     arc.write_job_summary(job_id, summary)
     return summary
 
@@ -104,7 +128,8 @@ def compress(
 def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,
               rate: float | None, target_bpp: float | None, wall: float) -> dict:  # fmt: skip
     tallies = sink.result.write_returns if sink.result else []
-    total = {k: sum(t[k] for t in tallies) for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels")}
+    total = {k: sum(t.get(k, 0) for t in tallies)
+             for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
     failures = [f for t in tallies for f in t["failures"]]
     return {
         "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
@@ -113,6 +138,7 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
         "failures": sorted(failures, key=lambda f: f["source"]),
         "bytes_in": total["bytes_in"], "bytes_out": total["bytes_out"],
         "mean_bpp": total["bytes_out"] * 8 / total["pixels"] if total["pixels"] else None,
+        "text_bits": total["bits_text"],
         "wall_seconds": round(wall, 3),
         "images_per_second": round(total["written"] / wall, 4) if wall > 0 else None,
         "files": sorted(f for t in tallies for f in t["files"]),

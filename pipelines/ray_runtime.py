@@ -54,23 +54,25 @@ class PoolPlan:
     threads_per_actor: int
 
 
-def plan_pool(workers: int | None, gpus_per_worker: float | None) -> PoolPlan:
+def plan_pool(workers: int | None, gpus_per_worker: float | None, share: float = 1.0) -> PoolPlan:
     """How many model-holding actors, and what each asks for.
 
     On CPUs, actors together ask for at most all CPUs but one, so the read and decode tasks
     always have a CPU: an actor pool that takes every CPU starves the read stage and the job
     hangs (Ray Data backpressures the reads against a budget the actors hold). Torch threads
-    per actor still use the whole machine's cores between them.
+    per actor still use the whole machine's cores between them. ``share`` is this pool's part
+    of that budget when two pools (encoder and captioner) run side by side; by default they
+    then also share each GPU (half a GPU per actor).
     """
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
+        gpus_per_worker = share if gpus >= 1 else 0.0
     if gpus_per_worker > 0:
         if gpus < gpus_per_worker:
             raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the cluster has {gpus:g} GPUs")
-        n = workers or max(1, int(gpus // gpus_per_worker))
-        return PoolPlan(n, min(1.0, max(0.25, (cpus - 1) / n)), gpus_per_worker, max(1, int(cpus // n)))
-    n = workers or max(1, int(cpus) - 1)
-    budget = max(0.25, cpus - 1)
+        n = workers or max(1, int(gpus * share // gpus_per_worker))
+        return PoolPlan(n, min(1.0, max(0.25, share * (cpus - 1) / n)), gpus_per_worker, max(1, int(cpus // n)))
+    n = workers or max(1, int(share * (cpus - 1)))
+    budget = max(0.25, share * (cpus - 1))
     return PoolPlan(n, min(1.0, budget / n), 0.0, max(1, int(cpus // n)))

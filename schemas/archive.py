@@ -42,13 +42,18 @@ ASSET_SCHEMA = pa.schema(
         pa.field("preset", pa.string()),
         pa.field("model_id", pa.string()),  # hex, as in the bitstream header
         pa.field("rate_level", pa.int32()),
-        pa.field("caption", pa.string()),  # an existing caption from a manifest, kept for later issues
+        pa.field("caption", pa.string()),  # a caption the source already had (manifest column, XMP, EXIF)
+        pa.field("caption_source", pa.string()),  # manifest | xmp | exif | model | refused (null: none)
+        pa.field("caption_original", pa.string()),  # the caption of the original that the residual used
+        pa.field("caption_reconstruction", pa.string()),  # the caption of the latent-only reconstruction
+        pa.field("residual_text", pa.string()),  # what the bitstream's text section holds ("" = no section)
         pa.field("status", pa.string(), nullable=False),  # written | failed
         pa.field("error", pa.string()),
         pa.field("seconds_read", pa.float64()),
         pa.field("seconds_decode", pa.float64()),
         pa.field("seconds_encode", pa.float64()),
         pa.field("seconds_verify", pa.float64()),
+        pa.field("seconds_caption", pa.float64()),
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]

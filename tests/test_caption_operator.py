@@ -1,0 +1,67 @@
+"""The caption operator on real encoder output: both captions, refusals, failures kept per row."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from codec.semantic.captioners import CaptionConfig
+from conftest import png_bytes
+from operators.caption import Captioner
+from operators.decode import decode_images
+from operators.encode import Encoder
+from tests.chat_server import API_KEY, ChatServer
+
+
+def encoded(images: dict[str, Image.Image], captions: dict[str, str] | None = None) -> pa.Table:
+    captions = captions or {}
+    batch = pa.table({"key": list(images), "status": pa.array([None] * len(images), pa.string()),
+                      "error": pa.array([None] * len(images), pa.string()),
+                      "caption": pa.array([captions.get(k) for k in images], pa.string()),
+                      "data": pa.array([png_bytes(im) for im in images.values()], pa.large_binary())})  # fmt: skip
+    return Encoder(rate=2, reconstruct=True)(decode_images(batch))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return encoded({"red.png": Image.new("RGB", (64, 64), (220, 40, 30)), "blue.png": Image.new("RGB", (64, 64), (0, 0, 240)),
+                    "known.png": Image.new("RGB", (64, 64), (30, 200, 30))},
+                   captions={"known.png": "A green meadow with one white horse."})  # fmt: skip
+
+
+def test_encoder_keeps_pixels_and_adds_the_reconstruction(batch):
+    r = batch.to_pylist()[0]
+    assert len(r["pixels"]) == len(r["recon_pixels"]) == 64 * 64 * 3 and r["bitstream"]
+
+
+def test_captions_both_and_records_refusals(batch, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with ChatServer() as server:
+        out = Captioner(CaptionConfig(backend="openai", endpoint=server.url, model="m").to_dict())(batch)
+        sent = len(server.requests)
+    rows = {r["key"]: r for r in out.to_pylist()}
+    assert sent == 5  # two originals (the known caption is reused) and three reconstructions
+    red = rows["red.png"]
+    assert red["caption_original"] == "A bright red square with a small white lighthouse." and red["caption_source"] == "model"
+    assert red["caption_reconstruction"] and red["status"] is None
+    assert rows["blue.png"]["caption_source"] == "refused" and rows["blue.png"]["caption_original"] == ""
+    assert rows["known.png"]["caption_original"] == "A green meadow with one white horse."
+    assert rows["known.png"]["caption_source"] == "manifest"
+    assert "pixels" not in out.column_names and "recon_pixels" not in out.column_names
+
+
+def test_model_residual_asks_the_model(batch, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with ChatServer() as server:
+        cfg = CaptionConfig(backend="openai", endpoint=server.url, model="m", residual="model")
+        rows = {r["key"]: r for r in Captioner(cfg.to_dict())(batch).to_pylist()}
+        prompts = [r["body"]["messages"][0]["content"][0]["text"] for r in server.requests[5:]]
+    assert rows["red.png"]["residual_text"] == "lighthouse"
+    assert len(prompts) == 2 and all("Original:" in p for p in prompts)  # not for the refused one
+
+
+def test_an_unreachable_endpoint_fails_rows_with_a_reason(batch):
+    cfg = CaptionConfig(backend="openai", endpoint="http://127.0.0.1:9/v1", model="m", retries=0, timeout=2)
+    rows = Captioner(cfg.to_dict())(batch).to_pylist()
+    assert all(r["status"] == "failed" and r["error"].startswith("captioning failed: caption endpoint failed") for r in rows)

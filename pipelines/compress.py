@@ -10,6 +10,7 @@ as written, unchanged or failed.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from typing import Any
@@ -106,7 +107,7 @@ def compress(
         cap = plan_pool(caption_workers or 1, caption_gpus_per_worker, share=0.5)
         ds = ds.map_batches(
             Captioner,
-            fn_constructor_kwargs={"config": captions.to_dict(), "env": worker_env()},
+            fn_constructor_kwargs={"config": captions.to_dict(), "env": caption_env(captions)},
             compute=ray.data.ActorPoolStrategy(size=cap.actors),
             batch_size=batch_size,
             batch_format="pyarrow",
@@ -123,6 +124,15 @@ def compress(
     summary["captioner"] = captions.backend
     arc.write_job_summary(job_id, summary)
     return summary
+
+
+def caption_env(captions: CaptionConfig) -> dict[str, str]:
+    """What caption actors need from the driver's environment: the weights paths and the API key
+    (the key goes to the actors only, as an environment variable; it is never written anywhere)."""
+    env = worker_env()
+    if captions.api_key_env in os.environ:
+        env[captions.api_key_env] = os.environ[captions.api_key_env]
+    return env
 
 
 def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,

@@ -59,6 +59,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.reference:
         ref = load_image(args.reference)
         line += f", PSNR {psnr(ref, image):.2f} dB, MS-SSIM {ms_ssim(ref, image):.4f}"
+    text = codec.read_text(data)
+    if text:
+        line += f", text {json.dumps(text, ensure_ascii=False)}"
     print(line)
     return 0
 

@@ -36,6 +36,15 @@ def test_encode_info_decode(tmp_path):
     assert "PSNR" in line and "MS-SSIM" in line
 
 
+def test_text_rides_in_its_own_section(tmp_path):
+    src, stream = tmp_path / "in.png", tmp_path / "t.rsl"
+    photo(96, 64).save(src)
+    run("encode", src, stream, "--rate", "1", "--text", "white lighthouse, red boat")
+    meta = json.loads(run("info", stream, "--json").stdout)
+    assert meta["sections"]["text"] > 6  # tag, length and CRC are counted with the payload
+    assert 'text "white lighthouse, red boat"' in run("decode", stream, tmp_path / "o.png").stdout
+
+
 def test_target_bpp_flag(tmp_path):
     stream = tmp_path / "x.rsl"
     run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.1")

@@ -166,19 +166,24 @@ def encode(
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:
-    """Parse and check a stream against the weights it names."""
+    """Parse and check a stream against the weights it names (any released model of its preset)."""
     stream = Bitstream.from_bytes(data)
-    name = stream.header.preset
+    name, model_id = stream.header.preset, stream.header.model_id
     if isinstance(preset, Preset) and preset.name != name:
         raise BitstreamError(f"bitstream was made with preset {name!r}, not {preset.name!r}")
     try:
         p = _preset(preset or name)
     except KeyError as e:
         raise BitstreamError(f"bitstream names preset {name!r}, which this decoder does not have") from e
-    if stream.header.model_id != p.model_id:
+    if model_id != p.model_id and not isinstance(preset, Preset):
+        try:
+            p = load_preset(name, model_id=model_id.hex())
+        except KeyError:
+            pass  # not a released model: refused below
+    if model_id != p.model_id:
         raise BitstreamError(
-            f"bitstream was made with {name} weights {stream.header.model_id.hex()}, "
-            f"but the loaded weights are {p.model_id.hex()}"
+            f"bitstream was made with {name} weights {model_id.hex()}, "
+            f"but the loaded weights are {p.model_id.hex()} (and no released model has that id)"
         )
     if stream.header.rate_level >= p.num_levels:
         raise BitstreamError(f"bitstream rate level {stream.header.rate_level} is out of range")

@@ -1,13 +1,16 @@
-"""Named presets: an autoencoder and a latent codec, with the hash that identifies both.
+"""Named presets: an autoencoder, a latent codec and a text model, with the hash that identifies them.
 
-A bitstream names its preset and carries the first bytes of this hash, so a decoder can
-refuse a stream made with weights it does not have instead of decoding garbage.
+A bitstream names its preset and carries the first bytes of this hash (the model id). Every
+model a release could write with stays addressable by its id (``weights/releases.json``), so
+a stream made years ago is decoded with the weights it was made with, and a stream made with
+weights this build does not have is refused instead of decoded into garbage.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import json
 import os
 import threading
@@ -25,7 +28,7 @@ from codec.text_model import TextModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 LATENT_CODEC_ENV = "RESULIC_LATENT_CODEC"
-TEXT_MODEL_FILE = WEIGHTS_DIR / "text_en_v1.safetensors"
+RELEASES_FILE = WEIGHTS_DIR / "releases.json"
 DEFAULT_PRESET = "taef2"
 
 
@@ -78,38 +81,73 @@ class Preset:
         return self
 
 
-def _load_taef2(weights_dir: str | None, latent_codec_path: str | None) -> Preset:
+def releases(name: str) -> list[dict]:
+    """The released models of a preset, oldest first (the last one writes new streams)."""
+    table = json.loads(RELEASES_FILE.read_text())
+    if name not in table:
+        raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(k for k in table if k[0] != '_'))})")
+    return table[name]
+
+
+def release(name: str, model_id: str | None = None) -> dict:
+    """One released model of a preset: by its model id (hex), else the newest."""
+    entries = releases(name)
+    if model_id is None:
+        return entries[-1]
+    for e in entries:
+        if e["model_id"] == model_id:
+            return e
+    raise KeyError(f"{name} has no released model {model_id} (known: {', '.join(e['model_id'] for e in entries)})")
+
+
+def model_digest(*sha256_hex: str) -> str:
+    return hashlib.sha256(b"".join(bytes.fromhex(h) for h in sha256_hex)).hexdigest()
+
+
+def _load_taef2(weights_dir: str | None, latent_codec_path: str | None, model_id: str | None) -> Preset:
     ae = TAEF2.from_pretrained(weights_dir)
-    path = Path(latent_codec_path or os.environ.get(LATENT_CODEC_ENV) or WEIGHTS_DIR / "latent_codec_taef2.safetensors")
+    entry = release("taef2", model_id)
+    override = None if model_id else latent_codec_path or os.environ.get(LATENT_CODEC_ENV)
+    path = Path(override or WEIGHTS_DIR / entry["latent_codec"])
     if not path.is_file():
         raise FileNotFoundError(f"latent codec weights not found: {path}")
-    text = load_text_model("taef2")
-    parts = (ae.weights_sha256, file_sha256(path), text.sha256)
-    digest = hashlib.sha256(b"".join(bytes.fromhex(h) for h in parts)).hexdigest()
+    text = _text_model(entry["text_model"])
+    digest = model_digest(ae.weights_sha256, file_sha256(path), text.sha256)
+    if model_id and digest[: 2 * MODEL_ID_BYTES] != model_id:
+        raise ValueError(f"the files of taef2 model {model_id} do not hash to it (changed in place?)")
     return Preset("taef2", ae, load_latent_codec(path), text, digest, default_rate=3.0)
 
 
 REGISTRY = {"taef2": _load_taef2}
-TEXT_MODELS = {"taef2": TEXT_MODEL_FILE}
 
 
 @functools.lru_cache(maxsize=None)
-def load_text_model(name: str = DEFAULT_PRESET) -> TextModel:
-    """Only the preset's text tables (what text coding needs), without its networks."""
-    if name not in TEXT_MODELS:
-        raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(TEXT_MODELS))})")
-    return TextModel.load(TEXT_MODELS[name])
+def _text_model(file: str) -> TextModel:
+    return TextModel.load(WEIGHTS_DIR / file)
+
+
+def load_text_model(name: str = DEFAULT_PRESET, model_id: str | None = None) -> TextModel:
+    """Only a preset's text tables (what text coding needs), without its networks."""
+    return _text_model(release(name, model_id)["text_model"])
+
+
 _cache: dict[tuple, Preset] = {}
 _lock = threading.Lock()
 
 
-def load_preset(name: str = DEFAULT_PRESET, weights_dir: str | None = None, latent_codec_path: str | None = None) -> Preset:
-    """Load (once per process) the named preset."""
+def load_preset(
+    name: str = DEFAULT_PRESET,
+    weights_dir: str | None = None,
+    latent_codec_path: str | None = None,
+    model_id: str | None = None,
+) -> Preset:
+    """Load (once per process) the named preset: its newest release (or the latent codec file
+    given, or in ``$RESULIC_LATENT_CODEC``), or with ``model_id`` (hex) that released model."""
     if name not in REGISTRY:
         raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(REGISTRY))})")
     key = (name, str(weights_dir or os.environ.get("RESULIC_TAEF2_DIR", "")),
-           str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")))  # fmt: skip
+           "" if model_id else str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")), model_id or "")  # fmt: skip
     with _lock:
         if key not in _cache:
-            _cache[key] = REGISTRY[name](weights_dir, latent_codec_path)
+            _cache[key] = REGISTRY[name](weights_dir, latent_codec_path, model_id)
         return _cache[key]

@@ -23,3 +23,56 @@ def test_shipped_weights_are_small_and_frozen():
 def test_missing_latent_codec_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="latent codec weights not found"):
         load_preset("taef2", latent_codec_path=str(tmp_path / "x.safetensors"))
+
+
+def test_every_release_still_hashes_to_its_model_id():
+    from codec.presets import releases
+
+    for entry in releases("taef2"):
+        p = load_preset("taef2", model_id=entry["model_id"])
+        assert p.model_id.hex() == entry["model_id"]
+        assert p.autoencoder.weights_sha256 == entry["autoencoder_sha256"]
+    assert load_preset("taef2").model_id.hex() == releases("taef2")[-1]["model_id"]  # the newest encodes
+
+
+def test_a_stream_from_an_older_release_decodes_with_its_own_weights(tmp_path, monkeypatch):
+    """A later release ships new weights; streams written before it keep decoding, bit-exactly."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    import codec
+    import codec.presets as presets
+    from codec.bitstream import Bitstream
+    from tests.conftest import photo
+
+    old = presets.releases("taef2")[-1]
+    old_stream = codec.encode(photo(64, 64), rate=2)  # written by the current (soon "old") release
+    old_image = codec.decode(old_stream)
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, weights)
+    src = WEIGHTS_DIR / old["latent_codec"]
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(src)), str(weights / "latent_codec_taef2_v2.safetensors"), metadata={**meta, "note": "v2"})
+    ae = old["autoencoder_sha256"]
+    new_id = presets.model_digest(ae, presets.file_sha256(weights / "latent_codec_taef2_v2.safetensors"),
+                                  presets.file_sha256(weights / old["text_model"]))[:16]  # fmt: skip
+    table = {"taef2": [old, {**old, "model_id": new_id, "latent_codec": "latent_codec_taef2_v2.safetensors"}]}
+    (weights / "releases.json").write_text(json.dumps(table))
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(presets, "RELEASES_FILE", weights / "releases.json")
+    monkeypatch.setattr(presets, "_cache", {})
+    presets._text_model.cache_clear()
+    try:
+        assert codec.load_preset().model_id.hex() == new_id  # new streams use the newest release
+        assert Bitstream.from_bytes(codec.encode(photo(64, 64), rate=2)).header.model_id.hex() == new_id
+        assert codec.decode(old_stream).tobytes() == old_image.tobytes()  # found by its model id
+        s = Bitstream.from_bytes(old_stream)
+        s.header.model_id = bytes(8)  # weights no release has
+        with pytest.raises(codec.BitstreamError, match="no released model has that id"):
+            codec.decode(s.to_bytes())
+    finally:
+        presets._text_model.cache_clear()

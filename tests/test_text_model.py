@@ -5,7 +5,7 @@ import string
 
 import pytest
 
-from codec.presets import TEXT_MODEL_FILE, load_text_model
+from codec.presets import WEIGHTS_DIR, load_text_model
 from codec.text_model import CONTEXTS, KINDS, TOTAL, VOCAB_SIZE, TextModel, quantise
 
 
@@ -40,4 +40,5 @@ def test_build_save_load_round_trip(tmp_path):
 
 
 def test_shipped_file_is_where_the_preset_expects_it():
-    assert TEXT_MODEL_FILE.is_file() and TEXT_MODEL_FILE.stat().st_size < 2_000_000
+    path = WEIGHTS_DIR / "text_en_v1.safetensors"
+    assert path.is_file() and path.stat().st_size < 2_000_000

@@ -1,0 +1,54 @@
+"""CDM decoding: noise ẑ to N_r with the stream's seed, then a few deterministic DDIM steps.
+
+The noise comes from a CPU generator seeded by the stream, whatever device runs the model, so a
+stream always starts from the same point; what may differ across hardware is only the float
+arithmetic of the UNet (see schemas/bitstream_v1.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codec.cdm.model import CDMDenoiser
+from codec.cdm.process import alphas_cumprod, ddim_step, ddim_timesteps, start_point
+
+DEFAULT_STEPS = 4  # denoiser evaluations, the paper's setting
+
+
+def stream_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """One standard normal draw per item, from its own seed (CPU generator: device-independent)."""
+    out = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(s))
+        out.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def cdm_decode_latent(
+    model: CDMDenoiser,
+    z_hat: torch.Tensor,
+    level: int,
+    n_r: int,
+    seeds: list[int],
+    steps: int = DEFAULT_STEPS,
+    text: torch.Tensor | None = None,
+    uncond_text: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """(B, C, h, w) decoded latents -> restored latents, all items at one rate level and N_r."""
+    ac = alphas_cumprod()
+    dev = z_hat.device
+    zh = model.normalise(z_hat)
+    noise = stream_noise(tuple(z_hat.shape[1:]), seeds).to(dev)
+    z = start_point(zh, n_r, noise, ac)
+    labels = torch.full((z.shape[0],), level, dtype=torch.long, device=dev)
+    ts = ddim_timesteps(n_r, steps)
+    for i, t in enumerate(ts):
+        tt = torch.full((z.shape[0],), t, dtype=torch.long, device=dev)
+        eps = model(z, tt, zh, labels, text)
+        if text is not None and uncond_text is not None and guidance_scale != 1.0:
+            eps_u = model(z, tt, zh, labels, uncond_text)
+            eps = eps_u + guidance_scale * (eps - eps_u)
+        z = ddim_step(z, eps, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
+    return model.denormalise(z)

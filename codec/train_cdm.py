@@ -1,0 +1,139 @@
+"""Train the CDM denoiser for a preset on CPU: ``resulic train cdm``.
+
+Data: the cached TAEF2 latents of the training photos (``codec.training_data``), random aligned
+(latent, image) crops. For each batch a rate level is drawn, ẑ is made by the preset's own
+latent codec at that level (the exact symbols a decoder recovers), N_r follows the rate table,
+and the step n is drawn uniformly from 1..N_r: the model only ever sees the part of the
+trajectory decoding walks.
+
+Losses, after the paper: stage 1 is the ε-MSE of the compression-aware process (the paper's
+‖ẑ − z₀‖² term trains its latent codec, which is frozen here); from ``--image-loss-from`` on,
+stage 2 adds an image-space MSE of the one-step clean estimate through the frozen TAEF2
+decoder (a central window). Resumable: rerun the same command to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from codec.cdm.model import CDMConfig, CDMDenoiser
+from codec.cdm.process import alphas_cumprod, forward_process, n_r_for_level
+from codec.fixed_point import from_fixed
+from codec.presets import load_preset
+from codec.training_data import CropSampler, build_cache
+
+
+def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
+    lat = torch.cat([it["latent"].flatten(1) for it in items], dim=1)
+    return lat.mean(1).tolist(), lat.std(1).clamp_min(1e-3).tolist()
+
+
+@torch.no_grad()
+def decoded_latent(preset, z0: torch.Tensor, level: int) -> torch.Tensor:
+    """ẑ: what a plain decoder recovers from z₀ coded at ``level`` (the exact codec path)."""
+    lc = preset.latent_codec
+    _, y_hat = lc.code_latent(lc.analyse(z0), level)
+    return lc.g_s(from_fixed(y_hat))
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
+                   help="photo folders, each optionally FOLDER:SCALE,SCALE (default scales 0.7,0.5)")  # fmt: skip
+    p.add_argument("--cache", default=".cache/latents")
+    p.add_argument("--out", default="runs/cdm")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=32, help="latent crop side (image side / 8)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--image-loss-from", type=int, default=None, help="first step of stage 2 (default: 60%% of --steps)")
+    p.add_argument("--image-loss-weight", type=float, default=1.0)
+    p.add_argument("--image-window", type=int, default=16, help="latent window decoded for the image loss")
+    p.add_argument("--config", help="JSON object of CDMConfig fields (default: the offline preset's)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    preset = load_preset("taef2", weights_dir=args.weights_dir)
+    ae = preset.autoencoder
+    files: list[Path] = []
+    for spec in args.data:
+        folder, _, scales = spec.partition(":")
+        kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
+        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)
+    sampler = CropSampler(files, args.crop, seed=int(time.time()))
+    rng = random.Random(int(time.time()))
+    mean, std = latent_stats(sampler.items)
+    config = CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
+                       **json.loads(args.config or "{}"))  # fmt: skip
+    model = CDMDenoiser(config)
+    if args.crop % 16:
+        p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    ckpt_path, step = out / "checkpoint.pt", 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step = int(ckpt["step"])
+        print(f"resumed at step {step}", flush=True)
+    print(f"CDM denoiser: {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M parameters", flush=True)
+    stage2 = int(0.6 * args.steps) if args.image_loss_from is None else args.image_loss_from
+    ac = alphas_cumprod()
+    log = open(out / "train.log", "a")
+    t0 = time.time()
+    while step < args.steps:
+        lr = args.lr * (0.1 if step > 0.9 * args.steps else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        z0, img = sampler.batch(args.batch)
+        level = rng.randrange(preset.num_levels)
+        n_r = n_r_for_level(level, preset.num_levels)
+        z_hat = decoded_latent(preset, z0, level)
+        zn0, znh = model.normalise(z0), model.normalise(z_hat)
+        b = z0.shape[0]
+        n = torch.randint(1, n_r + 1, (b,))
+        z_n, eff = forward_process(zn0, znh, n, torch.full((b,), n_r), torch.randn_like(zn0), ac)
+        pred = model(z_n, n, znh, torch.full((b,), level, dtype=torch.long))
+        loss_eps = (pred - eff).pow(2).mean()
+        loss, psnr_img = loss_eps, None
+        if step >= stage2 and args.image_loss_weight > 0:
+            a = ac[n].float().reshape(-1, 1, 1, 1)
+            z0_pred = model.denormalise((z_n - (1 - a).sqrt() * pred) / a.sqrt())
+            w, o = args.image_window, (args.crop - args.image_window) // 2
+            dec = ae.decoder(z0_pred[:, :, o : o + w, o : o + w]).clamp(0, 1)
+            tgt = img[:, :, 8 * o : 8 * (o + w), 8 * o : 8 * (o + w)]
+            d_img = (dec - tgt)[:, :, 8:-8, 8:-8].pow(2).mean()
+            loss = loss + args.image_loss_weight * d_img
+            psnr_img = -10 * math.log10(max(d_img.item(), 1e-10))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            rec = {"step": step, "loss": round(loss.item(), 4), "eps_mse": round(loss_eps.item(), 4), "level": level,
+                   "n_r": n_r, "psnr_img": None if psnr_img is None else round(psnr_img, 2), "lr": lr,
+                   "sec": round(time.time() - t0, 1)}  # fmt: skip
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % args.save_every == 0 or step == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            model.save_pretrained(out / "cdm", {"step": step, "latent_codec_model_id": preset.model_id.hex()})
+
+
+if __name__ == "__main__":
+    main()

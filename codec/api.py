@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from codec.bitstream import Bitstream, BitstreamError, Header
+from codec.cdm.process import n_r_for_level
+from codec.cdm.sampler import DEFAULT_STEPS, cdm_decode_latent
 from codec.fixed_point import from_fixed
 from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
@@ -57,9 +60,18 @@ def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None) -> _
     return _Analysed(w, h, p.latent_codec.analyse(latent), texts)
 
 
+def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
+    """With a CDM, the stream names where diffusion starts (N_r, from the rate) and its noise seed
+    (from the latent string: the same image and rate always give the same stream)."""
+    if p.cdm is None:
+        return Header(p.name, p.model_id, a.width, a.height, level)
+    n_r = n_r_for_level(level, p.num_levels)
+    return Header(p.name, p.model_id, a.width, a.height, level, n_r, zlib.crc32(y) & 0xFFFF)
+
+
 def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
     return [
-        Bitstream(Header(p.name, p.model_id, a.width, a.height, level), z, y, encode_text(t, p.text_model)).to_bytes()
+        Bitstream(_header(p, a, level, y), z, y, encode_text(t, p.text_model)).to_bytes()
         for z, y, t in zip(a.analysed["z_strings"], y_strings, a.texts)
     ]
 
@@ -200,30 +212,52 @@ def reconstruct(y_hats: list[torch.Tensor], width: int, height: int, preset: str
     return [to_image(x[i : i + 1]) for i in range(x.shape[0])]
 
 
-def decode_batch(streams: list[bytes], *, preset: str | Preset | None = None) -> list[Image.Image]:
-    """Decode streams; those of one size and level share one batched decoder pass."""
+DECODERS = ("auto", "cdm", "plain")
+
+
+def _decoder_for(p: Preset, decoder: str) -> str:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r} (known: {', '.join(DECODERS)})")
+    if decoder == "cdm" and p.cdm is None:
+        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no CDM decoder: use the plain decoder")
+    return "cdm" if decoder == "auto" and p.cdm is not None else "plain" if decoder == "auto" else decoder
+
+
+def decode_batch(
+    streams: list[bytes], *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS
+) -> list[Image.Image]:
+    """Decode streams; those of one size and level share one batched decoder pass.
+
+    ``decoder``: "cdm" (compression-aware diffusion, ``steps`` denoiser evaluations from the
+    stream's N_r with its seed), "plain" (the latent codec and the autoencoder only) or "auto"
+    (CDM when the stream's model has one).
+    """
     parsed = [parse(s, preset) for s in streams]
     out: list[Image.Image | None] = [None] * len(streams)
     groups: dict[tuple, list[int]] = {}
     for i, (s, p) in enumerate(parsed):
         h = s.header
-        groups.setdefault((id(p), h.width, h.height, h.rate_level), []).append(i)
-    for (_, w, h, level), idx in groups.items():
+        groups.setdefault((id(p), h.width, h.height, h.rate_level, h.diffusion_start_step), []).append(i)
+    for (_, w, h, level, start), idx in groups.items():
         p = parsed[idx[0]][1]
         z_shape = p.z_shape(w, h)
         with torch.no_grad():
             latent = p.latent_codec.decompress(
                 [parsed[i][0].latent for i in idx], [parsed[i][0].hyper_latent for i in idx], z_shape, level
             )
+            if _decoder_for(p, decoder) == "cdm":
+                n_r = start or n_r_for_level(level, p.num_levels)  # 0: written before the model had a CDM
+                seeds = [parsed[i][0].header.diffusion_seed for i in idx]
+                latent = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps)
             x = p.autoencoder.decode(latent)[:, :, :h, :w]
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])
     return out  # type: ignore[return-value]
 
 
-def decode(data: bytes, *, preset: str | Preset | None = None) -> Image.Image:
+def decode(data: bytes, *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS) -> Image.Image:
     """Restore an image from a bitstream; raises BitstreamError on a damaged or foreign stream."""
-    return decode_batch([data], preset=preset)[0]
+    return decode_batch([data], preset=preset, decoder=decoder, steps=steps)[0]
 
 
 def read_text(data: bytes, *, preset: str | Preset | None = None) -> str:

@@ -23,11 +23,13 @@ from safetensors.torch import load_file
 
 from codec.autoencoder import TAEF2, file_sha256
 from codec.bitstream import MODEL_ID_BYTES
+from codec.cdm.model import CDMDenoiser
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from codec.text_model import TextModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 LATENT_CODEC_ENV = "RESULIC_LATENT_CODEC"
+CDM_ENV = "RESULIC_CDM"  # a CDM weights directory to use instead of the release's (a new model id)
 RELEASES_FILE = WEIGHTS_DIR / "releases.json"
 DEFAULT_PRESET = "taef2"
 
@@ -56,6 +58,7 @@ class Preset:
     text_model: TextModel
     weights_sha256: str
     default_rate: float
+    cdm: CDMDenoiser | None = None  # the compression-aware diffusion decoder, when the model has one
 
     @property
     def model_id(self) -> bytes:
@@ -78,6 +81,8 @@ class Preset:
     def to(self, device: str | torch.device) -> "Preset":
         self.autoencoder.to(device)
         self.latent_codec.to(device)
+        if self.cdm is not None:
+            self.cdm.to(device)
         return self
 
 
@@ -112,10 +117,13 @@ def _load_taef2(weights_dir: str | None, latent_codec_path: str | None, model_id
     if not path.is_file():
         raise FileNotFoundError(f"latent codec weights not found: {path}")
     text = _text_model(entry["text_model"])
-    digest = model_digest(ae.weights_sha256, file_sha256(path), text.sha256)
+    cdm_dir = (None if model_id else os.environ.get(CDM_ENV)) or (WEIGHTS_DIR / entry["cdm"] if entry.get("cdm") else None)
+    cdm = CDMDenoiser.from_pretrained(cdm_dir) if cdm_dir else None
+    parts = [ae.weights_sha256, file_sha256(path), text.sha256] + ([cdm.weights_sha256] if cdm else [])
+    digest = model_digest(*parts)
     if model_id and digest[: 2 * MODEL_ID_BYTES] != model_id:
         raise ValueError(f"the files of taef2 model {model_id} do not hash to it (changed in place?)")
-    return Preset("taef2", ae, load_latent_codec(path), text, digest, default_rate=3.0)
+    return Preset("taef2", ae, load_latent_codec(path), text, digest, default_rate=3.0, cdm=cdm)
 
 
 REGISTRY = {"taef2": _load_taef2}
@@ -146,7 +154,8 @@ def load_preset(
     if name not in REGISTRY:
         raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(REGISTRY))})")
     key = (name, str(weights_dir or os.environ.get("RESULIC_TAEF2_DIR", "")),
-           "" if model_id else str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")), model_id or "")  # fmt: skip
+           "" if model_id else str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")),
+           "" if model_id else os.environ.get(CDM_ENV, ""), model_id or "")  # fmt: skip
     with _lock:
         if key not in _cache:
             _cache[key] = REGISTRY[name](weights_dir, latent_codec_path, model_id)

@@ -71,13 +71,15 @@ class Restorer:
     """Holds a preset; decodes streams and writes image files under ``dest``."""
 
     def __init__(self, dest: str, fmt: str, storage_options: dict[str, Any] | None = None,
-                 threads: int | None = None, env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, env: dict[str, str] | None = None,
+                 decoder: str = "auto", steps: int | None = None) -> None:  # fmt: skip
         os.environ.update(env or {})
         if threads:
             torch.set_num_threads(threads)
         self.fs, self.root = url_to_fs(dest, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.dest, self.fmt = dest, fmt
+        self.decode_args = {"decoder": decoder, **({"steps": steps} if steps else {})}
 
     def restore_one(self, key: str, status: str, stream: bytes | None) -> tuple[str | None, str | None]:
         """Returns (written path, error)."""
@@ -90,8 +92,8 @@ class Restorer:
         if status != STATUS_WRITTEN or stream is None:
             return None, f"{key}: not restorable (archived with status {status})"
         try:
-            image = codec.decode(stream)
-        except codec.BitstreamError as e:
+            image = codec.decode(stream, **self.decode_args)
+        except (codec.BitstreamError, ValueError) as e:
             return None, f"{key}: {e}"
         path = posixpath.join(self.root, rel)
         data = encode_image(image, self.fmt)

@@ -15,6 +15,13 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-codec", help="latent codec weights (default: the preset's shipped file)")
 
 
+def _add_decoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=["auto", "cdm", "plain"], default="auto",
+                   help="cdm: compression-aware diffusion; plain: latent codec and autoencoder only; "
+                        "auto (default): cdm when the stream's model has one")  # fmt: skip
+    p.add_argument("--steps", type=int, help="CDM denoiser evaluations (default 4)")
+
+
 def _add_storage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--anon", action="store_true", help="anonymous object-store access")
@@ -51,7 +58,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: cannot read file ({e.strerror or e})") from e
     t = time.perf_counter()
     try:
-        image = codec.decode(data)
+        image = codec.decode(data, decoder=args.decoder, **({"steps": args.steps} if args.steps else {}))
     except codec.BitstreamError as e:
         raise codec.BitstreamError(f"{path}: {e}") from e
     image.save(args.output)
@@ -139,7 +146,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from pipelines.restore import restore
 
     summary = restore(args.archive, args.dest, keys=args.key, all_keys=args.all, prefix=args.prefix, fmt=args.format,
-                      workers=args.workers, storage_options=_storage_options(args))  # fmt: skip
+                      workers=args.workers, storage_options=_storage_options(args), decoder=args.decoder,
+                      steps=args.steps)  # fmt: skip
     if args.json:
         print(json.dumps(summary))
     else:
@@ -200,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the suffix")
     p.add_argument("--reference", help="original image: also print PSNR and MS-SSIM against it")
+    _add_decoder_args(p)
     _add_weights_args(p)
     p.set_defaults(func=cmd_decode)
 
@@ -250,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
     p.add_argument("--workers", type=int)
     p.add_argument("--json", action="store_true")
+    _add_decoder_args(p)
     _add_weights_args(p)
     _add_storage_args(p)
     p.set_defaults(func=cmd_restore)

@@ -27,14 +27,17 @@ def restore(
     fmt: str = "png",
     workers: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    decoder: str = "auto",
+    steps: int | None = None,
 ) -> dict:
+    """``decoder``: "auto" (CDM when an asset's model has one, else plain), "cdm" or "plain"."""
     t0 = time.time()
     arc = Archive(archive, storage_options)
     arc.meta()  # refuses foreign archives and unknown versions
     results: list[dict] = []
     if keys:
         found = {r["key"]: r for r in arc.lookup(keys).to_pylist()}
-        restorer = Restorer(dest, fmt, storage_options)
+        restorer = Restorer(dest, fmt, storage_options, decoder=decoder, steps=steps)
         for key in keys:
             entry = found.get(key)
             if entry is None:
@@ -56,7 +59,8 @@ def restore(
             ds = ds.map_batches(
                 Restorer,
                 fn_constructor_kwargs={"dest": dest, "fmt": fmt, "storage_options": storage_options,
-                                       "threads": plan.threads_per_actor, "env": worker_env()},  # fmt: skip
+                                       "threads": plan.threads_per_actor, "env": worker_env(),
+                                       "decoder": decoder, "steps": steps},  # fmt: skip
                 compute=ray.data.ActorPoolStrategy(size=plan.actors),
                 batch_size=4,
                 batch_format="pyarrow",

@@ -288,15 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the project's own models")
     tsub = p.add_subparsers(dest="train_command", required=True)
     tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
+    tsub.add_parser("cdm", help="train the taef2 CDM denoiser (its own --help lists the flags)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["train", "latent-codec"]:  # the trainer owns all of its flags, --help included
+    if argv[:2] == ["train", "latent-codec"]:  # the trainers own all of their flags, --help included
         from codec.train_latent_codec import main as train
 
         train(argv[2:], prog="resulic train latent-codec")
+        return 0
+    if argv[:2] == ["train", "cdm"]:
+        from codec.train_cdm import main as train_cdm
+
+        train_cdm(argv[2:], prog="resulic train cdm")
         return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)

@@ -100,6 +100,8 @@ def test_weights_fetch_from_file_url(tmp_path):
 def test_train_help_lists_trainer_flags():
     out = run("train", "latent-codec", "--help").stdout
     assert "resulic train latent-codec" in out and "--image-window" in out and "--stop-at" in out
+    out = run("train", "cdm", "--help").stdout
+    assert "resulic train cdm" in out and "--image-loss-from" in out
 
 
 def test_compress_exit_codes(tmp_path):

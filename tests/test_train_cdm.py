@@ -1,0 +1,27 @@
+"""The CDM trainer runs, checkpoints, resumes and writes loadable weights (a few steps, tiny model)."""
+
+import json
+
+import pytest
+
+from codec.cdm.model import CDMDenoiser
+from codec.train_cdm import main
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_a_few_steps_then_resume(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from tests.conftest import photo
+
+    photo(320, 256, "kodim03.png").save(photos / "a.png")  # a test fixture crop, not training data
+    args = ["--data", f"{photos}:1.0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+            "--steps", "4", "--save-every", "2", "--image-loss-from", "2", "--image-window", "8", "--batch", "2",
+            "--config", json.dumps({"block_out_channels": [32, 32], "norm_num_groups": 8})]  # fmt: skip
+    main(args)
+    model = CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm")
+    assert model.config.block_out_channels == (32, 32) and len(model.config.latent_mean) == 32
+    main([*args, "--steps", "6"])  # the same command with more steps resumes from step 4
+    ckpt = __import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 6

@@ -58,3 +58,19 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
     grid = np.linspace(lo, hi, 1001)
     diff = PchipInterpolator(qt, rt)(grid) - PchipInterpolator(qa, ra)(grid)
     return float((np.exp(np.trapz(diff, grid) / (hi - lo)) - 1) * 100)
+
+
+def hf_energy(image: Image.Image) -> float:
+    """Mean squared Laplacian of the luma (BT.601, 0-255): how much fine texture an image holds."""
+    y = np.asarray(image.convert("RGB"), dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4 * y[1:-1, 1:-1]
+    return float((lap**2).mean())
+
+
+def hf_energy_ratio(reference: Image.Image, image: Image.Image) -> float:
+    """High-frequency energy of ``image`` over the reference's: 1 keeps the texture, < 1 blurs it,
+    > 1 adds more than was there."""
+    if reference.size != image.size:
+        raise ValueError(f"images differ in size: {reference.size} vs {image.size}")
+    ref = hf_energy(reference)
+    return hf_energy(image) / ref if ref > 0 else math.inf

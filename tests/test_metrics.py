@@ -33,3 +33,17 @@ def test_bd_rate_hand_computed_cases():
     a = [(float(np.exp(q / 10)), q) for q in (20.0, 25.0, 30.0)]
     b = [(2 * r, q) for r, q in a]
     assert abs(bd_rate(a, b) - 100.0) < 1e-6
+
+
+def test_hf_energy_ratio():
+    from PIL import ImageFilter
+
+    from codec.metrics import hf_energy, hf_energy_ratio
+    from tests.conftest import photo
+
+    img = photo(96, 64)
+    assert hf_energy_ratio(img, img) == 1.0
+    assert hf_energy_ratio(img, img.filter(ImageFilter.GaussianBlur(2))) < 0.3
+    assert hf_energy_ratio(img, img.filter(ImageFilter.UnsharpMask(3, 200))) > 1.2
+    flat = Image.new("RGB", (8, 8), (10, 20, 30))
+    assert hf_energy(flat) == 0.0

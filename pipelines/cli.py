@@ -189,6 +189,17 @@ def cmd_text_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import evaluate
+
+    result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
+                      images=args.images, anchor=args.anchor, captions=args.captions)  # fmt: skip
+    print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_storage_args(p)
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("eval", help="evaluate codecs on an image folder: CSVs, BD-rates, RD plots, report")
+    p.add_argument("dataset", help="a folder of images")
+    p.add_argument("outdir")
+    p.add_argument("--codecs", nargs="+", help="resulic, resulic-cdm, resulic-text, jpeg, webp, avif, jxl "
+                                              "(default: all but resulic-text; classical ones also at 2x and 4x downscales)")
+    p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
+    p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid (default: all)")
+    p.add_argument("--images", type=int, help="only the first N images")
+    p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif)")
+    p.add_argument("--captions", help="JSON captions for resulic-text ([{image_index, original_caption}])")
+    _add_weights_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("weights", help="manage model weights")
     wsub = p.add_subparsers(dest="weights_command", required=True)

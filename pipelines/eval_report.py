@@ -1,0 +1,82 @@
+"""What `resulic eval` writes: per-image and summary CSVs, BD-rates, RD plots and a Markdown report."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid",
+                     "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
+SUMMARY_COLUMNS = ["codec", "setting", "images", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid",
+                   "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
+BD_COLUMNS = ["codec", "anchor", "metric", "bd_rate_percent"]
+
+
+def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+
+
+def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    curves: dict[str, list[dict]] = {}
+    for m in summary:
+        curves.setdefault(m["codec"], []).append(m)
+    for codec, pts in sorted(curves.items()):
+        pts = sorted(pts, key=lambda m: m["bpp"])
+        style = "-o" if codec.startswith("resulic") else "--."
+        ax.plot([m["bpp"] for m in pts], [m[metric] for m in pts], style, label=codec, markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/c" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict) -> str:
+    lines = [f"# Evaluation: {env['dataset']}", "",
+             f"{env['images']} images; {env['cpus']} CPUs ({env['machine']}), Python {env['python']}; "
+             f"{env['wall_seconds']} s; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
+             "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
+             "texture, below 1 blurs it. n/c: not computed.", "",
+             "![PSNR](rd_psnr.png) ![MS-SSIM](rd_ms_ssim.png)", "", "## BD-rate", "",
+             "Negative: fewer bits than the anchor at equal quality (over the quality range both cover).", "",
+             "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
+    lines += ["", "## Means per codec and setting", "",
+              "| codec | setting | bpp | PSNR | MS-SSIM | hf_ratio | LPIPS | encode s | decode s | peak MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {m['codec']} | {m['setting']} | {m['bpp']:.4f} | {_fmt(m['psnr'], 2)} | {_fmt(m['ms_ssim'])} | "
+              f"{_fmt(m['hf_ratio'], 2)} | {_fmt(m['lpips'])} | {_fmt(m['encode_s'])} | {_fmt(m['decode_s'])} | "
+              f"{_fmt(m['peak_rss_mib'], 0)} |" for m in summary]  # fmt: skip
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dict], notes: list[str], env: dict,
+                  metrics: list[str]) -> None:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    _csv(out / "per_image.csv", rows, PER_IMAGE_COLUMNS)
+    _csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
+    _csv(out / "bd_rate.csv", bd, BD_COLUMNS)
+    rd_plot(summary, "psnr", out / "rd_psnr.png", "PSNR (dB)")
+    rd_plot(summary, "ms_ssim", out / "rd_ms_ssim.png", "MS-SSIM")
+    (out / "report.md").write_text(report(summary, bd, notes, env))

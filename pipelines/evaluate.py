@@ -1,0 +1,234 @@
+"""`resulic eval`: the project's codecs beside the classical ones on one image set, measured the
+same way, into CSV files, plots and a report.
+
+One task per (image, codec) runs every setting of that codec on that image: on a Ray cluster
+when one is attached (``RAY_ADDRESS``), locally otherwise; a progress bar counts tasks.
+Perceptual metrics that need pretrained networks (LPIPS, DISTS, FID/KID) are never computed
+with random weights: this build has none, so they are reported as not computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from codec.baselines import QUALITIES, SCALES, Classical, available
+from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, psnr
+
+RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text")
+CLASSICAL = ("jpeg", "webp", "avif", "jxl")
+DEFAULT_CODECS = ("resulic", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
+COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
+PERCEPTUAL_METRICS = ("lpips", "dists", "fid")
+DEFAULT_RATES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class EvalOptions:
+    rates: tuple[float, ...] = DEFAULT_RATES
+    captions: dict[str, str] = field(default_factory=dict)  # image stem -> caption (for resulic-text)
+
+
+class PeakRSS:
+    """The highest resident set size of this process while the block runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _row(image: str, codec: str, setting: str, ref: Image.Image, out: Image.Image, nbytes: int,
+         t_enc: float, t_dec: float, peak: int) -> dict:  # fmt: skip
+    mpix = ref.width * ref.height / 1e6
+    return {"image": image, "codec": codec, "setting": setting, "bytes": nbytes,
+            "bpp": 8 * nbytes / (ref.width * ref.height), "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
+            "hf_ratio": hf_energy_ratio(ref, out), **dict.fromkeys(PERCEPTUAL_METRICS),
+            "encode_s": t_enc, "decode_s": t_dec, "encode_mpix_s": mpix / t_enc if t_enc else None,
+            "decode_mpix_s": mpix / t_dec if t_dec else None, "peak_rss_mib": peak / 2**20}  # fmt: skip
+
+
+def _timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
+def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
+    """Every setting of ``codec`` on one image."""
+    ref = Image.open(path).convert("RGB")
+    name = Path(path).stem
+    rows = []
+    if codec in RESULIC_CODECS:
+        import codec as rc
+        from codec.semantic.residual import word_residual
+
+        text = word_residual(options.captions.get(name, ""), "") if codec == "resulic-text" else ""
+        decoder = "cdm" if codec == "resulic-cdm" else "plain"
+        for rate in options.rates:
+            with PeakRSS() as mem:
+                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text)
+                out, t_dec = _timed(rc.decode, stream, decoder=decoder)
+            rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak))
+        return rows
+    fmt, _, scale = codec.partition("-")
+    c = Classical(fmt, int(scale.rstrip("x") or 1))
+    for q in QUALITIES[fmt]:
+        with PeakRSS() as mem:
+            data, t_enc = _timed(c.encode, ref, q)
+            out, t_dec = _timed(c.decode, data, ref.size)
+        rows.append(_row(name, codec, f"q={q}", ref, out, len(data), t_enc, t_dec, mem.peak))
+    return rows
+
+
+def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
+    """Codec names to run (classical ones at each downscale) and notes on those that cannot run here."""
+    run, notes = [], []
+    for c in codecs:
+        if c in CLASSICAL:
+            if available(c):
+                run += [c if s == 1 else f"{c}-{s}x" for s in SCALES]
+            else:
+                notes.append(f"{c}: not available in this Pillow (install pillow-jxl-plugin for JPEG XL)")
+        elif c == "resulic-cdm":
+            from codec.presets import load_preset
+
+            if load_preset().cdm is None:
+                notes.append("resulic-cdm: the default preset's model has no CDM denoiser")
+            else:
+                run.append(c)
+        elif c in RESULIC_CODECS:
+            run.append(c)
+        else:
+            raise ValueError(f"unknown codec {c!r} (known: {', '.join(RESULIC_CODECS + CLASSICAL)})")
+    return run, notes
+
+
+def list_images(dataset: str, limit: int | None) -> list[str]:
+    paths = sorted(str(p) for p in Path(dataset).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images in {dataset}")
+    return paths[:limit] if limit else paths
+
+
+def run_all(images: list[str], codecs: list[str], options: EvalOptions, progress: bool = True) -> list[dict]:
+    from tqdm import tqdm
+
+    tasks = [(p, c) for p in images for c in codecs]
+    bar = tqdm(total=len(tasks), desc="eval", unit="task", disable=not progress)
+    rows: list[dict] = []
+    if os.environ.get("RAY_ADDRESS"):  # a task per (image, codec) on the attached cluster
+        import ray
+
+        from pipelines.ray_runtime import ensure_ray, worker_env
+
+        ensure_ray()
+        remote = ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env()})(run_task)
+        pending = [remote.remote(p, c, options) for p, c in tasks]
+        while pending:
+            done, pending = ray.wait(pending)
+            for ref in done:
+                rows += ray.get(ref)
+                bar.update()
+    else:
+        for p, c in tasks:
+            rows += run_task(p, c, options)
+            bar.update()
+    bar.close()
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Means over images per (codec, setting), sorted by codec then bpp."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"], r["setting"]), []).append(r)
+    out = []
+    for (codec, setting), rs in groups.items():
+        m = {"codec": codec, "setting": setting, "images": len(rs)}
+        for k in ("bpp", *COMPUTED_METRICS, "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"):
+            vals = [r[k] for r in rs if r[k] is not None]
+            m[k] = float(np.mean(vals)) if vals else None
+        m.update(dict.fromkeys(PERCEPTUAL_METRICS))
+        out.append(m)
+    return sorted(out, key=lambda m: (m["codec"], m["bpp"]))
+
+
+def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = ("psnr", "ms_ssim")) -> list[dict]:
+    curves: dict[str, list[dict]] = {}
+    for m in summary:
+        curves.setdefault(m["codec"], []).append(m)
+    if anchor not in curves:
+        raise ValueError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(curves))})")
+    out = []
+    for codec, pts in sorted(curves.items()):
+        if codec == anchor:
+            continue
+        for metric in metrics:
+            try:
+                value = bd_rate([(a["bpp"], a[metric]) for a in curves[anchor]], [(p["bpp"], p[metric]) for p in pts])
+            except ValueError:
+                value = None  # the curves share no quality range
+            out.append({"codec": codec, "anchor": anchor, "metric": metric, "bd_rate_percent": value})
+    return out
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]
+    summary: list[dict]
+    bd: list[dict]
+    notes: list[str]
+
+
+def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: list[float] | None = None,
+             metrics: list[str] | None = None, images: int | None = None, anchor: str | None = None,
+             captions: str | None = None, progress: bool = True) -> EvalResult:  # fmt: skip
+    from pipelines.eval_report import write_outputs
+
+    paths = list_images(dataset, images)
+    run, notes = expand_codecs(list(codecs or DEFAULT_CODECS))
+    metrics = list(metrics or (*COMPUTED_METRICS, *PERCEPTUAL_METRICS))
+    unknown = set(metrics) - set(COMPUTED_METRICS) - set(PERCEPTUAL_METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics: {', '.join(sorted(unknown))}")
+    notes += [f"{m}: not computed (its pretrained network's weights are not available locally; "
+              "it is never computed with random weights)" for m in metrics if m in PERCEPTUAL_METRICS]  # fmt: skip
+    cap = {}
+    if captions:  # a JSON list of {"image_index": stem, "original_caption": ...}, like Kodak's captions_40.json
+        items = json.loads(Path(captions).read_text())
+        cap = {it["image_index"]: it["original_caption"] for it in items if isinstance(it, dict) and "image_index" in it}
+    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap)
+    t0 = time.time()
+    rows = run_all(paths, run, options, progress)
+    summary = summarise(rows)
+    anchor = anchor or ("avif" if "avif" in run else run[0])
+    bd = bd_rates(summary, anchor)
+    env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1),
+           "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
+    write_outputs(Path(outdir), rows, summary, bd, notes, env, metrics)
+    return EvalResult(rows, summary, bd, notes)

@@ -193,7 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate
 
     result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
-                      images=args.images, anchor=args.anchor, captions=args.captions)  # fmt: skip
+                      images=args.images, anchor=args.anchor, captions=args.captions, report=args.report)  # fmt: skip
     print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
     for note in result.notes:
         print(f"note: {note}")
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, help="only the first N images")
     p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif)")
     p.add_argument("--captions", help="JSON captions for resulic-text ([{image_index, original_caption}])")
+    p.add_argument("--report", help="also write the report here (e.g. docs/results.md), linking the plots in OUTDIR")
     _add_weights_args(p)
     p.set_defaults(func=cmd_eval)
 

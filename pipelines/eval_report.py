@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 from pathlib import Path
 
 PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid",
@@ -49,14 +50,15 @@ def _fmt(v, digits: int = 3) -> str:
     return "n/c" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict) -> str:
+def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plots: str = "") -> str:
+    """The Markdown report; ``plots`` is the path from the report to the folder holding the plots."""
     lines = [f"# Evaluation: {env['dataset']}", "",
              f"{env['images']} images; {env['cpus']} CPUs ({env['machine']}), Python {env['python']}; "
              f"{env['wall_seconds']} s; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
              "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
              "texture, below 1 blurs it. n/c: not computed.", "",
-             "![PSNR](rd_psnr.png) ![MS-SSIM](rd_ms_ssim.png)", "", "## BD-rate", "",
+             f"![PSNR]({plots}rd_psnr.png) ![MS-SSIM]({plots}rd_ms_ssim.png)", "", "## BD-rate", "",
              "Negative: fewer bits than the anchor at equal quality (over the quality range both cover).", "",
              "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
@@ -72,7 +74,7 @@ def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict) -> 
 
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dict], notes: list[str], env: dict,
-                  metrics: list[str]) -> None:  # fmt: skip
+                  report_path: Path | None = None) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     _csv(out / "per_image.csv", rows, PER_IMAGE_COLUMNS)
     _csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
@@ -80,3 +82,7 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dic
     rd_plot(summary, "psnr", out / "rd_psnr.png", "PSNR (dB)")
     rd_plot(summary, "ms_ssim", out / "rd_ms_ssim.png", "MS-SSIM")
     (out / "report.md").write_text(report(summary, bd, notes, env))
+    if report_path is not None:  # a second copy elsewhere (docs/results.md), its plot links made relative
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        rel = os.path.relpath(out, Path(report_path).parent)
+        Path(report_path).write_text(report(summary, bd, notes, env, plots=f"{rel}/"))

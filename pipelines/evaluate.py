@@ -207,7 +207,7 @@ class EvalResult:
 
 def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: list[float] | None = None,
              metrics: list[str] | None = None, images: int | None = None, anchor: str | None = None,
-             captions: str | None = None, progress: bool = True) -> EvalResult:  # fmt: skip
+             captions: str | None = None, progress: bool = True, report: str | None = None) -> EvalResult:  # fmt: skip
     from pipelines.eval_report import write_outputs
 
     paths = list_images(dataset, images)
@@ -230,5 +230,5 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     bd = bd_rates(summary, anchor)
     env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
-    write_outputs(Path(outdir), rows, summary, bd, notes, env, metrics)
+    write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
     return EvalResult(rows, summary, bd, notes)

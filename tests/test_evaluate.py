@@ -91,8 +91,10 @@ def test_unknown_codec_and_unavailable_ones():
 
 def test_cli(dataset, tmp_path):
     res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(dataset), str(tmp_path / "o"), "--codecs",
-                          "webp", "--images", "1", "--metrics", "psnr", "ms_ssim", "lpips"],
+                          "webp", "--images", "1", "--metrics", "psnr", "ms_ssim", "lpips", "--report",
+                          str(tmp_path / "docs" / "results.md")],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "note: lpips: not computed" in res.stdout
     assert len(read(tmp_path / "o" / "per_image.csv")) == 3 * 6
+    assert "](../o/rd_psnr.png)" in (tmp_path / "docs" / "results.md").read_text()

@@ -98,3 +98,10 @@ def test_cli(dataset, tmp_path):
     assert "note: lpips: not computed" in res.stdout
     assert len(read(tmp_path / "o" / "per_image.csv")) == 3 * 6
     assert "](../o/rd_psnr.png)" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_eval_runs_as_ray_tasks_when_a_cluster_is_attached(ray_local, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # Ray is already up in this process: the tasks go to it
+    res = evaluate(str(dataset), str(tmp_path / "o"), codecs=["webp", "resulic"], rates=[1], progress=False)
+    assert len(res.rows) == 2 * (3 * 6 + 1)
+    assert {r["image"] for r in res.rows} == {"img0", "img1"}

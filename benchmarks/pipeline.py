@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rate", type=float, default=2)
     ap.add_argument("--restores", type=int, default=20)
+    ap.add_argument("--memory-every", type=float, default=2.0,
+                    help="seconds between memory samples (each reads every process's smaps: not free)")
     ap.add_argument("--workdir", help="where photos and archives go (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -134,7 +136,7 @@ def main() -> None:
 
     # 2. the pipeline on N photos: throughput over the whole job (Ray already up), peak memory
     for n in args.sizes:
-        with PeakMemory() as mem:
+        with PeakMemory(args.memory_every) as mem:
             s = compress(str(sets[n]), str(work / f"n{n}-archive"), rate=args.rate, batch_size=args.batch_size)
         assert s["written"] == n, s
         pipe = n / s["wall_seconds"]

@@ -248,7 +248,8 @@ def decode_batch(
             if _decoder_for(p, decoder) == "cdm":
                 n_r = start or n_r_for_level(level, p.num_levels)  # 0: written before the model had a CDM
                 seeds = [parsed[i][0].header.diffusion_seed for i in idx]
-                latent = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps)
+                texts = [decode_text(parsed[i][0].text, p.text_model) for i in idx] if p.cdm.text_conditioned else None
+                latent = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
             x = p.autoencoder.decode(latent)[:, :, :h, :w]
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])

@@ -12,6 +12,7 @@ latent normalisation the model was trained with (``latent_mean``/``latent_std`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ class CDMConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     text_dim: int | None = None  # cross-attention width when text-conditioned
+    text_encoder: str | None = None  # CLIP text model: a folder beside the weights, a path or a hub id
+    guidance_scale: float = 2.5  # classifier-free guidance with the residual text (the reference code's default)
     latent_mean: list[float] = field(default_factory=list)  # per channel; empty: 0
     latent_std: list[float] = field(default_factory=list)  # per channel; empty: 1
 
@@ -66,6 +69,7 @@ class CDMDenoiser(torch.nn.Module):
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
         self.weights_sha256 = ""
+        self.text_encoder = None  # set by from_pretrained when the config names one
 
     @property
     def text_conditioned(self) -> bool:
@@ -109,5 +113,14 @@ class CDMDenoiser(torch.nn.Module):
         model = cls(CDMConfig.from_dict(json.loads((d / "config.json").read_text())))
         state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
         model.unet.load_state_dict(state)
-        model.weights_sha256 = file_sha256(d / "model.safetensors")
+        digests = [file_sha256(d / "model.safetensors")]
+        if model.config.text_encoder:
+            from codec.cdm.text import TextEncoder
+
+            where = d / model.config.text_encoder
+            model.text_encoder = TextEncoder(str(where) if where.exists() else model.config.text_encoder)
+            if (where / "model.safetensors").is_file():  # a local encoder is part of what the model id pins
+                digests.append(file_sha256(where / "model.safetensors"))
+        model.weights_sha256 = digests[0] if len(digests) == 1 else hashlib.sha256(
+            b"".join(bytes.fromhex(x) for x in digests)).hexdigest()  # fmt: skip
         return model.eval().requires_grad_(False)

@@ -24,24 +24,22 @@ def stream_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
     return torch.stack(out)
 
 
-@torch.no_grad()
-def cdm_decode_latent(
+def denoise(
     model: CDMDenoiser,
     z_hat: torch.Tensor,
     level: int,
     n_r: int,
-    seeds: list[int],
+    noise: torch.Tensor,
     steps: int = DEFAULT_STEPS,
     text: torch.Tensor | None = None,
     uncond_text: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """(B, C, h, w) decoded latents -> restored latents, all items at one rate level and N_r."""
+    """The DDIM chain from ẑ noised to N_r (differentiable: prompt optimisation runs through it)."""
     ac = alphas_cumprod()
     dev = z_hat.device
     zh = model.normalise(z_hat)
-    noise = stream_noise(tuple(z_hat.shape[1:]), seeds).to(dev)
-    z = start_point(zh, n_r, noise, ac)
+    z = start_point(zh, n_r, noise.to(dev), ac)
     labels = torch.full((z.shape[0],), level, dtype=torch.long, device=dev)
     ts = ddim_timesteps(n_r, steps)
     for i, t in enumerate(ts):
@@ -52,3 +50,24 @@ def cdm_decode_latent(
             eps = eps_u + guidance_scale * (eps - eps_u)
         z = ddim_step(z, eps, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
     return model.denormalise(z)
+
+
+@torch.no_grad()
+def cdm_decode_latent(
+    model: CDMDenoiser,
+    z_hat: torch.Tensor,
+    level: int,
+    n_r: int,
+    seeds: list[int],
+    steps: int = DEFAULT_STEPS,
+    texts: list[str] | None = None,
+) -> torch.Tensor:
+    """(B, C, h, w) decoded latents -> restored latents, all items at one rate level and N_r; a
+    text-conditioned model is guided by each item's residual text (classifier-free guidance)."""
+    noise = stream_noise(tuple(z_hat.shape[1:]), seeds)
+    if not model.text_conditioned:
+        return denoise(model, z_hat, level, n_r, noise, steps)
+    enc = model.text_encoder
+    texts = texts or [""] * z_hat.shape[0]
+    text, uncond = enc.embed(texts), enc.embed([""] * len(texts))
+    return denoise(model, z_hat, level, n_r, noise, steps, text, uncond, model.config.guidance_scale)

@@ -52,9 +52,13 @@ class PFOResult:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, score) at each evaluation
 
 
-def nearest_tokens(embeddings: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
-    """Index of the vocabulary embedding nearest (by cosine similarity) to each row."""
-    return (F.normalize(embeddings, dim=-1) @ F.normalize(vocab, dim=-1).T).argmax(dim=-1)
+def nearest_tokens(embeddings: torch.Tensor, vocab: torch.Tensor, excluded: list[int] | tuple = ()) -> torch.Tensor:
+    """Index of the vocabulary embedding nearest (by cosine similarity) to each row, never an
+    excluded one (special tokens: they would decode to no text)."""
+    sim = F.normalize(embeddings, dim=-1) @ F.normalize(vocab, dim=-1).T
+    if excluded:
+        sim[..., list(excluded)] = -torch.inf
+    return sim.argmax(dim=-1)
 
 
 def optimise_prompt(
@@ -70,9 +74,11 @@ def optimise_prompt(
     time_budget_s: float | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mse,
 ) -> PFOResult:
-    """PEZ over the tokens of ``init_text``; returns the best hard prompt found within the budget."""
+    """PEZ over the tokens of ``init_text``; returns the best hard prompt found within the budget.
+    A decoder may list ``special_token_ids`` that the projection must never pick."""
     t0 = time.perf_counter()
     vocab = decoder.vocab_embeddings.detach()
+    excluded = tuple(getattr(decoder, "special_token_ids", ()))
     ids = torch.tensor(decoder.text_to_ids(init_text), dtype=torch.long, device=vocab.device)
     if ids.numel() == 0:
         raise ValueError("PFO needs a non-empty starting text (its tokens are what it optimises)")
@@ -87,14 +93,14 @@ def optimise_prompt(
     opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
     step = 0
     for step in range(1, steps + 1):
-        hard_ids = nearest_tokens(soft.detach(), vocab)
+        hard_ids = nearest_tokens(soft.detach(), vocab, excluded)
         hard = vocab[hard_ids]
         straight_through = soft + (hard - soft).detach()  # forward at the hard tokens, gradient to the soft
         opt.zero_grad()
         loss(decoder.render(condition, straight_through[None]), target).backward()
         opt.step()
         if step % eval_every == 0 or step == steps:
-            candidate = nearest_tokens(soft.detach(), vocab)
+            candidate = nearest_tokens(soft.detach(), vocab, excluded)
             s = score(candidate)
             history.append((step, s))
             if s < best:

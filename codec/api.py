@@ -172,9 +172,25 @@ def encode(
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
     text: str = "",
+    pfo_steps: int = 0,
+    pfo_seconds: float | None = None,
 ) -> bytes:
-    """Compress one image (a PIL image, a path or encoded bytes), and optionally its residual text."""
-    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[text])[0]
+    """Compress one image (a PIL image, a path or encoded bytes), and optionally its residual text.
+
+    With ``pfo_steps`` (and a text-conditioned CDM in the preset) the text's tokens are first
+    refined against the decoder (perceptual fidelity optimisation, PEZ), within ``pfo_seconds``.
+    """
+    stream = encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[text])[0]
+    if not (pfo_steps and text):
+        return stream
+    from codec.cdm.prompt import CDMPromptDecoder
+    from codec.semantic.pfo import optimise_prompt
+
+    p = _preset(preset)
+    dec = CDMPromptDecoder(p)
+    target = to_tensor(_as_image(image)).to(next(p.autoencoder.parameters()).device)
+    best = optimise_prompt(dec, dec.condition(stream), target, text, steps=pfo_steps, time_budget_s=pfo_seconds)
+    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[best.text])[0]
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:

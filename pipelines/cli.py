@@ -38,7 +38,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import codec
 
     t = time.perf_counter()
-    data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset, text=args.text)
+    data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset, text=args.text,
+                        pfo_steps=args.pfo_steps, pfo_seconds=args.pfo_seconds)  # fmt: skip
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target-bpp", type=float, help="highest rate whose stream fits this many bits per pixel")
     p.add_argument("--preset", default="taef2")
     p.add_argument("--text", default="", help="residual text to carry in the stream (coded losslessly)")
+    p.add_argument("--pfo-steps", type=int, default=0,
+                   help="refine the text's tokens against a text-conditioned CDM decoder (PEZ steps)")
+    p.add_argument("--pfo-seconds", type=float, help="time budget of that refinement")
     _add_weights_args(p)
     p.set_defaults(func=cmd_encode)
 

@@ -8,11 +8,11 @@ import pytest
 
 import codec
 from codec.cdm.prompt import CDMPromptDecoder
-from codec.presets import CDM_ENV, load_preset
+from codec.presets import CDM_ENV, load_preset, releases
 from codec.semantic.pfo import PromptDecoder, optimise_prompt
 from codec.images import to_tensor
 from tests.conftest import photo
-from tests.tiny_text_cdm import make_tiny_text_cdm
+from tests.tiny_text_cdm import WORDS, make_tiny_text_cdm
 
 
 @pytest.fixture()
@@ -45,3 +45,13 @@ def test_pfo_against_the_cdm(text_preset):
     assert dec.text_to_ids(result.text) == result.ids
     refined = codec.encode(img, rate=1, text=result.text)
     assert codec.read_text(refined) == result.text
+
+
+def test_encode_with_pfo(text_preset):
+    img = photo(64, 64)
+    stream = codec.encode(img, rate=1, text="red wooden door", pfo_steps=2, pfo_seconds=60)
+    text = codec.read_text(stream)
+    assert len(text.split()) == 3 and all(w in WORDS for w in text.split())  # refined, still vocabulary words
+    released = load_preset(model_id=releases("taef2")[-1]["model_id"])  # the shipped model: no text-conditioned CDM
+    with pytest.raises(ValueError, match="text-conditioned CDM"):
+        codec.encode(img, rate=1, text="red door", pfo_steps=2, preset=released)

@@ -34,10 +34,9 @@ def _fit(stream: Bitstream, text: str, model, pixels: int, target_bpp: float | N
 
 def attach_residual(batch: pa.Table, preset: str, max_words: int = 12, target_bpp: float | None = None) -> pa.Table:
     model = load_text_model(preset)
-    rows = batch.select(["status", "error", "bitstream", "width", "height", "caption", "caption_source",
-                         "caption_original", "caption_reconstruction", "residual_text"]
-                        if "caption_original" in batch.column_names else
-                        ["status", "error", "bitstream", "width", "height", "caption", "caption_source"]).to_pylist()  # fmt: skip
+    wanted = ["status", "error", "bitstream", "width", "height", "caption", "caption_original",
+              "caption_reconstruction", "residual_text"]  # the last three only after a caption stage
+    rows = batch.select([c for c in wanted if c in batch.column_names]).to_pylist()
     cols: dict[str, list] = {k: [] for k in ("status", "error", "bitstream", "caption_original", "residual_text")}
     sections: dict[str, list] = {}
     for r in rows:

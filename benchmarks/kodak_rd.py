@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import codec  # noqa: E402
 from codec.api import _Analysed, _assemble, rate_to_level  # noqa: E402
 from codec.images import load_image, pad, to_tensor  # noqa: E402
-from codec.metrics import bd_rate, ms_ssim, psnr  # noqa: E402
+from codec.metrics import bd_rate, ms_ssim, pareto_front, psnr  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
@@ -43,16 +43,6 @@ def avif_point(img: Image.Image, factor: int, quality: int) -> tuple[float, floa
     if factor != 1:
         out = out.resize(img.size, Image.LANCZOS)
     return buf.tell() * 8 / (img.width * img.height), psnr(img, out), ms_ssim(img, out)
-
-
-def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Pareto front: keep a point only if it beats every cheaper point's quality."""
-    out, best = [], -np.inf
-    for r, q in sorted(points):
-        if q > best:
-            out.append((r, q))
-            best = q
-    return out
 
 
 def in_range(points, lo=0.01, hi=0.1):
@@ -122,8 +112,8 @@ def main() -> None:
     if avif_means:
         ours_psnr = [(float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals]))) for vals in ours.values()]
         ours_ssim = [(float(np.mean([v[0] for v in vals])), float(np.mean([v[2] for v in vals]))) for vals in ours.values()]
-        env_psnr = envelope([(m[0], m[1]) for m in avif_means.values()])
-        env_ssim = envelope([(m[0], m[2]) for m in avif_means.values()])
+        env_psnr = pareto_front([(m[0], m[1]) for m in avif_means.values()])
+        env_ssim = pareto_front([(m[0], m[2]) for m in avif_means.values()])
         print("\nBD-rate against the AVIF envelope over 0.01-0.1 bpp (negative: fewer bits):")
         for name, test, anchor in (("PSNR", ours_psnr, env_psnr), ("MS-SSIM", ours_ssim, env_ssim)):
             # the envelope is kept one point beyond the range on each side so it spans it

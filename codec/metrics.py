@@ -37,6 +37,16 @@ def ms_ssim(a: Image.Image, b: Image.Image) -> float:
     return float(_ssim(x, y, data_range=1.0, win_size=max(win, 1)))
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(rate, quality) points a codec can actually offer: each beats every cheaper point's quality."""
+    out, best = [], -np.inf
+    for r, q in sorted(points):
+        if q > best:
+            out.append((r, q))
+            best = q
+    return out
+
+
 def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
     """Bjøntegaard delta rate in percent: the mean rate change of ``test`` against ``anchor`` at equal
     quality, over the quality range both cover. Points are (rate, quality); log-rate is interpolated

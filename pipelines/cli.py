@@ -191,10 +191,13 @@ def cmd_text_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import evaluate, rebuild
 
-    result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
-                      images=args.images, anchor=args.anchor, captions=args.captions, report=args.report)  # fmt: skip
+    if args.from_csv:
+        result = rebuild(args.dataset, args.outdir, anchor=args.anchor, report=args.report)
+    else:
+        result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
+                          images=args.images, anchor=args.anchor, captions=args.captions, report=args.report)  # fmt: skip
     print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
     for note in result.notes:
         print(f"note: {note}")
@@ -293,9 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
     p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid (default: all)")
     p.add_argument("--images", type=int, help="only the first N images")
-    p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif)")
+    p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif-best, AVIF's front over its scales)")
     p.add_argument("--captions", help="JSON captions for resulic-text ([{image_index, original_caption}])")
     p.add_argument("--report", help="also write the report here (e.g. docs/results.md), linking the plots in OUTDIR")
+    p.add_argument("--from-csv", action="store_true", help="rebuild the outputs from OUTDIR/per_image.csv, measuring nothing")
     _add_weights_args(p)
     p.set_defaults(func=cmd_eval)
 

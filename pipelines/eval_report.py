@@ -28,14 +28,13 @@ def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.evaluate import curves
+
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    curves: dict[str, list[dict]] = {}
-    for m in summary:
-        curves.setdefault(m["codec"], []).append(m)
-    for codec, pts in sorted(curves.items()):
-        pts = sorted(pts, key=lambda m: m["bpp"])
-        style = "-o" if codec.startswith("resulic") else "--."
-        ax.plot([m["bpp"] for m in pts], [m[metric] for m in pts], style, label=codec, markersize=4)
+    for codec, pts in sorted(curves(summary, metric).items()):
+        style = "-o" if codec.startswith("resulic") else "-" if codec.endswith("-best") else ":"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=codec, markersize=4,
+                linewidth=2 if codec.endswith("-best") or codec.startswith("resulic") else 1)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (whole file)")
     ax.set_ylabel(label)
@@ -54,12 +53,15 @@ def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plo
     """The Markdown report; ``plots`` is the path from the report to the folder holding the plots."""
     lines = [f"# Evaluation: {env['dataset']}", "",
              f"{env['images']} images; {env['cpus']} CPUs ({env['machine']}), Python {env['python']}; "
-             f"{env['wall_seconds']} s; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             + (f"measured in {env['wall_seconds']} s" if env["wall_seconds"] is not None else "rebuilt from per_image.csv")
+             + f"; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
              "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
              "texture, below 1 blurs it. n/c: not computed.", "",
              f"![PSNR]({plots}rd_psnr.png) ![MS-SSIM]({plots}rd_ms_ssim.png)", "", "## BD-rate", "",
-             "Negative: fewer bits than the anchor at equal quality (over the quality range both cover).", "",
+             "Negative: fewer bits than the anchor at equal quality (over the quality range both cover; "
+             "n/c where the curves share none). `<codec>-best` is the codec's best practical curve: the "
+             "Pareto front over full size and the 2x and 4x downscales.", "",
              "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
     lines += ["", "## Means per codec and setting", "",

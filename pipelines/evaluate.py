@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from codec.baselines import QUALITIES, SCALES, Classical, available
-from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, psnr
+from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
 
 RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text")
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
@@ -178,23 +178,34 @@ def summarise(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda m: (m["codec"], m["bpp"]))
 
 
-def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = ("psnr", "ms_ssim")) -> list[dict]:
-    curves: dict[str, list[dict]] = {}
+def curves(summary: list[dict], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """(bpp, metric) per codec, plus for each classical format run at several scales its best
+    practical curve ``<fmt>-best``: the Pareto front over full size and the downscales."""
+    out: dict[str, list[tuple[float, float]]] = {}
     for m in summary:
-        curves.setdefault(m["codec"], []).append(m)
-    if anchor not in curves:
-        raise ValueError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(curves))})")
+        out.setdefault(m["codec"], []).append((m["bpp"], m[metric]))
+    for fmt in CLASSICAL:
+        scaled = [pt for c, pts in out.items() if c == fmt or c.startswith(f"{fmt}-") for pt in pts]
+        if len({c for c in out if c == fmt or c.startswith(f"{fmt}-")}) > 1:
+            out[f"{fmt}-best"] = pareto_front(scaled)
+    return {c: sorted(pts) for c, pts in out.items()}
+
+
+def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = ("psnr", "ms_ssim")) -> list[dict]:
     out = []
-    for codec, pts in sorted(curves.items()):
-        if codec == anchor:
-            continue
-        for metric in metrics:
+    for metric in metrics:
+        cs = curves(summary, metric)
+        if anchor not in cs:
+            raise ValueError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(cs))})")
+        for codec, pts in sorted(cs.items()):
+            if codec == anchor:
+                continue
             try:
-                value = bd_rate([(a["bpp"], a[metric]) for a in curves[anchor]], [(p["bpp"], p[metric]) for p in pts])
+                value = bd_rate(cs[anchor], pts)
             except ValueError:
                 value = None  # the curves share no quality range
             out.append({"codec": codec, "anchor": anchor, "metric": metric, "bd_rate_percent": value})
-    return out
+    return sorted(out, key=lambda b: (b["codec"], b["metric"] != "psnr"))
 
 
 @dataclass
@@ -203,6 +214,26 @@ class EvalResult:
     summary: list[dict]
     bd: list[dict]
     notes: list[str]
+
+
+def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | None = None) -> EvalResult:
+    """Summary, BD-rates, plots and report again from ``OUTDIR/per_image.csv`` (no re-measuring)."""
+    import csv
+
+    from pipelines.eval_report import write_outputs
+
+    with (Path(outdir) / "per_image.csv").open() as f:
+        rows = [{k: (v if k in ("image", "codec", "setting") else float(v) if v else None) for k, v in r.items()}
+                for r in csv.DictReader(f)]  # fmt: skip
+    summary = summarise(rows)
+    codecs = {r["codec"] for r in rows}
+    bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else sorted(codecs)[0]))
+    notes = [f"{m}: not computed (its pretrained network's weights are not available locally; "
+             "it is never computed with random weights)" for m in PERCEPTUAL_METRICS]  # fmt: skip
+    env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None,
+           "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
+    write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
+    return EvalResult(rows, summary, bd, notes)
 
 
 def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: list[float] | None = None,
@@ -226,7 +257,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     t0 = time.time()
     rows = run_all(paths, run, options, progress)
     summary = summarise(rows)
-    anchor = anchor or ("avif" if "avif" in run else run[0])
+    anchor = anchor or ("avif-best" if "avif" in run else run[0])
     bd = bd_rates(summary, anchor)
     env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip

@@ -47,3 +47,9 @@ def test_hf_energy_ratio():
     assert hf_energy_ratio(img, img.filter(ImageFilter.UnsharpMask(3, 200))) > 1.2
     flat = Image.new("RGB", (8, 8), (10, 20, 30))
     assert hf_energy(flat) == 0.0
+
+
+def test_pareto_front():
+    from codec.metrics import pareto_front
+
+    assert pareto_front([(3, 12.0), (1, 10.0), (2, 9.0), (4, 11.0)]) == [(1, 10.0), (3, 12.0)]

@@ -16,22 +16,28 @@ and so cannot start at an arbitrary N_r with an arbitrary number of steps.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-from diffusers import DDIMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 N_R_HIGHEST_RATE, N_R_LOWEST_RATE = 50, 800  # the reference code's range
 
 
-def make_scheduler() -> DDIMScheduler:
+def make_scheduler():
+    """diffusers' DDIMScheduler with Stable Diffusion's schedule (imported here: diffusers is slow to
+    import, and plain decoding never needs it)."""
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=True,
                          prediction_type="epsilon")  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1)
 def alphas_cumprod() -> torch.Tensor:
+    """ᾱ for every training step, float64 (shared: callers only index it)."""
     return make_scheduler().alphas_cumprod.double()
 
 

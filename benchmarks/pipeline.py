@@ -25,11 +25,9 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 from PIL import Image
 
@@ -39,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from codec.api import encode_with_symbols, verify  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
 from pipelines.compress import compress  # noqa: E402
+from pipelines.peak_memory import PeakMemory  # noqa: E402
 from pipelines.ray_runtime import ensure_ray  # noqa: E402
 from pipelines.restore import restore  # noqa: E402
 
@@ -57,37 +56,6 @@ def make_photos(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
         img.crop((x, y, x + side, y + side)).save(path)
         paths.append(path)
     return paths
-
-
-class PeakMemory:
-    """Samples the summed USS of this process and its descendants in a thread."""
-
-    def __init__(self, every: float = 0.5) -> None:
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_full_info().uss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def raw_throughput(paths: list[Path], rate: float, batch: int) -> float:
@@ -136,7 +104,7 @@ def main() -> None:
 
     # 2. the pipeline on N photos: throughput over the whole job (Ray already up), peak memory
     for n in args.sizes:
-        with PeakMemory(args.memory_every) as mem:
+        with PeakMemory(args.memory_every, tree=True) as mem:
             s = compress(str(sets[n]), str(work / f"n{n}-archive"), rate=args.rate, batch_size=args.batch_size)
         assert s["written"] == n, s
         pipe = n / s["wall_seconds"]

@@ -27,7 +27,7 @@ from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.process import alphas_cumprod, forward_process, n_r_for_level
 from codec.fixed_point import from_fixed
 from codec.presets import load_preset
-from codec.training_data import CropSampler, build_cache
+from codec.training_data import CropSampler, cache_from_specs
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
@@ -68,11 +68,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     preset = load_preset("taef2", weights_dir=args.weights_dir)
     ae = preset.autoencoder
-    files: list[Path] = []
-    for spec in args.data:
-        folder, _, scales = spec.partition(":")
-        kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
-        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)
+    files = cache_from_specs(args.data, Path(args.cache), ae)
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
     rng = random.Random(int(time.time()))
     mean, std = latent_stats(sampler.items)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from codec.training_data import CropSampler, build_cache
+from codec.training_data import CropSampler, cache_from_specs
 
 
 @torch.no_grad()
@@ -118,11 +118,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ae = TAEF2.from_pretrained(args.weights_dir)
-    files: list[Path] = []
-    for spec in args.data:
-        folder, _, scales = spec.partition(":")
-        kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
-        files = build_cache([Path(folder)], Path(args.cache), ae, **kw)  # each call lists the whole cache
+    files = cache_from_specs(args.data, Path(args.cache), ae)
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
 
     ckpt_path = out / "checkpoint.pt"

@@ -54,6 +54,16 @@ def build_cache(
     return sorted(set(out) | set(cache_dir.glob("*.safetensors")))
 
 
+def cache_from_specs(specs: list[str], cache_dir: Path, autoencoder: TAEF2) -> list[Path]:
+    """``build_cache`` for command-line specs ``FOLDER`` or ``FOLDER:SCALE,SCALE``; every cache entry."""
+    files: list[Path] = []
+    for spec in specs:
+        folder, _, scales = spec.partition(":")
+        kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
+        files = build_cache([Path(folder)], Path(cache_dir), autoencoder, **kw)  # each call lists the whole cache
+    return files
+
+
 class CropSampler:
     """Random aligned crops: a latent window and the image pixels it stands for (with flips)."""
 

@@ -29,13 +29,14 @@ SECTION_TYPES = {"bits_header": pa.int64(), "bits_hyper": pa.int64(), "bits_late
                  "bits_text": pa.int64(), "bpp": pa.float64()}  # fmt: skip
 
 
-def section_columns(stream: bytes | None) -> dict[str, int | float | None]:
-    """A stream's size by section in bits, and its bpp (all None without a stream)."""
+def section_columns(stream: bytes | None, meta: dict | None = None) -> dict[str, int | float | None]:
+    """A stream's size by section in bits, and its bpp (all None without a stream); ``meta`` is
+    its ``codec.info`` when the caller already has it."""
     from codec.api import info
 
     if not stream:
         return dict.fromkeys(SECTION_TYPES)
-    meta = info(stream)
+    meta = meta or info(stream)
     sec = meta["sections"]
     # the header's share is everything but the payload sections (magic, framing, CRCs)
     head = len(stream) - sec["hyper_latent"] - sec["latent"] - sec.get("text", 0)
@@ -114,7 +115,7 @@ class Encoder:
             cols["status"].append(r["status"] if res is None else (STATUS_FAILED if isinstance(res, str) else None))
             cols["error"].append(res if isinstance(res, str) else r["error"])
             cols["bitstream"].append(stream)
-            for k, v in section_columns(stream).items():
+            for k, v in section_columns(stream, meta).items():
                 cols[k].append(v)
             cols["preset"].append(meta["preset"] if meta else None)
             cols["model_id"].append(meta["model_id"] if meta else None)

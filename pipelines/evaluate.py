@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 
 from codec.baselines import QUALITIES, SCALES, Classical, available
 from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
+from pipelines.peak_memory import PeakMemory
 
 RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text")
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
@@ -36,30 +36,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 class EvalOptions:
     rates: tuple[float, ...] = DEFAULT_RATES
     captions: dict[str, str] = field(default_factory=dict)  # image stem -> caption (for resulic-text)
-
-
-class PeakRSS:
-    """The highest resident set size of this process while the block runs (sampled every 20 ms)."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self.proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _row(image: str, codec: str, setting: str, ref: Image.Image, out: Image.Image, nbytes: int,
@@ -90,7 +66,7 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
         text = word_residual(options.captions.get(name, ""), "") if codec == "resulic-text" else ""
         decoder = "cdm" if codec == "resulic-cdm" else "plain"
         for rate in options.rates:
-            with PeakRSS() as mem:
+            with PeakMemory() as mem:
                 stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
             rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak))
@@ -98,7 +74,7 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
     fmt, _, scale = codec.partition("-")
     c = Classical(fmt, int(scale.rstrip("x") or 1))
     for q in QUALITIES[fmt]:
-        with PeakRSS() as mem:
+        with PeakMemory() as mem:
             data, t_enc = _timed(c.encode, ref, q)
             out, t_dec = _timed(c.decode, data, ref.size)
         rows.append(_row(name, codec, f"q={q}", ref, out, len(data), t_enc, t_dec, mem.peak))
@@ -216,6 +192,11 @@ class EvalResult:
     notes: list[str]
 
 
+def _not_computed(metrics) -> list[str]:
+    return [f"{m}: not computed (its pretrained network's weights are not available locally; "
+            "it is never computed with random weights)" for m in metrics]  # fmt: skip
+
+
 def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | None = None) -> EvalResult:
     """Summary, BD-rates, plots and report again from ``OUTDIR/per_image.csv`` (no re-measuring)."""
     import csv
@@ -228,8 +209,7 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
     summary = summarise(rows)
     codecs = {r["codec"] for r in rows}
     bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else sorted(codecs)[0]))
-    notes = [f"{m}: not computed (its pretrained network's weights are not available locally; "
-             "it is never computed with random weights)" for m in PERCEPTUAL_METRICS]  # fmt: skip
+    notes = _not_computed(PERCEPTUAL_METRICS)
     env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None,
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
@@ -247,8 +227,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     unknown = set(metrics) - set(COMPUTED_METRICS) - set(PERCEPTUAL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics: {', '.join(sorted(unknown))}")
-    notes += [f"{m}: not computed (its pretrained network's weights are not available locally; "
-              "it is never computed with random weights)" for m in metrics if m in PERCEPTUAL_METRICS]  # fmt: skip
+    notes += _not_computed([m for m in metrics if m in PERCEPTUAL_METRICS])
     cap = {}
     if captions:  # a JSON list of {"image_index": stem, "original_caption": ...}, like Kodak's captions_40.json
         items = json.loads(Path(captions).read_text())

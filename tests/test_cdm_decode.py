@@ -4,6 +4,7 @@ process), and a model without a CDM refuses an explicit CDM decode."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_stream_fields_and_deterministic_cdm_decode(tiny_cdm, monkeypatch):
     path = Path(str(tiny_cdm)) / "s.rsl"
     path.write_bytes(stream)
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT,
-                         env={**__import__("os").environ, CDM_ENV: str(tiny_cdm)}, timeout=300)  # fmt: skip
+                         env={**os.environ, CDM_ENV: str(tiny_cdm)}, timeout=300)  # fmt: skip
     assert res.stdout.strip() == str(np.asarray(a).astype(np.int64).sum()), res.stderr
 
 

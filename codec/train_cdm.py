@@ -6,10 +6,11 @@ latent codec at that level (the exact symbols a decoder recovers), N_r follows t
 and the step n is drawn uniformly from 1..N_r: the model only ever sees the part of the
 trajectory decoding walks.
 
-Losses, after the paper: stage 1 is the ε-MSE of the compression-aware process (the paper's
-‖ẑ − z₀‖² term trains its latent codec, which is frozen here); from ``--image-loss-from`` on,
-stage 2 adds an image-space MSE of the one-step clean estimate through the frozen TAEF2
-decoder (a central window). Resumable: rerun the same command to continue.
+Losses, after the paper: stage 1 is the denoising MSE of the compression-aware process, taken
+on the clean estimate since this denoiser predicts z₀ (``codec.cdm.process`` says why; the
+paper's ‖ẑ − z₀‖² term trains its latent codec, which is frozen here); from
+``--image-loss-from`` on, stage 2 adds an image-space MSE of the clean estimate through the
+frozen TAEF2 decoder (a central window). Resumable: rerun the same command to continue.
 """
 
 from __future__ import annotations
@@ -101,13 +102,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         zn0, znh = model.normalise(z0), model.normalise(z_hat)
         b = z0.shape[0]
         n = torch.randint(1, n_r + 1, (b,))
-        z_n, eff = forward_process(zn0, znh, n, torch.full((b,), n_r), torch.randn_like(zn0), ac)
+        z_n, _ = forward_process(zn0, znh, n, torch.full((b,), n_r), torch.randn_like(zn0), ac)
         pred = model(z_n, n, znh, torch.full((b,), level, dtype=torch.long))
-        loss_eps = (pred - eff).pow(2).mean()
-        loss, psnr_img = loss_eps, None
+        loss_z0 = (pred - zn0).pow(2).mean()
+        loss, psnr_img = loss_z0, None
         if step >= stage2 and args.image_loss_weight > 0:
-            a = ac[n].float().reshape(-1, 1, 1, 1)
-            z0_pred = model.denormalise((z_n - (1 - a).sqrt() * pred) / a.sqrt())
+            z0_pred = model.denormalise(pred)
             w, o = args.image_window, (args.crop - args.image_window) // 2
             dec = ae.decoder(z0_pred[:, :, o : o + w, o : o + w]).clamp(0, 1)
             tgt = img[:, :, 8 * o : 8 * (o + w), 8 * o : 8 * (o + w)]
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         opt.step()
         step += 1
         if step % 25 == 0:
-            rec = {"step": step, "loss": round(loss.item(), 4), "eps_mse": round(loss_eps.item(), 4), "level": level,
+            rec = {"step": step, "loss": round(loss.item(), 4), "z0_mse": round(loss_z0.item(), 4), "z_hat_mse": round((znh - zn0).pow(2).mean().item(), 4), "level": level,
                    "n_r": n_r, "psnr_img": None if psnr_img is None else round(psnr_img, 2), "lr": lr,
                    "sec": round(time.time() - t0, 1)}  # fmt: skip
             log.write(json.dumps(rec) + "\n")

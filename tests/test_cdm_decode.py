@@ -29,6 +29,7 @@ def tiny_cdm(tmp_path_factory) -> Path:
     model = CDMDenoiser(CDMConfig(block_out_channels=(32, 32), norm_num_groups=8))
     for prm in model.parameters():  # small random weights: a gentle, deterministic denoiser
         prm.data.mul_(0.1)
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.01)  # a fresh model's is zero (it decodes as plain)
     d = tmp_path_factory.mktemp("cdm")
     model.save_pretrained(d)
     return d
@@ -39,6 +40,22 @@ def test_save_load_round_trip(tiny_cdm):
     assert m.config.block_out_channels == (32, 32) and len(m.weights_sha256) == 64 and not m.text_conditioned
     with pytest.raises(FileNotFoundError, match="CDM weights not found"):
         CDMDenoiser.from_pretrained(tiny_cdm / "nope")
+
+
+def test_an_untrained_cdm_returns_the_decoded_latent():
+    """The UNet's output convolution starts at zero: before training, CDM decoding is the plain decode."""
+    from codec.cdm.sampler import cdm_decode_latent
+
+    torch.manual_seed(1)
+    model = CDMDenoiser(CDMConfig(block_out_channels=(32, 32), norm_num_groups=8)).eval()
+    z_hat = torch.randn(2, 32, 8, 8)
+    out = cdm_decode_latent(model, z_hat, level=0, n_r=800, seeds=[1, 2])
+    assert torch.allclose(out, z_hat, atol=1e-4)
+
+
+def test_an_epsilon_model_config_is_refused():
+    with pytest.raises(ValueError, match="prediction_type 'epsilon' is not supported"):
+        CDMConfig.from_dict({"block_out_channels": [32, 32], "prediction_type": "epsilon"})
 
 
 def test_stream_fields_and_deterministic_cdm_decode(tiny_cdm, monkeypatch):

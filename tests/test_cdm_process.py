@@ -38,13 +38,20 @@ def test_forward_process_at_intermediate_steps_matches_the_formula():
         assert torch.allclose(z_n[i], expect.float(), atol=1e-5)
 
 
-def test_an_oracle_denoiser_recovers_z0_in_one_ddim_step():
+def test_an_oracle_denoiser_walks_the_process_back_to_z0():
+    """Given the true z0 at every step, DDIM retraces the compression-aware trajectory exactly:
+    each intermediate point is the forward process's point for the same draw of noise."""
     torch.manual_seed(2)
     z0, z_hat, eps = torch.randn(3, 1, 4, 8, 8).unbind(0)
     ac = alphas_cumprod()
-    n = torch.tensor([250])
-    z_n, eff = forward_process(z0, z_hat, n, n, eps, ac)
-    assert torch.allclose(ddim_step(z_n, eff, 250, 0, ac), z0, atol=1e-4)
+    n_r = torch.tensor([400])
+    z, _ = forward_process(z0, z_hat, n_r, n_r, eps, ac)
+    for t, t_prev in [(400, 250), (250, 100), (100, 0)]:
+        z = ddim_step(z, z0, t, t_prev, ac)
+        if t_prev:
+            expect, _ = forward_process(z0, z_hat, torch.tensor([t_prev]), n_r, eps, ac)
+            assert torch.allclose(z, expect, atol=1e-4)
+    assert torch.equal(z, z0)
 
 
 def test_timesteps_and_rate_table():

@@ -6,6 +6,11 @@ With ``text_dim`` set it is a ``UNet2DConditionModel`` that cross-attends to tex
 (the residual text, with classifier-free guidance at decode time); the offline preset's model
 has none, since its training photos have no captions.
 
+The UNet outputs a correction to ẑ: the model's clean-latent estimate is ẑ + UNet(z_t, ẑ), and
+the UNet's last convolution starts at zero, so an untrained model decodes exactly as the plain
+decoder does and training can only move it from there (see ``codec.cdm.process`` for why the
+model predicts z₀ rather than the noise).
+
 Weights live in a directory: ``config.json`` and ``model.safetensors`` (float16), plus the
 latent normalisation the model was trained with (``latent_mean``/``latent_std`` per channel).
 """
@@ -35,11 +40,15 @@ class CDMConfig:
     guidance_scale: float = 2.5  # classifier-free guidance with the residual text (the reference code's default)
     latent_mean: list[float] = field(default_factory=list)  # per channel; empty: 0
     latent_std: list[float] = field(default_factory=list)  # per channel; empty: 1
+    prediction_type: str = "sample"  # the clean latent, as ẑ + correction (the only kind this code runs)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CDMConfig":
         d = dict(d)
         d["block_out_channels"] = tuple(d["block_out_channels"])
+        if d.get("prediction_type", "epsilon") != "sample":
+            raise ValueError(f"CDM prediction_type {d.get('prediction_type', 'epsilon')!r} is not supported: this code "
+                             "runs denoisers that predict the clean latent ('sample')")  # fmt: skip
         return cls(**d)
 
 
@@ -64,6 +73,8 @@ class CDMDenoiser(torch.nn.Module):
 
             self.unet = UNet2DModel(**common, down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
                                     add_attention=False)  # fmt: skip
+        torch.nn.init.zeros_(self.unet.conv_out.weight)
+        torch.nn.init.zeros_(self.unet.conv_out.bias)
         mean = torch.tensor(config.latent_mean or [0.0] * c).reshape(1, c, 1, 1)
         std = torch.tensor(config.latent_std or [1.0] * c).reshape(1, c, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -88,15 +99,15 @@ class CDMDenoiser(torch.nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, z_hat: torch.Tensor, level: torch.Tensor,
                 text: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Predicted effective noise, all latents normalised. ``text``: (B, T, text_dim) or None."""
+        """The clean-latent estimate ẑ + correction, all latents normalised. ``text``: (B, T, text_dim) or None."""
         x = torch.cat([z_t, z_hat], dim=1)
         if self.text_conditioned:
             if text is None:
                 raise ValueError("this CDM is text-conditioned: pass text embeddings (an empty prompt's for none)")
-            return self.unet(x, t, encoder_hidden_states=text, class_labels=level).sample
+            return z_hat + self.unet(x, t, encoder_hidden_states=text, class_labels=level).sample
         if text is not None:
             raise ValueError("this CDM has no text conditioning")
-        return self.unet(x, t, class_labels=level).sample
+        return z_hat + self.unet(x, t, class_labels=level).sample
 
     def save_pretrained(self, directory: str | Path, meta: dict | None = None) -> None:
         d = Path(directory)

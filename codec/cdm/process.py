@@ -6,7 +6,12 @@ z₀ at step N = N_r: the forward process is
     z_n = √ᾱ_n·z₀ + √(1−ᾱ_n)·(ε + γ·(ẑ − z₀)),   γ = √(ᾱ_N / (1−ᾱ_N)),
 
 so that z_N = √ᾱ_N·ẑ + √(1−ᾱ_N)·ε: noising ẑ to N_r lands exactly where the process says.
-The denoiser predicts the effective noise ε + γ·(ẑ − z₀), which makes DDIM's clean estimate z₀.
+The effective noise ε + γ·(ẑ − z₀) is what the paper's ε-parameterised denoiser predicts. This
+project's denoiser predicts the clean latent z₀ instead (diffusers' ``prediction_type="sample"``),
+and DDIM takes the effective noise from it: at the low rates N_r reaches 800, where ᾱ ≈ 0.037,
+an ε-prediction error is multiplied by (1−ᾱ)/ᾱ ≈ 26 in the clean estimate. Measured on the first
+ε-model trained here (2,450 steps): its clean estimate at N_r = 800 was 23× further from z₀
+than ẑ itself, and Kodak decoded at 8.7 dB against the plain decoder's 17.1.
 
 The schedule is Stable Diffusion's (1000 steps, "scaled_linear" betas 0.00085…0.012), taken
 from diffusers' ``DDIMScheduler``. The DDIM update is written out here rather than through
@@ -73,13 +78,13 @@ def ddim_timesteps(n_r: int, steps: int) -> list[int]:
     return sorted({round(n_r * (steps - i) / steps) for i in range(steps)} - {0}, reverse=True)
 
 
-def ddim_step(z_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, ac: torch.Tensor) -> torch.Tensor:
-    """One deterministic DDIM step (eta = 0) from t to t_prev (t_prev = 0 returns the clean estimate)."""
-    a_t = ac[t].to(z_t.dtype)
-    z0 = (z_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+def ddim_step(z_t: torch.Tensor, z0: torch.Tensor, t: int, t_prev: int, ac: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) from t to t_prev, given the clean estimate z0 at t
+    (t_prev = 0 returns z0): the noise direction is the one z_t and z0 imply."""
     if t_prev <= 0:
         return z0
-    a_prev = ac[t_prev].to(z_t.dtype)
+    a_t, a_prev = ac[t].to(z_t.dtype), ac[t_prev].to(z_t.dtype)
+    eps = (z_t - a_t.sqrt() * z0) / (1 - a_t).sqrt()
     return a_prev.sqrt() * z0 + (1 - a_prev).sqrt() * eps
 
 

@@ -44,11 +44,11 @@ def denoise(
     ts = ddim_timesteps(n_r, steps)
     for i, t in enumerate(ts):
         tt = torch.full((z.shape[0],), t, dtype=torch.long, device=dev)
-        eps = model(z, tt, zh, labels, text)
+        z0 = model(z, tt, zh, labels, text)
         if text is not None and uncond_text is not None and guidance_scale != 1.0:
-            eps_u = model(z, tt, zh, labels, uncond_text)
-            eps = eps_u + guidance_scale * (eps - eps_u)
-        z = ddim_step(z, eps, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
+            z0_u = model(z, tt, zh, labels, uncond_text)
+            z0 = z0_u + guidance_scale * (z0 - z0_u)
+        z = ddim_step(z, z0, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
     return model.denormalise(z)
 
 

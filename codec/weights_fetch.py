@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from codec.autoencoder import DECODER_FILE, ENCODER_FILE, file_sha256
 
@@ -22,6 +23,23 @@ class FetchError(RuntimeError):
     pass
 
 
+def download(url: str, target: Path, check: Callable[[Path], str | None], timeout: float = 60) -> None:
+    """``url`` to ``target`` through a temporary file beside it, kept only when ``check`` finds no fault."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        fault = check(Path(tmp))
+        if fault:
+            raise FetchError(f"{url}: {fault}")
+        os.replace(tmp, target)
+    except OSError as e:
+        raise FetchError(f"{url}: download failed ({e})") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def fetch_weights(dest: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, force: bool = False, timeout: float = 60) -> list[Path]:
     """Fetch each file to ``dest`` (skipping those already present and intact); return their paths."""
     dest = Path(dest)
@@ -33,20 +51,8 @@ def fetch_weights(dest: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, for
         if target.exists() and not force and file_sha256(target) == digest:
             written.append(target)
             continue
-        url = base + name
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
-            got = file_sha256(Path(tmp))
-            if got != digest:
-                raise FetchError(f"{url}: SHA-256 {got} does not match the pinned {digest}")
-            os.replace(tmp, target)
-        except OSError as e:
-            raise FetchError(f"{url}: download failed ({e})") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        download(base + name, target, lambda path, d=digest: None if file_sha256(path) == d else
+                 f"SHA-256 {file_sha256(path)} does not match the pinned {d}", timeout)  # fmt: skip
         written.append(target)
     (dest / "NOTICE").write_text(LICENSE_NOTE)
     return written

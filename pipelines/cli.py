@@ -182,6 +182,14 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_fetch_metrics(args: argparse.Namespace) -> int:
+    from pipelines.perceptual import fetch_metric_weights
+
+    for path in fetch_metric_weights(args.dest, args.base_url):
+        print(path)
+    return 0
+
+
 def cmd_text_measure(args: argparse.Namespace) -> int:
     from codec.presets import load_text_model
     from codec.text_measure import measure, read_captions
@@ -197,7 +205,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = rebuild(args.dataset, args.outdir, anchor=args.anchor, report=args.report)
     else:
         result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
-                          images=args.images, anchor=args.anchor, captions=args.captions, report=args.report)  # fmt: skip
+                          images=args.images, anchor=args.anchor, captions=args.captions, report=args.report,
+                          metric_weights=args.metric_weights)  # fmt: skip
     print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
     for note in result.notes:
         print(f"note: {note}")
@@ -294,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", nargs="+", help="resulic, resulic-cdm, resulic-text, jpeg, webp, avif, jxl "
                                               "(default: all but resulic-text; classical ones also at 2x and 4x downscales)")
     p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
-    p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid (default: all)")
+    p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid kid (default: all)")
+    p.add_argument("--metric-weights", help="folder with the perceptual metrics' published checkpoints "
+                                            "(resulic weights fetch-metrics DIR); without it they are not computed")
     p.add_argument("--images", type=int, help="only the first N images")
     p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif-best, AVIF's front over its scales)")
     p.add_argument("--captions", help="JSON captions for resulic-text ([{image_index, original_caption}])")
@@ -310,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-url", help="where the files live (http, https or file URL)")
     f.add_argument("--force", action="store_true", help="download even when intact files are present")
     f.set_defaults(func=cmd_weights_fetch)
+
+    f = wsub.add_parser("fetch-metrics", help="download the checkpoints LPIPS, DISTS, FID and KID need (for resulic eval)")
+    f.add_argument("dest", help="target directory (then: resulic eval ... --metric-weights DEST)")
+    f.add_argument("--base-url", help="a mirror holding the files under their published names (http, https or file URL)")
+    f.set_defaults(func=cmd_weights_fetch_metrics)
 
     p = sub.add_parser("text", help="the residual text coder")
     tsub = p.add_subparsers(dest="text_command", required=True)

@@ -7,9 +7,9 @@ import datetime as dt
 import os
 from pathlib import Path
 
-PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid",
+PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists",
                      "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
-SUMMARY_COLUMNS = ["codec", "setting", "images", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid",
+SUMMARY_COLUMNS = ["codec", "setting", "images", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid", "kid",
                    "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
 BD_COLUMNS = ["codec", "anchor", "metric", "bd_rate_percent"]
 
@@ -65,10 +65,11 @@ def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plo
              "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
     lines += ["", "## Means per codec and setting", "",
-              "| codec | setting | bpp | PSNR | MS-SSIM | hf_ratio | LPIPS | encode s | decode s | peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| codec | setting | bpp | PSNR | MS-SSIM | hf_ratio | LPIPS | DISTS | FID | KID | encode s | decode s "
+              "| peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {m['codec']} | {m['setting']} | {m['bpp']:.4f} | {_fmt(m['psnr'], 2)} | {_fmt(m['ms_ssim'])} | "
-              f"{_fmt(m['hf_ratio'], 2)} | {_fmt(m['lpips'])} | {_fmt(m['encode_s'])} | {_fmt(m['decode_s'])} | "
+              f"{_fmt(m['hf_ratio'], 2)} | {_fmt(m['lpips'])} | {_fmt(m['dists'])} | {_fmt(m['fid'], 1)} | "
+              f"{_fmt(m['kid'], 4)} | {_fmt(m['encode_s'])} | {_fmt(m['decode_s'])} | "
               f"{_fmt(m['peak_rss_mib'], 0)} |" for m in summary]  # fmt: skip
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

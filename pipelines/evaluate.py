@@ -3,8 +3,9 @@ same way, into CSV files, plots and a report.
 
 One task per (image, codec) runs every setting of that codec on that image: on a Ray cluster
 when one is attached (``RAY_ADDRESS``), locally otherwise; a progress bar counts tasks.
-Perceptual metrics that need pretrained networks (LPIPS, DISTS, FID/KID) are never computed
-with random weights: this build has none, so they are reported as not computed.
+Perceptual metrics that need pretrained networks (LPIPS, DISTS, FID, KID) are computed only
+from the published weights the user points ``--metric-weights`` at (``pipelines.perceptual``),
+never with random ones; otherwise they are reported as not computed, with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text")
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
 DEFAULT_CODECS = ("resulic", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
 COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
-PERCEPTUAL_METRICS = ("lpips", "dists", "fid")
+PAIR_METRICS = ("lpips", "dists")  # per image
+SET_METRICS = ("fid", "kid")  # per setting, over all its images
+PERCEPTUAL_METRICS = PAIR_METRICS + SET_METRICS
 DEFAULT_RATES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -36,16 +39,36 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 class EvalOptions:
     rates: tuple[float, ...] = DEFAULT_RATES
     captions: dict[str, str] = field(default_factory=dict)  # image stem -> caption (for resulic-text)
+    metric_weights: str | None = None  # folder of the perceptual metrics' published checkpoints
+    perceptual: tuple[str, ...] = ()  # the perceptual metrics to compute (their weights were checked)
 
 
 def _row(image: str, codec: str, setting: str, ref: Image.Image, out: Image.Image, nbytes: int,
-         t_enc: float, t_dec: float, peak: int) -> dict:  # fmt: skip
+         t_enc: float, t_dec: float, peak: int, options: EvalOptions) -> dict:  # fmt: skip
+    from pipelines import perceptual
+
     mpix = ref.width * ref.height / 1e6
-    return {"image": image, "codec": codec, "setting": setting, "bytes": nbytes,
-            "bpp": 8 * nbytes / (ref.width * ref.height), "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
-            "hf_ratio": hf_energy_ratio(ref, out), **dict.fromkeys(PERCEPTUAL_METRICS),
-            "encode_s": t_enc, "decode_s": t_dec, "encode_mpix_s": mpix / t_enc if t_enc else None,
-            "decode_mpix_s": mpix / t_dec if t_dec else None, "peak_rss_mib": peak / 2**20}  # fmt: skip
+    row = {"image": image, "codec": codec, "setting": setting, "bytes": nbytes,
+           "bpp": 8 * nbytes / (ref.width * ref.height), "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
+           "hf_ratio": hf_energy_ratio(ref, out), **dict.fromkeys(PERCEPTUAL_METRICS),
+           "encode_s": t_enc, "decode_s": t_dec, "encode_mpix_s": mpix / t_enc if t_enc else None,
+           "decode_mpix_s": mpix / t_dec if t_dec else None, "peak_rss_mib": peak / 2**20}  # fmt: skip
+    for m in PAIR_METRICS:
+        if m in options.perceptual:
+            row[m] = perceptual.pair_metric(m, options.metric_weights, ref, out)
+    if set(SET_METRICS) & set(options.perceptual):  # features for the set-level metrics (not written to CSV)
+        row["_features"] = perceptual.inception_features(options.metric_weights, out)
+    return row
+
+
+def _with_reference_features(rows: list[dict], ref: Image.Image, options: EvalOptions) -> list[dict]:
+    if set(SET_METRICS) & set(options.perceptual):
+        from pipelines import perceptual
+
+        real = perceptual.inception_features(options.metric_weights, ref)
+        for r in rows:
+            r["_reference_features"] = real
+    return rows
 
 
 def _timed(fn, *args, **kw):
@@ -69,16 +92,16 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
             with PeakMemory() as mem:
                 stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
-            rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak))
-        return rows
+            rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak, options))
+        return _with_reference_features(rows, ref, options)
     fmt, _, scale = codec.partition("-")
     c = Classical(fmt, int(scale.rstrip("x") or 1))
     for q in QUALITIES[fmt]:
         with PeakMemory() as mem:
             data, t_enc = _timed(c.encode, ref, q)
             out, t_dec = _timed(c.decode, data, ref.size)
-        rows.append(_row(name, codec, f"q={q}", ref, out, len(data), t_enc, t_dec, mem.peak))
-    return rows
+        rows.append(_row(name, codec, f"q={q}", ref, out, len(data), t_enc, t_dec, mem.peak, options))
+    return _with_reference_features(rows, ref, options)
 
 
 def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
@@ -138,18 +161,27 @@ def run_all(images: list[str], codecs: list[str], options: EvalOptions, progress
     return rows
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Means over images per (codec, setting), sorted by codec then bpp."""
+def summarise(rows: list[dict], known: dict[tuple[str, str], dict] | None = None) -> list[dict]:
+    """Means over images per (codec, setting), sorted by codec then bpp; FID and KID over each
+    setting's image set when the rows carry Inception features, else from ``known`` (a previous
+    summary's values, when rebuilding)."""
+    from pipelines.perceptual import set_metric
+
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["codec"], r["setting"]), []).append(r)
     out = []
     for (codec, setting), rs in groups.items():
         m = {"codec": codec, "setting": setting, "images": len(rs)}
-        for k in ("bpp", *COMPUTED_METRICS, "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"):
-            vals = [r[k] for r in rs if r[k] is not None]
+        for k in ("bpp", *COMPUTED_METRICS, *PAIR_METRICS, "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s",
+                  "peak_rss_mib"):  # fmt: skip
+            vals = [r[k] for r in rs if r.get(k) is not None]
             m[k] = float(np.mean(vals)) if vals else None
-        m.update(dict.fromkeys(PERCEPTUAL_METRICS))
+        for k in SET_METRICS:
+            m[k] = (known or {}).get((codec, setting), {}).get(k)
+            if all("_features" in r for r in rs):
+                real = np.concatenate([r["_reference_features"] for r in rs])
+                m[k] = set_metric(k, real, np.concatenate([r["_features"] for r in rs]))
         out.append(m)
     return sorted(out, key=lambda m: (m["codec"], m["bpp"]))
 
@@ -192,9 +224,21 @@ class EvalResult:
     notes: list[str]
 
 
-def _not_computed(metrics) -> list[str]:
-    return [f"{m}: not computed (its pretrained network's weights are not available locally; "
-            "it is never computed with random weights)" for m in metrics]  # fmt: skip
+def perceptual_plan(metrics, weights_dir: str | None) -> tuple[tuple[str, ...], list[str]]:
+    """The perceptual metrics that can be computed, and a note on each that cannot."""
+    from pipelines.perceptual import unavailable
+
+    run, notes = [], []
+    for m in metrics:
+        why = unavailable(m, weights_dir)
+        if why is None:
+            run.append(m)
+        else:
+            notes.append(f"{m}: not computed ({why}; it is never computed with random weights)")
+    if set(SET_METRICS) & set(run):
+        notes.append("fid, kid: over 256-pixel patches of every image of a setting (a grid and the grid shifted "
+                     "by half a patch), against the originals' patches; few patches make FID biased upwards")  # fmt: skip
+    return tuple(run), notes
 
 
 def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | None = None) -> EvalResult:
@@ -206,10 +250,18 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
     with (Path(outdir) / "per_image.csv").open() as f:
         rows = [{k: (v if k in ("image", "codec", "setting") else float(v) if v else None) for k, v in r.items()}
                 for r in csv.DictReader(f)]  # fmt: skip
-    summary = summarise(rows)
+    known = {}
+    if (Path(outdir) / "summary.csv").is_file():  # set-level metrics cannot be recomputed without features
+        with (Path(outdir) / "summary.csv").open() as f:
+            known = {(s["codec"], s["setting"]): {k: float(s[k]) for k in SET_METRICS if s.get(k)}
+                     for s in csv.DictReader(f)}  # fmt: skip
+    summary = summarise(rows, known)
     codecs = {r["codec"] for r in rows}
     bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else sorted(codecs)[0]))
-    notes = _not_computed(PERCEPTUAL_METRICS)
+    notes = [f"{m}: not computed (no measurement in per_image.csv)" for m in PAIR_METRICS
+             if all(r.get(m) is None for r in rows)]  # fmt: skip
+    notes += [f"{m}: not computed (summary.csv holds none)" for m in SET_METRICS
+              if all(s.get(m) is None for s in summary)]  # fmt: skip
     env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None,
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
@@ -218,7 +270,8 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
 
 def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: list[float] | None = None,
              metrics: list[str] | None = None, images: int | None = None, anchor: str | None = None,
-             captions: str | None = None, progress: bool = True, report: str | None = None) -> EvalResult:  # fmt: skip
+             captions: str | None = None, progress: bool = True, report: str | None = None,
+             metric_weights: str | None = None) -> EvalResult:  # fmt: skip
     from pipelines.eval_report import write_outputs
 
     paths = list_images(dataset, images)
@@ -227,12 +280,13 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     unknown = set(metrics) - set(COMPUTED_METRICS) - set(PERCEPTUAL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics: {', '.join(sorted(unknown))}")
-    notes += _not_computed([m for m in metrics if m in PERCEPTUAL_METRICS])
+    perceptual, more = perceptual_plan([m for m in metrics if m in PERCEPTUAL_METRICS], metric_weights)
+    notes += more
     cap = {}
     if captions:  # a JSON list of {"image_index": stem, "original_caption": ...}, like Kodak's captions_40.json
         items = json.loads(Path(captions).read_text())
         cap = {it["image_index"]: it["original_caption"] for it in items if isinstance(it, dict) and "image_index" in it}
-    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap)
+    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap, metric_weights, perceptual)
     t0 = time.time()
     rows = run_all(paths, run, options, progress)
     summary = summarise(rows)

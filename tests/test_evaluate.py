@@ -57,7 +57,8 @@ def test_eval_writes_the_promised_files(dataset, tmp_path):
     assert len([r for r in summary if r["codec"] == "resulic"]) == 3
     per = read(out / "per_image.csv")
     assert len(per) == 2 * (3 + 3 * 6 * 2) and all(float(r["bpp"]) > 0 for r in per)
-    assert all(r["lpips"] == "" and r["fid"] == "" for r in per)  # never computed without weights
+    assert all(r["lpips"] == "" and r["dists"] == "" for r in per)  # never computed without weights
+    assert all(r["fid"] == "" and r["kid"] == "" for r in summary)
     bd = read(out / "bd_rate.csv")
     assert set(bd[0]) == {"codec", "anchor", "metric", "bd_rate_percent"} and bd[0]["anchor"] == "avif-best"
     assert {"jpeg-best", "avif"} <= {b["codec"] for b in bd}

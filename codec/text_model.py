@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 PRECISION = 16
@@ -98,6 +99,7 @@ class TextModel:
     vocab: list[str]
     cdfs: list[list[int]]  # every table, in a fixed order (see ``table``)
     sha256: str = ""
+    version: int = 2  # 1: coded with CompressAI's rANS; 2: with codec.arithmetic_coding (same tables)
 
     def __post_init__(self) -> None:
         self.rank = {w: i for i, w in enumerate(self.vocab)}
@@ -116,7 +118,7 @@ class TextModel:
     UNIFORM = WORD + 5  # uniform tables for 1..8 bits follow: UNIFORM + bits - 1
 
     @classmethod
-    def build(cls, words: list[str], freqs: list[float]) -> "TextModel":
+    def build(cls, words: list[str], freqs: list[float], version: int = 2) -> "TextModel":
         if len(words) != VOCAB_SIZE or len(set(words)) != VOCAB_SIZE:
             raise ValueError(f"need {VOCAB_SIZE} distinct words, ranked by frequency")
         if not all(re.fullmatch("[a-z]+", w) for w in words):
@@ -137,12 +139,12 @@ class TextModel:
         cdfs.append(quantise([_PUNCT_AFTER_WORD.get(p, _PUNCT_FLOOR) for p in PUNCT]))
         cdfs.append(quantise([_PUNCT_ELSEWHERE.get(p, _PUNCT_FLOOR) for p in PUNCT]))
         cdfs += [uniform(b) for b in range(1, 9)]
-        return cls(list(words), cdfs)
+        return cls(list(words), cdfs, version=version)
 
     def save(self, path: str | Path) -> None:
         tensors = {f"cdf.{i:02d}": torch.tensor(c, dtype=torch.int32) for i, c in enumerate(self.cdfs)}
         tensors["vocab_utf8"] = torch.tensor(list("\n".join(self.vocab).encode()), dtype=torch.uint8)
-        save_file(tensors, str(path), metadata={"format": "resulic-text-model", "version": "1",
+        save_file(tensors, str(path), metadata={"format": "resulic-text-model", "version": str(self.version),
                                                 "tables": str(len(self.cdfs)), "punct": PUNCT, "kinds": json.dumps(KINDS),
                                                 "contexts": json.dumps(CONTEXTS)})  # fmt: skip
 
@@ -150,32 +152,64 @@ class TextModel:
     def load(cls, path: str | Path) -> "TextModel":
         path = Path(path)
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            version = int((f.metadata() or {}).get("version", "0"))
+        if version not in (1, 2):
+            raise ValueError(f"{path}: text model version {version} is not one this build reads (1, 2)")
         n = sum(1 for k in tensors if k.startswith("cdf."))
         cdfs = [tensors[f"cdf.{i:02d}"].tolist() for i in range(n)]
         vocab = bytes(tensors["vocab_utf8"].tolist()).decode().split("\n")
         if len(vocab) != VOCAB_SIZE or n != cls.UNIFORM + 8:
-            raise ValueError(f"{path}: not a version-1 text model ({len(vocab)} words, {n} tables)")
+            raise ValueError(f"{path}: not a valid text model ({len(vocab)} words, {n} tables)")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return cls(vocab, cdfs, digest)
+        return cls(vocab, cdfs, digest, version)
 
 
-def wordfreq_vocabulary(lang: str = "en") -> tuple[list[str], list[float]]:
-    """The ``VOCAB_SIZE`` most frequent a-z words and their frequencies (needs ``wordfreq``)."""
+def wordfreq_vocabulary(lang: str = "en", size: int = VOCAB_SIZE) -> tuple[list[str], list[float]]:
+    """The ``size`` most frequent a-z words and their frequencies (needs ``wordfreq``)."""
     import wordfreq
 
     table = wordfreq.get_frequency_dict(lang, wordlist="large")
     ranked = sorted(((f, w) for w, f in table.items() if re.fullmatch("[a-z]+", w)), key=lambda t: (-t[0], t[1]))
     if len(ranked) < VOCAB_SIZE:
         raise ValueError(f"wordfreq has fewer than {VOCAB_SIZE} a-z words for {lang!r}")
-    return [w for _, w in ranked[:VOCAB_SIZE]], [f for f, _ in ranked[:VOCAB_SIZE]]
+    return [w for _, w in ranked[:size]], [f for f, _ in ranked[:size]]
+
+
+def caption_mixture(words: list[str], freqs: list[float], captions: list[str], weight: float,
+                    size: int = VOCAB_SIZE) -> tuple[list[str], list[float]]:  # fmt: skip
+    """Re-rank the vocabulary by (1 - weight)·P_general + weight·P_captions, P_captions being the
+    word frequencies of ``captions`` (words it has that the list lacks join it): general English
+    frequencies price the words of image descriptions ("sky", "blue", "background") 3-5 bits too
+    high."""
+    total = sum(freqs)
+    counts: dict[str, int] = {}
+    for c in captions:
+        for w in re.findall("[a-z]+", c.lower()):
+            counts[w] = counts.get(w, 0) + 1
+    n = sum(counts.values()) or 1
+    p = {w: (1 - weight) * f / total for w, f in zip(words, freqs)}
+    for w, k in counts.items():
+        p[w] = p.get(w, 0.0) + weight * k / n
+    ranked = sorted(p.items(), key=lambda t: (-t[1], t[0]))[:size]
+    return [w for w, _ in ranked], [f for _, f in ranked]
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Build the static text model from wordfreq's English frequencies.")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "text_en_v1.safetensors"))
+    ap = argparse.ArgumentParser(description="Build the static text model from wordfreq's English frequencies, "
+                                             "optionally mixed with the word frequencies of a caption corpus.")  # fmt: skip
+    ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "text_en_v2.safetensors"))
+    ap.add_argument("--version", type=int, default=2, choices=(1, 2), help="1: rANS-coded (text_en_v1); 2: arithmetic")
+    ap.add_argument("--captions", help="JSON list of {original_caption} objects (the project's own caption corpus)")
+    ap.add_argument("--caption-weight", type=float, default=0.3)
     args = ap.parse_args(argv)
     words, freqs = wordfreq_vocabulary()
-    TextModel.build(words, freqs).save(args.out)
+    if args.captions:
+        from codec.text_measure import read_captions
+
+        words, freqs = caption_mixture(*wordfreq_vocabulary(size=4 * VOCAB_SIZE), read_captions(args.captions),
+                                       args.caption_weight)  # fmt: skip
+    TextModel.build(words, freqs, args.version).save(args.out)
     print(f"wrote {args.out}")
 
 

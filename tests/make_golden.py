@@ -1,7 +1,8 @@
 """Write the golden stream that test_golden.py decodes: ``python -m tests.make_golden``.
 
-Run it only when a preset's shipped weights change (which changes the model id, so old
-streams then fail loudly rather than decode wrongly); never to make a failing test pass.
+Run it once per released model (a new entry in ``codec/weights/releases.json``): it writes
+``golden_taef2_<model id>.rsl`` and ``.json`` for the newest model and leaves the older ones,
+which must keep decoding; never run it to make a failing test pass.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import json
 from pathlib import Path
 
 import codec
-from codec.bitstream import Bitstream
+from codec.api import parse
 from codec.metrics import psnr
-from codec.presets import load_preset
 from tests.conftest import photo
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -21,8 +21,7 @@ TEXT = "Red and pink flowers below a window with weathered white shutters."
 
 
 def symbols_digest(stream: bytes) -> str:
-    p = load_preset()
-    s = Bitstream.from_bytes(stream)
+    s, p = parse(stream)  # the stream's own model's weights
     h = s.header
     y_hat = p.latent_codec.decompress_symbols(
         [s.latent], [s.hyper_latent], p.z_shape(h.width, h.height), h.rate_level
@@ -33,14 +32,15 @@ def symbols_digest(stream: bytes) -> str:
 def main() -> None:
     img = photo(200, 136, "kodim07.png")
     stream = codec.encode(img, rate=5, text=TEXT)
-    (DATA / "golden_taef2_v1.rsl").write_bytes(stream)
+    name = f"golden_taef2_{parse(stream)[0].header.model_id.hex()}"
+    (DATA / f"{name}.rsl").write_bytes(stream)
     out = codec.decode(stream)
     meta = {
         "source": "kodim07.png crop (200, 150)-(400, 286) via tests.conftest.photo", "rate": 5, "text": TEXT,
         "symbols_sha256": symbols_digest(stream), "psnr_db": round(psnr(img, out), 3),
         "stream_sha256": hashlib.sha256(stream).hexdigest(),
     }  # fmt: skip
-    (DATA / "golden_taef2_v1.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (DATA / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(meta)
 
 

@@ -1,6 +1,7 @@
 """Lossless coding of the residual text with the static :class:`TextModel`: CompressAI's rANS for
 version-1 models, the project's arithmetic coder (``codec.arithmetic_coding``, about 45 bits
-less per message) from version 2 on.
+less per message) from version 2 on; from version 3 on, a word is coded with the word table
+its predecessor selects (``codec.text_bigram``).
 
 Any Python string round-trips exactly: words in the vocabulary cost their rank's probability,
 other letter runs are spelled, and any other character is coded as its code point. The stream
@@ -12,20 +13,22 @@ the section framing the container adds.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from compressai.ans import RansDecoder, RansEncoder
 
 from codec.arithmetic_coding import ArithmeticDecoder, ArithmeticEncoder
 from codec.bitstream import BitstreamError
+from codec.text_bigram import START
 from codec.text_model import (
-    BUCKETS, C, DIRECT_WORDS, K, OPENERS, PUNCT, QUOTES, SPELL_ALPHABET, STOPS, TextModel,
+    BOUND, BUCKETS, C, DIRECT_WORDS, K, OPENERS, PUNCT, QUOTES, SPELL_ALPHABET, STOPS, TextModel,
 )  # fmt: skip
 
 _RUN = re.compile(r"[A-Za-z]+|.", re.S)
 _PIECE = re.compile(r"[A-Z]+(?![a-z])|[A-Z][a-z]*|[a-z]+")
 _PUNCT_INDEX = {p: i for i, p in enumerate(PUNCT)}
-_AFTER_WORD_CONTEXTS = {C["word"], C["digit"], C["close"], C["stop"], C["quote"]}
+_AFTER_WORD_CONTEXTS = {C["word"], BOUND, C["digit"], C["close"], C["stop"], C["quote"]}
 MAX_CODE_POINT_BITS = 21
 
 
@@ -52,7 +55,9 @@ def _tokens(text: str) -> Iterator[tuple[str, object]]:
             yield "other", ord(run)
 
 
-def _next_context(ctx: int, kind: str, value: object) -> int:
+def _next_context(ctx: int, kind: str, value: object, model: TextModel, rank: int | None = None) -> int:
+    if kind == "word" and model.bigram is not None and rank in model.bigram.bound_set:
+        return BOUND
     if kind in ("word", "spell"):
         return C["word"]
     if kind in ("cap", "upper"):
@@ -82,26 +87,40 @@ def _bits(value: int, bits: int) -> Iterator[tuple[int, int]]:
         yield TextModel.UNIFORM + c - 1, (value >> bits) & ((1 << c) - 1)
 
 
-def _symbols(text: str, model: TextModel) -> tuple[list[int], list[int]]:
-    symbols: list[int] = []
-    tables: list[int] = []
+def _next_history(history: int, kind: str, rank: int | None) -> int:
+    """The bigram's history: the last word, kept across spaces and case marks, reset by anything else."""
+    if kind == "word":
+        return rank
+    return history if kind in ("space", "cap", "upper") else START
 
-    def put(table: int, symbol: int) -> None:
+
+def _symbols(text: str, model: TextModel) -> tuple[list[int], list[int | list[int]]]:
+    """The symbols and their tables: a table number, or a word table built for its history."""
+    symbols: list[int] = []
+    tables: list[int | list[int]] = []
+
+    def put(table: int | list[int], symbol: int) -> None:
         tables.append(table)
         symbols.append(symbol)
 
-    ctx = C["start"]
+    ctx, history = C["start"], START
     for kind, value in _tokens(text):
         if kind == "word" and value not in model.rank:
             kind = "spell"
         put(TextModel.kind_table(ctx), K[kind])
+        rank = model.rank[value] if kind == "word" else None
         if kind == "word":
-            rank = model.rank[value]
-            if rank < DIRECT_WORDS:
-                put(TextModel.WORD, rank)
+            mixed = model.word_table(history)
+            word_table: int | list[int] = TextModel.WORD if mixed is None else mixed[0]
+            extra = [] if mixed is None else mixed[1]
+            i = bisect_left(extra, rank)
+            if i < len(extra) and extra[i] == rank:
+                put(word_table, DIRECT_WORDS + BUCKETS + i)
+            elif rank < DIRECT_WORDS:
+                put(word_table, rank)
             else:
                 b = (rank // DIRECT_WORDS).bit_length() - 1
-                put(TextModel.WORD, DIRECT_WORDS + b)
+                put(word_table, DIRECT_WORDS + b)
                 for t, s in _bits(rank - (DIRECT_WORDS << b), 10 + b):
                     put(t, s)
         elif kind == "spell":
@@ -115,7 +134,8 @@ def _symbols(text: str, model: TextModel) -> tuple[list[int], list[int]]:
         elif kind == "other":
             for t, s in _bits(value, MAX_CODE_POINT_BITS):
                 put(t, s)
-        ctx = _next_context(ctx, kind, value)
+        ctx = _next_context(ctx, kind, value, model, rank)
+        history = _next_history(history, kind, rank)
     put(TextModel.kind_table(ctx), K["end"])
     return symbols, tables
 
@@ -129,7 +149,7 @@ def encode_text(text: str, model: TextModel) -> bytes:
         return RansEncoder().encode_with_indexes(symbols, tables, model.cdfs, model.lengths, [0] * len(model.cdfs))
     enc = ArithmeticEncoder()
     for s, t in zip(symbols, tables):
-        enc.encode(model.cdfs[t], s)
+        enc.encode(model.cdfs[t] if isinstance(t, int) else t, s)
     return enc.finish()
 
 
@@ -156,6 +176,16 @@ class _Reader:
             raise BitstreamError("text section is corrupted (symbol out of range)")
         return symbol
 
+    def mixed(self, cdf: list[int]) -> int:
+        """A symbol of a word table built for its history (version 3; no escape slot)."""
+        self.budget -= 1
+        if self.budget < 0:
+            raise BitstreamError("text section is corrupted (no end symbol)")
+        symbol = self.arith.decode(cdf)
+        if not 0 <= symbol < len(cdf) - 1:
+            raise BitstreamError("text section is corrupted (symbol out of range)")
+        return symbol
+
     def bits(self, bits: int) -> int:
         value = 0
         for table, _ in _bits(0, bits):
@@ -170,21 +200,27 @@ def decode_text(data: bytes, model: TextModel) -> str:
         return ""
     read = _Reader(data, model)
     out: list[str] = []
-    ctx, case = C["start"], None
+    ctx, case, history = C["start"], None, START
     while True:
         kind = _KIND_NAMES[read(TextModel.kind_table(ctx))]
         value: object = None
+        rank = None
         if kind == "end":
             return "".join(out)
         if kind in ("word", "spell"):
             if kind == "word":
-                s = read(TextModel.WORD)
+                mixed = model.word_table(history)
+                s = read(TextModel.WORD) if mixed is None else read.mixed(mixed[0])
                 if s >= DIRECT_WORDS + BUCKETS:
-                    raise BitstreamError("text section is corrupted (bad word symbol)")
-                if s >= DIRECT_WORDS:
+                    if mixed is None:
+                        raise BitstreamError("text section is corrupted (bad word symbol)")
+                    rank = mixed[1][s - DIRECT_WORDS - BUCKETS]
+                elif s >= DIRECT_WORDS:
                     b = s - DIRECT_WORDS
-                    s = (DIRECT_WORDS << b) + read.bits(10 + b)
-                word = model.vocab[s]
+                    rank = (DIRECT_WORDS << b) + read.bits(10 + b)
+                else:
+                    rank = s
+                word = model.vocab[rank]
             else:
                 letters = []
                 while (s := read(TextModel.LETTER)) != len(SPELL_ALPHABET):
@@ -213,7 +249,8 @@ def decode_text(data: bytes, model: TextModel) -> str:
             out.append(chr(point))
         if case is not None and kind not in ("cap", "upper"):
             raise BitstreamError("text section is corrupted (a case mark not followed by a word)")
-        ctx = _next_context(ctx, kind, value)
+        ctx = _next_context(ctx, kind, value, model, rank)
+        history = _next_history(history, kind, rank)
 
 
 _KIND_NAMES = {i: name for name, i in K.items()}

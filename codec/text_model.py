@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +32,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from codec.text_bigram import WordBigram, mixed_word_cdf
+
 PRECISION = 16
 TOTAL = 1 << PRECISION
 DIRECT_WORDS = 1024
 BUCKETS = 7  # ranks [1024*2^k, 1024*2^(k+1)), k = 0..6: a 131,072-word vocabulary
 VOCAB_SIZE = DIRECT_WORDS << BUCKETS
+WORD_TABLE_CACHE = 256  # version 3: mixed word tables kept per model
 
 KINDS = ("word", "spell", "cap", "upper", "space", "newline", "digit", "punct", "other", "end")
 K = {name: i for i, name in enumerate(KINDS)}
 # Contexts: what came just before, as far as it changes what comes next.
 CONTEXTS = ("start", "sentence", "space", "word", "cap", "stop", "close", "open", "quote", "digit", "other")
 C = {name: i for i, name in enumerate(CONTEXTS)}
+BOUND = len(CONTEXTS)  # version 3: after a word a clause almost never ends on (its own kind table)
 
 STOPS = ".!?"
 OPENERS = "([{“‘"
@@ -99,16 +104,35 @@ class TextModel:
     vocab: list[str]
     cdfs: list[list[int]]  # every table, in a fixed order (see ``table``)
     sha256: str = ""
-    version: int = 2  # 1: coded with CompressAI's rANS; 2: with codec.arithmetic_coding (same tables)
+    version: int = 2  # 1: coded with CompressAI's rANS; 2: with codec.arithmetic_coding (same tables);
+    # 3: as 2, with words coded by the word bigram mixed into the word table (codec.text_bigram)
+    bigram: "WordBigram | None" = None
 
     def __post_init__(self) -> None:
         self.rank = {w: i for i, w in enumerate(self.vocab)}
         self.lengths = [len(c) for c in self.cdfs]
+        if (self.version >= 3) != (self.bigram is not None):
+            raise ValueError("a version-3 text model has a word bigram, and only version 3 has one")
+        self._word_tables: OrderedDict[int, tuple[list[int], list[int]] | None] = OrderedDict()
+
+    def word_table(self, history: int) -> tuple[list[int], list[int]] | None:
+        """The word table after ``history`` (a rank, or ``text_bigram.START``) and the ranks of its
+        extra slots; None: the static word table (no bigram, or no followers)."""
+        if self.bigram is None:
+            return None
+        cache = self._word_tables  # the most recent tables (each is a few thousand integers)
+        if history in cache:
+            cache.move_to_end(history)
+        else:
+            cache[history] = mixed_word_cdf(self.cdfs[self.WORD], DIRECT_WORDS, self.bigram, history)
+            if len(cache) > WORD_TABLE_CACHE:
+                cache.popitem(last=False)
+        return cache[history]
 
     # table numbers, in the order ``build`` writes them
-    @staticmethod
-    def kind_table(context: int) -> int:
-        return context
+    @classmethod
+    def kind_table(cls, context: int) -> int:
+        return context if context < len(CONTEXTS) else cls.BOUND_KIND
 
     WORD = len(CONTEXTS)
     LETTER = WORD + 1
@@ -116,6 +140,7 @@ class TextModel:
     PUNCT_AFTER_WORD = WORD + 3
     PUNCT_ELSEWHERE = WORD + 4
     UNIFORM = WORD + 5  # uniform tables for 1..8 bits follow: UNIFORM + bits - 1
+    BOUND_KIND = UNIFORM + 8  # version 3: the kinds after a bound word (codec.text_bigram)
 
     @classmethod
     def build(cls, words: list[str], freqs: list[float], version: int = 2) -> "TextModel":
@@ -144,6 +169,8 @@ class TextModel:
     def save(self, path: str | Path) -> None:
         tensors = {f"cdf.{i:02d}": torch.tensor(c, dtype=torch.int32) for i, c in enumerate(self.cdfs)}
         tensors["vocab_utf8"] = torch.tensor(list("\n".join(self.vocab).encode()), dtype=torch.uint8)
+        if self.bigram is not None:
+            tensors.update(self.bigram.tensors())
         save_file(tensors, str(path), metadata={"format": "resulic-text-model", "version": str(self.version),
                                                 "tables": str(len(self.cdfs)), "punct": PUNCT, "kinds": json.dumps(KINDS),
                                                 "contexts": json.dumps(CONTEXTS)})  # fmt: skip
@@ -154,15 +181,18 @@ class TextModel:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             version = int((f.metadata() or {}).get("version", "0"))
-        if version not in (1, 2):
-            raise ValueError(f"{path}: text model version {version} is not one this build reads (1, 2)")
+        if version not in (1, 2, 3):
+            raise ValueError(f"{path}: text model version {version} is not one this build reads (1, 2, 3)")
         n = sum(1 for k in tensors if k.startswith("cdf."))
         cdfs = [tensors[f"cdf.{i:02d}"].tolist() for i in range(n)]
         vocab = bytes(tensors["vocab_utf8"].tolist()).decode().split("\n")
-        if len(vocab) != VOCAB_SIZE or n != cls.UNIFORM + 8:
+        if len(vocab) != VOCAB_SIZE or n != cls.UNIFORM + 8 + (version >= 3):
             raise ValueError(f"{path}: not a valid text model ({len(vocab)} words, {n} tables)")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return cls(vocab, cdfs, digest, version)
+        bigram = WordBigram.from_tensors(tensors) if version >= 3 else None
+        if bigram is not None and len(bigram.word) and (bigram.word.max() >= VOCAB_SIZE or bigram.history.max() >= VOCAB_SIZE):
+            raise ValueError(f"{path}: its word bigram names words outside the vocabulary")
+        return cls(vocab, cdfs, digest, version, bigram)
 
 
 def wordfreq_vocabulary(lang: str = "en", size: int = VOCAB_SIZE) -> tuple[list[str], list[float]]:

@@ -3,10 +3,11 @@
 import pytest
 
 from codec.bitstream import BitstreamError
-from codec.presets import load_text_model
+from codec.presets import load_text_model, releases
 from codec.text_coding import decode_text, encode_text
 
 MODEL = load_text_model()
+EVERY_MODEL = {e["text_model"]: e["model_id"] for e in releases("taef2")}  # text file -> one model using it
 
 CASES = [
     "a",
@@ -22,9 +23,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("model_id", sorted(EVERY_MODEL.values()))
 @pytest.mark.parametrize("text", CASES)
-def test_round_trip_is_exact(text):
-    assert decode_text(encode_text(text, MODEL), MODEL) == text
+def test_round_trip_is_exact(text, model_id):
+    model = load_text_model(model_id=model_id)
+    assert decode_text(encode_text(text, model), model) == text
 
 
 def test_empty_text_costs_nothing():

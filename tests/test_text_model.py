@@ -17,9 +17,9 @@ def test_quantise_gives_a_valid_cdf_with_every_symbol_codable():
 
 def test_shipped_model_loads_with_its_tables():
     m = load_text_model()
-    assert len(m.vocab) == VOCAB_SIZE and m.vocab[:2] == ["a", "the"] and m.version == 2
+    assert len(m.vocab) == VOCAB_SIZE and m.vocab[:2] == ["a", "the"] and m.version == 3
     assert m.rank["sky"] < 100  # the caption corpus moved the words of descriptions up
-    assert len(m.cdfs) == TextModel.UNIFORM + 8
+    assert len(m.cdfs) == TextModel.UNIFORM + 9 and m.bigram is not None
     assert all(c[0] == 0 and c[-1] == TOTAL for c in m.cdfs)
     assert [len(m.cdfs[i]) for i in range(len(CONTEXTS))] == [len(KINDS) + 2] * len(CONTEXTS)
     assert len(m.sha256) == 64
@@ -43,10 +43,11 @@ def test_build_save_load_round_trip(tmp_path):
 
 
 def test_shipped_files_are_where_the_preset_expects_them():
-    for name in ("text_en_v1.safetensors", "text_en_v2.safetensors"):  # v1 still decodes older streams
-        path = WEIGHTS_DIR / name
-        assert path.is_file() and path.stat().st_size < 2_000_000
+    for name in ("text_en_v1.safetensors", "text_en_v2.safetensors", "text_en_v3.safetensors"):  # older ones
+        path = WEIGHTS_DIR / name  # still decode older streams
+        assert path.is_file() and path.stat().st_size < 5_000_000
     assert load_text_model(model_id="52ea4cb00a9e9573").version == 1
+    assert load_text_model(model_id="68208e03b803049b").version == 2
 
 
 def test_caption_mixture_reranks_and_keeps_the_size():

@@ -10,12 +10,15 @@ Losses, after the paper: stage 1 is the denoising MSE of the compression-aware p
 on the clean estimate since this denoiser predicts z₀ (``codec.cdm.process`` says why; the
 paper's ‖ẑ − z₀‖² term trains its latent codec, which is frozen here); from
 ``--image-loss-from`` on, stage 2 adds an image-space MSE of the clean estimate through the
-frozen TAEF2 decoder (a central window) and a texture term: the squared log ratio of the
-estimate's high-frequency energy (``codec.metrics.hf_energy_tensor``) to the target's. An MSE
-optimum is the posterior mean, which is blurry by construction: at N_r = 800 it is little more
-than ẑ, whose texture ratio on Kodak is 0.13-0.19. The texture term asks for the original's
-amount of detail; the noise in z_n is the randomness the model draws it from. This is this
-project's choice (the paper relies on Stable Diffusion's prior instead, which it does not have).
+frozen TAEF2 decoder (a central window) and a texture term. An MSE optimum is the posterior
+mean, which is blurry by construction: at N_r = 800 it is little more than ẑ, whose texture
+ratio on Kodak is 0.13-0.19. The texture term asks for the original's amount of detail where
+the original has it: the squared log ratio of local high-frequency energy maps (the squared
+Laplacian of the luma that ``codec.metrics`` reports, averaged over ``--texture-pool`` pixel
+cells, plus a floor so that flat cells do not count), weighted by the batch's own image MSE so
+that the trade of fidelity for texture is the same at every rate. The noise in z_n is the
+randomness the model draws texture from. This is this project's choice (the paper relies on
+Stable Diffusion's prior instead, which it does not have).
 
 The step n is drawn, half the time, from the decoder's own DDIM timesteps for ``--decode-steps``
 evaluations (where decoding evaluates the model), otherwise uniformly from 1..N_r.
@@ -36,7 +39,7 @@ import torch
 from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n_r_for_level
 from codec.fixed_point import from_fixed
-from codec.metrics import hf_energy_tensor
+from codec.metrics import luma_laplacian
 from codec.presets import load_preset
 from codec.training_data import CropSampler, cache_from_specs
 
@@ -54,6 +57,11 @@ def decoded_latent(preset, z0: torch.Tensor, level: int) -> torch.Tensor:
     return lc.g_s(from_fixed(y_hat))
 
 
+def energy_map(x: torch.Tensor, cell: int) -> torch.Tensor:
+    """Squared luma Laplacian averaged over cell x cell pixels: where an image's detail is."""
+    return torch.nn.functional.avg_pool2d(luma_laplacian(x).pow(2)[:, None], cell)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
@@ -67,8 +75,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--image-loss-from", type=int, default=None, help="first step of stage 2 (default: 60%% of --steps)")
     p.add_argument("--image-loss-weight", type=float, default=1.0)
     p.add_argument("--image-window", type=int, default=16, help="latent window decoded for the image loss")
-    p.add_argument("--texture-weight", type=float, default=0.01,
-                   help="weight of the squared log high-frequency energy ratio in stage 2 (0: off)")  # fmt: skip
+    p.add_argument("--texture-weight", type=float, default=0.1,
+                   help="weight of the texture term in stage 2, relative to the image MSE (0: off)")  # fmt: skip
+    p.add_argument("--texture-pool", type=int, default=16, help="cell side (pixels) of the local energy maps")
+    p.add_argument("--texture-floor", type=float, default=25.0, help="added to each cell's energy (Laplacian²)")
     p.add_argument("--decode-steps", type=int, default=4, help="the DDIM evaluations decoding uses")
     p.add_argument("--config", help="JSON object of CDMConfig fields (default: the offline preset's)")
     p.add_argument("--threads", type=int, default=2)
@@ -130,11 +140,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             d_img = (dec - tgt)[:, :, 8:-8, 8:-8].pow(2).mean()
             loss = loss + args.image_loss_weight * d_img
             psnr_img = -10 * math.log10(max(d_img.item(), 1e-10))
-            log_ratio = (hf_energy_tensor(dec[:, :, 8:-8, 8:-8]) + 1e-3).log() - (
-                hf_energy_tensor(tgt[:, :, 8:-8, 8:-8]) + 1e-3).log()  # fmt: skip
-            tex = log_ratio.exp().mean().item()
+            e_dec, e_tgt = (energy_map(x[:, :, 7:-7, 7:-7], args.texture_pool) for x in (dec, tgt))
+            tex = (e_dec.sum() / e_tgt.sum()).item()  # the batch's ratio, as the metric takes an image's
             if args.texture_weight > 0:
-                loss = loss + args.texture_weight * log_ratio.pow(2).mean()
+                log_ratio = (e_dec + args.texture_floor).log() - (e_tgt + args.texture_floor).log()
+                loss = loss + args.texture_weight * d_img.detach() * log_ratio.pow(2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -25,3 +25,16 @@ def test_a_few_steps_then_resume(tmp_path):
     main([*args, "--steps", "6"])  # the same command with more steps resumes from step 4
     ckpt = __import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 6
+
+
+def test_energy_map_finds_where_the_detail_is():
+    import torch
+
+    from codec.metrics import hf_energy_tensor
+    from codec.train_cdm import energy_map
+
+    x = torch.full((1, 3, 34, 66), 0.5)
+    x[..., 34:] = (torch.arange(32 * 34).reshape(34, 32) % 2).float()  # a fine pattern on the right half only
+    e = energy_map(x, 16)[0, 0]
+    assert e.shape == (2, 4) and torch.all(e[:, :2] == 0) and torch.all(e[:, 2:] > 1e4)
+    assert torch.isclose(e.mean(), hf_energy_tensor(x)[0], rtol=1e-5)  # the map averages what the metric reports

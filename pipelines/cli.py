@@ -338,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="train_command", required=True)
     tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
     tsub.add_parser("cdm", help="train the taef2 CDM denoiser (its own --help lists the flags)")
+    tsub.add_parser("cdm-calibrate", help="set a CDM's per-rate blends on training photos (its own --help lists the flags)")
     return parser
 
 
@@ -352,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         from codec.train_cdm import main as train_cdm
 
         train_cdm(argv[2:], prog="resulic train cdm")
+        return 0
+    if argv[:2] == ["train", "cdm-calibrate"]:
+        from codec.cdm.calibrate import main as calibrate
+
+        calibrate(argv[2:], prog="resulic train cdm-calibrate")
         return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)

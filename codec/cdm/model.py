@@ -41,6 +41,10 @@ class CDMConfig:
     latent_mean: list[float] = field(default_factory=list)  # per channel; empty: 0
     latent_std: list[float] = field(default_factory=list)  # per channel; empty: 1
     prediction_type: str = "sample"  # the clean latent, as ẑ + correction (the only kind this code runs)
+    # Per rate level: how much of the restoration is kept, ẑ + s·(restored − ẑ) (empty: s = 1).
+    # Set by ``resulic train cdm-calibrate`` on training photos, so that what the added texture
+    # costs in PSNR stays within a budget at every rate (codec.cdm.calibrate says why).
+    blend: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CDMConfig":
@@ -81,6 +85,9 @@ class CDMDenoiser(torch.nn.Module):
         self.register_buffer("std", std, persistent=False)
         self.weights_sha256 = ""
         self.text_encoder = None  # set by from_pretrained when the config names one
+
+    def blend_for(self, level: int) -> float:
+        return float(self.config.blend[level]) if self.config.blend else 1.0
 
     @property
     def text_conditioned(self) -> bool:
@@ -124,7 +131,8 @@ class CDMDenoiser(torch.nn.Module):
         model = cls(CDMConfig.from_dict(json.loads((d / "config.json").read_text())))
         state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
         model.unet.load_state_dict(state)
-        digests = [file_sha256(d / "model.safetensors")]
+        # the config is part of what decodes (normalisation, guidance, blends): it is hashed too
+        digests = [file_sha256(d / "model.safetensors"), file_sha256(d / "config.json")]
         if model.config.text_encoder:
             from codec.cdm.text import TextEncoder
 
@@ -132,6 +140,5 @@ class CDMDenoiser(torch.nn.Module):
             model.text_encoder = TextEncoder(str(where) if where.exists() else model.config.text_encoder)
             if (where / "model.safetensors").is_file():  # a local encoder is part of what the model id pins
                 digests.append(file_sha256(where / "model.safetensors"))
-        model.weights_sha256 = digests[0] if len(digests) == 1 else hashlib.sha256(
-            b"".join(bytes.fromhex(x) for x in digests)).hexdigest()  # fmt: skip
+        model.weights_sha256 = hashlib.sha256(b"".join(bytes.fromhex(x) for x in digests)).hexdigest()
         return model.eval().requires_grad_(False)

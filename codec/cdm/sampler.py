@@ -49,7 +49,8 @@ def denoise(
             z0_u = model(z, tt, zh, labels, uncond_text)
             z0 = z0_u + guidance_scale * (z0 - z0_u)
         z = ddim_step(z, z0, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
-    return model.denormalise(z)
+    s = model.blend_for(level)
+    return model.denormalise(z if s == 1.0 else zh + s * (z - zh))
 
 
 @torch.no_grad()

@@ -12,11 +12,15 @@ from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.sampler import cdm_decode_latent
 
 
-def test_largest_blend_within_the_budget():
-    assert largest_within(GRID, [0, 0.2, 0.4, 0.6, 0.8], 0.9) == 1.0
-    assert largest_within(GRID, [0, 0.4, 0.8, 1.2, 1.6], 0.9) == pytest.approx(0.5 + 0.25 * 0.1 / 0.4)
-    assert largest_within(GRID, [0, 2.0, 3.0, 4.0, 5.0], 0.9) == pytest.approx(0.25 * 0.9 / 2.0)
-    assert largest_within(GRID, [0, -0.3, 0.2, 1.5, 0.1], 0.9) == pytest.approx(0.5 + 0.25 * 0.7 / 1.3)  # first crossing
+def test_largest_blend_within_the_limits():
+    grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    within = lambda cost, tex=(0, 0, 0, 0, 0): largest_within(grid, [(cost, 0.9), (tex, 1.0)])  # noqa: E731
+    assert within([0, 0.2, 0.4, 0.6, 0.8]) == 1.0
+    assert within([0, 0.4, 0.8, 1.2, 1.6]) == pytest.approx(0.5 + 0.25 * 0.1 / 0.4, abs=0.006)
+    assert within([0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(0.25 * 0.9 / 2.0, abs=0.006)
+    assert within([0, -0.3, 0.2, 1.5, 0.1]) == pytest.approx(0.5 + 0.25 * 0.7 / 1.3, abs=0.006)  # first crossing
+    assert within([0, 0, 0, 0, 0], [0.2, 0.6, 1.0, 1.4, 1.8]) == pytest.approx(0.5, abs=0.006)  # the texture cap
+    assert largest_within(GRID, [([0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2], 0.9)]) == pytest.approx(2.25, abs=0.01)
 
 
 def _tiny(blend: list[float] | None = None) -> CDMDenoiser:
@@ -52,6 +56,6 @@ def test_calibration_writes_blends_and_changes_the_model_id(tmp_path):
     cal = json.loads((d / "calibration.json").read_text())
     assert [r["level"] for r in cal["levels"]] == [0, 36, 72]
     after = CDMDenoiser.from_pretrained(d)
-    assert len(after.config.blend) == 73 and all(0 <= s <= 1 for s in after.config.blend)
+    assert len(after.config.blend) == 73 and all(0 <= s <= GRID[-1] for s in after.config.blend)
     assert after.config.blend[0] == pytest.approx(cal["levels"][0]["blend"], abs=1e-3)
     assert after.weights_sha256 != before  # the config is part of what the model id pins

@@ -16,8 +16,11 @@ How s is calibrated:
 - For every ``--every``-th level, the trainer's exact codec path gives ẑ. The CDM decodes it
   with per-crop seeds. Each blend s on a grid is decoded by the autoencoder.
 - The PSNR cost of each s is its mean PSNR minus that of s = 0 (the plain decode).
-- The level keeps the largest s whose cost is within ``--budget-db``, interpolated linearly
-  between grid points. Levels in between are interpolated linearly too.
+- The level keeps the largest s whose cost is within ``--budget-db`` and whose texture ratio
+  is at most ``--max-texture``, both interpolated linearly between grid points. Levels in
+  between are interpolated linearly too.
+- The grid goes past 1 (up to 3). At the lowest rates the restoration is cheap but timid, and
+  s > 1 extrapolates it along its own direction. This is the same move as a guidance scale.
 - The result goes into the CDM's ``config.json``. The config is part of the model id, so this
   makes a new model. The measurements go to ``calibration.json`` beside it.
 """
@@ -39,20 +42,19 @@ from codec.presets import load_preset
 from codec.train_cdm import decoded_latent
 from codec.training_data import CropSampler, cache_from_specs
 
-GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 BORDER = 8  # pixels of each crop left out of the measures (the decoder sees no context there)
 
 
-def largest_within(grid: tuple[float, ...], cost: list[float], budget: float) -> float:
-    """The largest s on the piecewise-linear cost curve whose cost is at most ``budget``."""
-    best = grid[0]
-    for (s0, c0), (s1, c1) in zip(zip(grid, cost), zip(grid[1:], cost[1:])):
-        if c0 > budget:
-            break
-        best = s1 if c1 <= budget else s0 + (s1 - s0) * (budget - c0) / (c1 - c0)
-        if c1 > budget:
-            break
-    return float(best)
+def largest_within(grid: tuple[float, ...], curves: list[tuple[list[float], float]]) -> float:
+    """The largest s up to which every piecewise-linear curve stays at or below its limit
+    (the first crossing counts: s never jumps past a region that breaks a limit)."""
+    fine = np.linspace(grid[0], grid[-1], 1 + 200 * round(grid[-1] - grid[0]))
+    ok = np.ones_like(fine, dtype=bool)
+    for values, limit in curves:
+        ok &= np.interp(fine, grid, values) <= limit + 1e-12
+    bad = np.flatnonzero(~ok)
+    return float(fine[-1] if len(bad) == 0 else fine[max(bad[0] - 1, 0)])
 
 
 @torch.no_grad()
@@ -73,15 +75,15 @@ def measure_level(preset, model: CDMDenoiser, z0: torch.Tensor, img: torch.Tenso
     return {"level": level, "psnr": psnr, "texture_ratio": texture}
 
 
-def calibrate(model: CDMDenoiser, preset, z0: torch.Tensor, img: torch.Tensor, budget_db: float, every: int,
-              steps: int = 4) -> tuple[list[float], list[dict]]:  # fmt: skip
+def calibrate(model: CDMDenoiser, preset, z0: torch.Tensor, img: torch.Tensor, budget_db: float,
+              max_texture: float, every: int, steps: int = 4) -> tuple[list[float], list[dict]]:  # fmt: skip
     model.config.blend = []  # measure the full restoration
     levels = sorted(set(range(0, preset.num_levels, every)) | {preset.num_levels - 1})
     rows = []
     for level in levels:
         r = measure_level(preset, model, z0, img, level, steps)
         r["cost_db"] = [r["psnr"][0] - p for p in r["psnr"]]
-        r["blend"] = largest_within(GRID, r["cost_db"], budget_db)
+        r["blend"] = largest_within(GRID, [(r["cost_db"], budget_db), (r["texture_ratio"], max_texture)])
         rows.append(r)
         print(json.dumps({k: (np.round(v, 3).tolist() if isinstance(v, list) else v) for k, v in r.items()}), flush=True)
     blend = np.interp(np.arange(preset.num_levels), levels, [r["blend"] for r in rows])
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--crops", type=int, default=12)
     p.add_argument("--crop", type=int, default=32, help="latent crop side")
     p.add_argument("--budget-db", type=float, default=0.9, help="PSNR the restoration may cost at each level")
+    p.add_argument("--max-texture", type=float, default=1.0, help="texture ratio the blend may reach")
     p.add_argument("--every", type=int, default=8, help="calibrate every N-th rate level, interpolate between")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -106,12 +109,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     model = CDMDenoiser.from_pretrained(args.cdm)
     sampler = CropSampler(cache_from_specs(args.data, Path(args.cache), preset.autoencoder), args.crop, seed=args.seed)
     z0, img = sampler.batch(args.crops)
-    blend, rows = calibrate(model, preset, z0, img, args.budget_db, args.every)
+    blend, rows = calibrate(model, preset, z0, img, args.budget_db, args.max_texture, args.every)
     cfg_path = Path(args.cdm) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["blend"] = blend
     cfg_path.write_text(json.dumps(cfg, indent=1) + "\n")
-    record = {"budget_db": args.budget_db, "grid": GRID, "crops": args.crops, "seed": args.seed, "data": args.data,
+    record = {"budget_db": args.budget_db, "max_texture": args.max_texture, "grid": GRID, "crops": args.crops, "seed": args.seed, "data": args.data,
               "levels": rows}  # fmt: skip
     (Path(args.cdm) / "calibration.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote the blends of {len(blend)} levels into {cfg_path}")

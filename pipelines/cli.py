@@ -361,17 +361,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)
+    try:
+        return args.func(args)
+    except Exception as e:  # noqa: BLE001 - only the user errors below are answered in one line
+        if not isinstance(e, _user_errors()):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"resulic: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What ends a command with a one-line message and exit 2. Imported only once one is raised:
+    some of these modules load torch, which reading an archive (``ls``, ``info``) never needs."""
     from codec.bitstream import BitstreamError
     from codec.images import ImageError
     from codec.weights_fetch import FetchError
     from operators.archive import ArchiveError
 
-    try:
-        return args.func(args)
-    except (ImageError, BitstreamError, FetchError, ArchiveError, FileNotFoundError, KeyError, ValueError, OSError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"resulic: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
-        return 2
+    return (ImageError, BitstreamError, FetchError, ArchiveError, FileNotFoundError, KeyError, ValueError, OSError)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ def test_golden_stream_decodes_to_recorded_symbols_and_quality(name):
     assert codec.read_text(stream) == meta["text"]
     out = codec.decode(stream, decoder="plain")
     assert abs(psnr(photo(200, 136, "kodim07.png"), out) - meta["psnr_db"]) < 0.05
+    if "cdm_psnr_db" in meta:
+        restored = codec.decode(stream, decoder="cdm")
+        assert abs(psnr(photo(200, 136, "kodim07.png"), restored) - meta["cdm_psnr_db"]) < 0.05
 
 
 def test_golden_symbols_in_a_fresh_single_thread_process():

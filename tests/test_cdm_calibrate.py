@@ -20,7 +20,7 @@ def test_largest_blend_within_the_limits():
     assert within([0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(0.25 * 0.9 / 2.0, abs=0.006)
     assert within([0, -0.3, 0.2, 1.5, 0.1]) == pytest.approx(0.5 + 0.25 * 0.7 / 1.3, abs=0.006)  # first crossing
     assert within([0, 0, 0, 0, 0], [0.2, 0.6, 1.0, 1.4, 1.8]) == pytest.approx(0.5, abs=0.006)  # the texture cap
-    assert largest_within(GRID, [([0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2], 0.9)]) == pytest.approx(2.25, abs=0.01)
+    assert largest_within((0.0, 1.0, 2.0, 3.0), [([0, 0.4, 0.8, 1.2], 0.9)]) == pytest.approx(2.25, abs=0.01)
 
 
 def _tiny(blend: list[float] | None = None) -> CDMDenoiser:

@@ -59,10 +59,10 @@ def test_an_epsilon_model_config_is_refused():
 
 
 def test_stream_fields_and_deterministic_cdm_decode(tiny_cdm, monkeypatch):
-    plain_preset = load_preset()
+    shipped = load_preset()
     monkeypatch.setenv(CDM_ENV, str(tiny_cdm))
     p = load_preset()
-    assert p.cdm is not None and p.model_id != plain_preset.model_id  # the CDM is part of the model id
+    assert p.cdm is not None and p.model_id != shipped.model_id  # the CDM is part of the model id
     img = photo(64, 48)
     stream = codec.encode(img, rate=1)
     h = Bitstream.from_bytes(stream).header
@@ -85,7 +85,7 @@ def test_stream_fields_and_deterministic_cdm_decode(tiny_cdm, monkeypatch):
 
 
 def test_plain_models_refuse_an_explicit_cdm_decode():
-    stream = codec.encode(photo(64, 48), rate=1)
+    stream = (ROOT / "tests" / "data" / "golden_taef2_e102cc3de58bc279.rsl").read_bytes()  # a release with no CDM
     assert Bitstream.from_bytes(stream).header.diffusion_start_step == 0
     with pytest.raises(ValueError, match="has no CDM decoder"):
         codec.decode(stream, decoder="cdm")

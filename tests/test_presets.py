@@ -58,8 +58,10 @@ def test_a_stream_from_an_older_release_decodes_with_its_own_weights(tmp_path, m
         meta = f.metadata()
     save_file(load_file(str(src)), str(weights / "latent_codec_taef2_v2.safetensors"), metadata={**meta, "note": "v2"})
     ae = old["autoencoder_sha256"]
+    cdm = codec.load_preset().cdm  # the newest release's CDM, if it has one: part of the id too
     new_id = presets.model_digest(ae, presets.file_sha256(weights / "latent_codec_taef2_v2.safetensors"),
-                                  presets.file_sha256(weights / old["text_model"]))[:16]  # fmt: skip
+                                  presets.file_sha256(weights / old["text_model"]),
+                                  *([cdm.weights_sha256] if cdm else []))[:16]  # fmt: skip
     table = {"taef2": [old, {**old, "model_id": new_id, "latent_codec": "latent_codec_taef2_v2.safetensors"}]}
     (weights / "releases.json").write_text(json.dumps(table))
     monkeypatch.setattr(presets, "WEIGHTS_DIR", weights)

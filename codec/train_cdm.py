@@ -28,6 +28,7 @@ Resumable: rerun the same command to continue.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--texture-floor", type=float, default=25.0, help="added to each cell's energy (Laplacian²)")
     p.add_argument("--decode-steps", type=int, default=4, help="the DDIM evaluations decoding uses")
     p.add_argument("--config", help="JSON object of CDMConfig fields (default: the offline preset's)")
+    p.add_argument("--init-from", help="a CDM weights directory to start from (its config and weights; not its "
+                                       "blends, which a new calibration sets) when --out has no checkpoint")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
@@ -98,7 +101,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     mean, std = latent_stats(sampler.items)
     config = CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
                        **json.loads(args.config or "{}"))  # fmt: skip
+    start = CDMDenoiser.from_pretrained(args.init_from) if args.init_from else None
+    if start is not None:  # its normalisation too: the weights were trained with it
+        config = dataclasses.replace(start.config, blend=[])
     model = CDMDenoiser(config)
+    if start is not None:
+        model.unet.load_state_dict(start.unet.state_dict())
     if args.crop % 16:
         p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)

@@ -25,6 +25,12 @@ def test_a_few_steps_then_resume(tmp_path):
     main([*args, "--steps", "6"])  # the same command with more steps resumes from step 4
     ckpt = __import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 6
+    fine = [*args[: args.index("--out")], "--out", str(tmp_path / "fine"), "--steps", "1", "--lr", "0", "--batch", "2",
+            "--image-window", "8", "--init-from", str(tmp_path / "run" / "cdm")]  # fmt: skip
+    main(fine)  # a new run from released-style weights (one step at lr 0: it writes what it loaded)
+    start, loaded = CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm"), CDMDenoiser.from_pretrained(tmp_path / "fine" / "cdm")
+    assert loaded.config.latent_mean == start.config.latent_mean
+    assert all(__import__("torch").equal(a, b) for a, b in zip(start.unet.state_dict().values(), loaded.unet.state_dict().values()))
 
 
 def test_energy_map_finds_where_the_detail_is():

@@ -163,26 +163,21 @@ class _Reader:
         self.model = model
         self.budget = 64 * len(data) + 64  # a corrupted stream cannot decode forever
 
-    def __call__(self, table: int) -> int:
+    def __call__(self, table: int | list[int]) -> int:
+        """A symbol of table number ``table``, or of a word table built for its history (a CDF
+        list, version 3), as ``encode_text`` wrote it."""
         self.budget -= 1
         if self.budget < 0:
             raise BitstreamError("text section is corrupted (no end symbol)")
         m = self.model
-        if m.version == 1:
+        if isinstance(table, list):  # a mixed word table has no escape slot
+            symbol, limit = self.arith.decode(table), len(table) - 1
+        elif m.version == 1:
             symbol = self.rans.decode_stream([0], [m.cdfs[table]], [m.lengths[table]], [0])[0]
+            limit = m.lengths[table] - 2
         else:
-            symbol = self.arith.decode(m.cdfs[table])
-        if not 0 <= symbol < m.lengths[table] - 2:  # CompressAI's escape slot is never written
-            raise BitstreamError("text section is corrupted (symbol out of range)")
-        return symbol
-
-    def mixed(self, cdf: list[int]) -> int:
-        """A symbol of a word table built for its history (version 3; no escape slot)."""
-        self.budget -= 1
-        if self.budget < 0:
-            raise BitstreamError("text section is corrupted (no end symbol)")
-        symbol = self.arith.decode(cdf)
-        if not 0 <= symbol < len(cdf) - 1:
+            symbol, limit = self.arith.decode(m.cdfs[table]), m.lengths[table] - 2
+        if not 0 <= symbol < limit:  # CompressAI's escape slot is never written
             raise BitstreamError("text section is corrupted (symbol out of range)")
         return symbol
 
@@ -210,10 +205,8 @@ def decode_text(data: bytes, model: TextModel) -> str:
         if kind in ("word", "spell"):
             if kind == "word":
                 mixed = model.word_table(history)
-                s = read(TextModel.WORD) if mixed is None else read.mixed(mixed[0])
-                if s >= DIRECT_WORDS + BUCKETS:
-                    if mixed is None:
-                        raise BitstreamError("text section is corrupted (bad word symbol)")
+                s = read(TextModel.WORD if mixed is None else mixed[0])
+                if s >= DIRECT_WORDS + BUCKETS:  # only a mixed table has slots past the buckets
                     rank = mixed[1][s - DIRECT_WORDS - BUCKETS]
                 elif s >= DIRECT_WORDS:
                     b = s - DIRECT_WORDS

@@ -17,6 +17,9 @@ from operators.archive import Archive
 from operators.restore import Restorer, load_bitstreams
 from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
 
+RESTORE_BLOCK = 8
+
+
 def restore(
     archive: str,
     dest: str,
@@ -53,15 +56,18 @@ def restore(
         if index.num_rows:
             ensure_ray()
             plan = plan_pool(workers, None)
-            ds = ray.data.from_arrow(index)
+            # blocks of RESTORE_BLOCK keys: a block goes to one actor, so small blocks spread a
+            # small job over the pool, and a job never starts more actors than it has blocks
+            blocks = [index.slice(i, RESTORE_BLOCK) for i in range(0, index.num_rows, RESTORE_BLOCK)]
+            ds = ray.data.from_arrow(blocks)
             ds = ds.map_batches(load_bitstreams, fn_kwargs={"archive_url": archive, "storage_options": storage_options or {}},
-                                batch_size=64, batch_format="pyarrow", num_cpus=0.5)  # fmt: skip
+                                batch_size=RESTORE_BLOCK, batch_format="pyarrow", num_cpus=0.5)  # fmt: skip
             ds = ds.map_batches(
                 Restorer,
                 fn_constructor_kwargs={"dest": dest, "fmt": fmt, "storage_options": storage_options,
                                        "threads": plan.threads_per_actor, "env": worker_env(),
                                        "decoder": decoder, "steps": steps},  # fmt: skip
-                compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                compute=ray.data.ActorPoolStrategy(size=min(plan.actors, len(blocks))),
                 batch_size=4,
                 batch_format="pyarrow",
                 num_cpus=plan.cpus_per_actor,

@@ -1,0 +1,40 @@
+"""Pool sizing: pure arithmetic over what the cluster has."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.ray_runtime import plan_for
+
+
+@pytest.mark.parametrize("cpus", [2, 3, 8, 16, 64])
+def test_cpu_pool_leaves_a_cpu_for_reads_and_uses_one_thread_per_cpu(cpus: int) -> None:
+    plan = plan_for(cpus, 0, None, None)
+    assert plan.actors == cpus and plan.threads_per_actor == 1 and plan.gpus_per_actor == 0
+    assert plan.actors * plan.cpus_per_actor <= cpus - 1  # the read stage always has a CPU
+
+
+def test_two_pools_share_the_cpus() -> None:
+    enc, cap = plan_for(8, 0, None, None, share=0.5), plan_for(8, 0, 1, None, share=0.5)
+    assert enc.actors == 4 and enc.threads_per_actor == 1
+    assert enc.actors * enc.cpus_per_actor + cap.actors * cap.cpus_per_actor <= 7
+    assert cap.actors == 1 and cap.threads_per_actor == 4
+
+
+def test_explicit_workers_split_the_threads() -> None:
+    plan = plan_for(8, 0, 2, None)
+    assert plan.actors == 2 and plan.threads_per_actor == 4 and 2 * plan.cpus_per_actor <= 7
+
+
+def test_one_cpu_machine_still_gets_an_actor() -> None:
+    plan = plan_for(1, 0, None, None)
+    assert plan.actors == 1 and plan.cpus_per_actor == 0.25 and plan.threads_per_actor == 1
+
+
+def test_gpu_pool_one_actor_per_gpu_and_refuses_missing_gpus() -> None:
+    plan = plan_for(16, 4, None, None)
+    assert plan.actors == 4 and plan.gpus_per_actor == 1.0 and plan.threads_per_actor == 4
+    shared = plan_for(16, 4, None, None, share=0.5)
+    assert shared.actors == 4 and shared.gpus_per_actor == 0.5
+    with pytest.raises(ValueError, match="--gpus-per-worker 2"):
+        plan_for(16, 1, None, 2.0)

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, help="rate in trained-point units (default: the preset's)")
     g.add_argument("--target-bpp", type=float, help="per image, the highest rate within this many bits per pixel")
-    p.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else CPUs - 1)")
+    p.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else one single-threaded actor per CPU; "
+                   "fewer actors get more threads each and hold less memory)")
     p.add_argument("--batch-size", type=int, default=4, help="images per encoder call")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per encoder actor (default: 1 when GPUs exist)")
     p.add_argument("--rows-per-file", type=int, default=128,
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every asset (a Ray Data pipeline)")
     p.add_argument("--prefix", help="every asset whose key starts with this")
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
-    p.add_argument("--workers", type=int)
+    p.add_argument("--workers", type=int, help="decoder actors for --all/--prefix (default: as compress)")
     p.add_argument("--json", action="store_true")
     _add_decoder_args(p)
     _add_weights_args(p)

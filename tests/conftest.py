@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +23,18 @@ def preset():
     from codec.presets import load_preset
 
     return load_preset("taef2")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads, then restore the count (thread count is part of
+    what pixel reproducibility assumes; entropy decoding must not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def photo(width: int = 96, height: int = 64, name: str = "kodim23.png") -> Image.Image:

@@ -6,7 +6,7 @@ from PIL import Image
 import codec
 from codec.bitstream import Bitstream
 from codec.images import to_tensor
-from tests.conftest import photo, png_bytes, psnr_arrays
+from tests.conftest import photo, png_bytes, psnr_arrays, torch_threads
 
 
 def _kinds() -> dict[str, bytes]:
@@ -95,14 +95,10 @@ def _symbols(preset, streams: list[bytes]) -> torch.Tensor:
 def test_decoding_is_exact_across_threads_and_batches(preset):
     images = [photo(128, 64, f"kodim0{i}.png") for i in (1, 2, 3, 4)]
     streams = codec.encode_batch(images, rate=4, preset=preset)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one_thread = _symbols(preset, streams)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two_threads = _symbols(preset, streams)
-    finally:
-        torch.set_num_threads(threads)
     singles = torch.cat([_symbols(preset, [s]) for s in streams])
     reordered = _symbols(preset, streams[::-1]).flip(0)
     assert torch.equal(one_thread, two_threads)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from codec.fixed_point import FixedSequential, from_fixed, to_fixed
+from tests.conftest import torch_threads
 
 
 def _net():
@@ -24,14 +25,10 @@ def test_matches_float_network():
 def test_exact_across_threads_batch_and_order():
     fixed = FixedSequential(_net())
     x = to_fixed(torch.randn(4, 8, 12, 10) * 3)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = fixed(x)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = fixed(x)
-    finally:
-        torch.set_num_threads(threads)
     singles = torch.cat([fixed(x[i : i + 1]) for i in range(4)])
     reversed_batch = fixed(x.flip(0)).flip(0)
     assert torch.equal(one, two) and torch.equal(one, singles) and torch.equal(one, reversed_batch)

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 from PIL import Image
 
 import codec
-from conftest import ROOT, photo_folder
+from conftest import ROOT, photo_folder, torch_threads
 from operators.archive import Archive
 from operators.sink import finalise_rows
 from pipelines.compress import compress
@@ -42,16 +39,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # fmt: skip
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _stream(arc, key: str) -> bytes:
     a = Archive(str(arc))
     return a.read_asset(a.lookup([key]).to_pylist()[0])["bitstream"]
@@ -65,7 +52,7 @@ def test_all_keys_with_ray(archive, tmp_path):
     assert s["failures"] == [{"key": "sub/bad.png", "reason": "sub/bad.png: not restorable (archived with status failed)"}]
     for key, rel in [("a.png", "a.png"), ("sub/b.jpg", "sub/b.jpg.png"), ("sub/c.png", "sub/c.png")]:
         got = np.asarray(Image.open(tmp_path / "out" / rel).convert("RGB"))
-        with _threads(plan_pool(None, None).threads_per_actor):
+        with torch_threads(plan_pool(None, None).threads_per_actor):
             want = np.asarray(codec.decode(_stream(archive, key)))
         assert np.array_equal(got, want)  # PNG is lossless
 

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
     args = p.parse_args(argv)
 
+    if args.crop % 16:  # before the cache is built, which can take minutes
+        p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = Path(args.out)
@@ -98,17 +100,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     files = cache_from_specs(args.data, Path(args.cache), ae)
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
     rng = random.Random(int(time.time()))
-    mean, std = latent_stats(sampler.items)
-    config = CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
-                       **json.loads(args.config or "{}"))  # fmt: skip
-    start = CDMDenoiser.from_pretrained(args.init_from) if args.init_from else None
-    if start is not None:  # its normalisation too: the weights were trained with it
-        config = dataclasses.replace(start.config, blend=[])
-    model = CDMDenoiser(config)
-    if start is not None:
+    if args.init_from:  # its config and normalisation too: the weights were trained with them
+        start = CDMDenoiser.from_pretrained(args.init_from)
+        model = CDMDenoiser(dataclasses.replace(start.config, blend=[]))
         model.unet.load_state_dict(start.unet.state_dict())
-    if args.crop % 16:
-        p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
+    else:
+        mean, std = latent_stats(sampler.items)
+        model = CDMDenoiser(CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
+                                      **json.loads(args.config or "{}")))  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt_path, step = out / "checkpoint.pt", 0
     if ckpt_path.exists():

@@ -57,7 +57,9 @@ def restore(
             ensure_ray()
             plan = plan_pool(workers, None)
             # blocks of RESTORE_BLOCK keys: a block goes to one actor, so small blocks spread a
-            # small job over the pool, and a job never starts more actors than it has blocks
+            # small job over the pool, and a job never starts more actors than it has blocks.
+            # Each block reads its own row groups, so a full row group (ROW_GROUP_ROWS = 32) is
+            # read up to four times: a read of milliseconds against seconds of decoding 8 images.
             blocks = [index.slice(i, RESTORE_BLOCK) for i in range(0, index.num_rows, RESTORE_BLOCK)]
             ds = ray.data.from_arrow(blocks)
             ds = ds.map_batches(load_bitstreams, fn_kwargs={"archive_url": archive, "storage_options": storage_options or {}},

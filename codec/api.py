@@ -11,6 +11,7 @@ from PIL import Image
 
 from codec.bitstream import Bitstream, BitstreamError, Header
 from codec.cdm.process import n_r_for_level
+from codec.cdm.detail import UNIT_GAIN_CODE, DetailSplit, choose_gains, decode_restored, gain_of, split_detail
 from codec.cdm.sampler import DEFAULT_STEPS, cdm_decode_latent
 from codec.fixed_point import from_fixed
 from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
@@ -66,7 +67,8 @@ def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
     if p.cdm is None:
         return Header(p.name, p.model_id, a.width, a.height, level)
     n_r = n_r_for_level(level, p.num_levels)
-    return Header(p.name, p.model_id, a.width, a.height, level, n_r, zlib.crc32(y) & 0xFFFF)
+    gain = UNIT_GAIN_CODE if p.cdm.config.detail_sigma is not None else None  # chosen in _choose_detail_gains
+    return Header(p.name, p.model_id, a.width, a.height, level, n_r, zlib.crc32(y) & 0xFFFF, gain)
 
 
 def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
@@ -99,6 +101,46 @@ def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, byte
         strings, y_hat = p.latent_codec.code_latent(a.analysed, 0)
         best = (0, _assemble(p, a, 0, strings)[0], y_hat)
     return best
+
+
+# How the encoder sets each image's CDM detail gain (codec.cdm.detail.choose_gains): the most
+# texture up to the original's, within 0.9 dB of the plain decode's PSNR (the issue's budget is
+# 1 dB; 0.1 dB is left for the float differences of other hardware), at most 4x the detail.
+DETAIL_BUDGET_DB = 0.9
+DETAIL_MAX_TEXTURE = 1.0
+DETAIL_MAX_CODE = 96  # gain_of(96) = 4
+
+
+def _choose_detail_gains(p: Preset, images: list[Image.Image], pairs: list[tuple[bytes, torch.Tensor]],
+                         texts: list[str]) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
+    """Decode each fresh stream as a CDM decoder will, against its original, and write the
+    detail gain it should use into its head (models with detail transfer only)."""
+    if p.cdm is None or p.cdm.config.detail_sigma is None:
+        return pairs
+    streams = [Bitstream.from_bytes(s) for s, _ in pairs]
+    device = next(p.autoencoder.parameters()).device
+    out = list(pairs)
+    levels: dict[int, list[int]] = {}
+    for i, s in enumerate(streams):
+        levels.setdefault(s.header.rate_level, []).append(i)
+    for level, idx in levels.items():
+        h = streams[idx[0]].header
+        with torch.no_grad():
+            z_hat = p.latent_codec.g_s(from_fixed(torch.stack([pairs[i][1] for i in idx])))
+            seeds = [streams[i].header.diffusion_seed for i in idx]
+            cond = [texts[i] for i in idx] if p.cdm.text_conditioned else None
+            restored = cdm_decode_latent(p.cdm, z_hat, level, h.diffusion_start_step, seeds, texts=cond)
+            split = split_detail(p.autoencoder, z_hat, restored, p.cdm.config.detail_sigma)
+            plain = p.autoencoder.decode_from_features(split.plain_features).clamp(0, 1)
+            original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
+            crop = lambda t: t[:, :, : h.height, : h.width]  # noqa: E731
+            split = DetailSplit(crop(split.low), crop(split.detail), split.plain_features)
+            gains = choose_gains(split, original, crop(plain), DETAIL_BUDGET_DB, DETAIL_MAX_TEXTURE, DETAIL_MAX_CODE)
+        for i, g in zip(idx, gains):
+            s = streams[i]
+            s.header.detail_gain = g
+            out[i] = (Bitstream(s.header, s.hyper_latent, s.latent, s.text).to_bytes(), pairs[i][1])
+    return out
 
 
 class VerifyError(RuntimeError):
@@ -138,10 +180,10 @@ def encode_with_symbols(
         if target_bpp <= 0:
             raise ValueError("target_bpp must be positive")
         found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(pil))]
-        return [(f[1], f[2][0]) for f in found]
+        return _choose_detail_gains(p, pil, [(f[1], f[2][0]) for f in found], a.texts)
     level = rate_to_level(p, p.default_rate if rate is None else rate)
     strings, y_hat = p.latent_codec.code_latent(a.analysed, level)
-    return list(zip(_assemble(p, a, level, strings), y_hat))
+    return _choose_detail_gains(p, pil, list(zip(_assemble(p, a, level, strings), y_hat)), a.texts)
 
 
 def encode_batch(
@@ -265,8 +307,13 @@ def decode_batch(
                 n_r = start or n_r_for_level(level, p.num_levels)  # 0: written before the model had a CDM
                 seeds = [parsed[i][0].header.diffusion_seed for i in idx]
                 texts = [decode_text(parsed[i][0].text, p.text_model) for i in idx] if p.cdm.text_conditioned else None
-                latent = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
-            x = p.autoencoder.decode(latent)[:, :, :h, :w]
+                restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
+                codes = [parsed[i][0].header.detail_gain for i in idx]
+                gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes])
+                x = decode_restored(p.autoencoder, latent, restored, p.cdm.config.detail_sigma, gains)
+            else:
+                x = p.autoencoder.decode(latent)
+            x = x[:, :, :h, :w]
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])
     return out  # type: ignore[return-value]
@@ -291,7 +338,8 @@ def info(data: bytes) -> dict:
         "format_version": 1, "preset": h.preset, "model_id": h.model_id.hex(), "width": h.width, "height": h.height,
         "rate_level": h.rate_level, "rate": h.rate_level / LEVELS_PER_POINT, "bytes": len(data),
         "bpp": len(data) * 8 / (h.width * h.height), "sections": s.section_bytes,
-        "diffusion": {"start_step": h.diffusion_start_step, "seed": h.diffusion_seed},
+        "diffusion": {"start_step": h.diffusion_start_step, "seed": h.diffusion_seed,
+                      "detail_gain": None if h.detail_gain is None else gain_of(h.detail_gain)},
     }  # fmt: skip
 
 

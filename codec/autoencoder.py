@@ -20,6 +20,9 @@ DECODER_FILE = "taef2_decoder.pth"
 LATENT_CHANNELS = 32
 SCALE_FACTOR = 8
 WEIGHTS_ENV = "RESULIC_TAEF2_DIR"
+# The decoder's last stage (upsample to full size, conv, block, conv to RGB) starts here; before
+# it the features are at half the image's resolution.
+LAST_STAGE = 16
 # Relative to the checkout: ``<repo>/../shared/weights/taef2``.
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "weights" / "taef2"
 
@@ -135,3 +138,18 @@ class TAEF2(nn.Module):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self.decoder(latent).clamp(0, 1)
+
+    def decode_features(self, latent: torch.Tensor) -> torch.Tensor:
+        """The decoder up to its last stage: features at half the image's resolution."""
+        return self.decoder[:LAST_STAGE](latent)
+
+    def decode_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The last stage on ``decode_features``' output: the full decode, unclamped."""
+        return self.decoder[LAST_STAGE:](features)
+
+    def decode_preview(self, features: torch.Tensor) -> torch.Tensor:
+        """The last stage's convolutions run on the half-resolution features without the
+        upsampling: a half-size image, unclamped, for about a quarter of that stage's cost.
+        Its detail is not the full decode's, but its low frequencies match it closely (CDM's
+        detail transfer uses them as the plain decode's; ``codec.cdm.detail``)."""
+        return self.decoder[LAST_STAGE + 1 :](features)

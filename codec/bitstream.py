@@ -16,6 +16,7 @@ SECTION_NAMES = {TAG_HEAD: "head", TAG_HYPER: "hyper_latent", TAG_LATENT: "laten
 REQUIRED = (TAG_HEAD, TAG_HYPER, TAG_LATENT)
 MODEL_ID_BYTES = 8
 MAX_SIDE = 1 << 20
+MAX_DETAIL_GAIN = 127  # the largest detail gain code (codec.cdm.detail.gain_of): one varint byte
 
 
 class BitstreamError(ValueError):
@@ -58,16 +59,19 @@ class Header:
     rate_level: int
     diffusion_start_step: int = 0  # reserved for CDM decoding: 0 means plain decoding
     diffusion_seed: int = 0  # reserved for CDM decoding
+    # CDM detail gain code (spec section 8, step 6; codec.cdm.detail.gain_of), chosen per image
+    # by the encoder; None: the field is absent (models without detail transfer), read as 64 (gain 1).
+    detail_gain: int | None = None
 
     def encode(self) -> bytes:
         name = self.preset.encode("ascii")
         if not 0 < len(name) < 128 or len(self.model_id) != MODEL_ID_BYTES:
             raise ValueError("bad preset name or model id")
-        return b"".join(
-            [bytes([len(name)]), name, self.model_id]
-            + [write_varint(v) for v in (self.width, self.height, self.rate_level,
-                                         self.diffusion_start_step, self.diffusion_seed)]
-        )  # fmt: skip
+        if self.detail_gain is not None and not 0 <= self.detail_gain <= MAX_DETAIL_GAIN:
+            raise ValueError(f"detail gain {self.detail_gain} is outside 0 … {MAX_DETAIL_GAIN}")
+        values = [self.width, self.height, self.rate_level, self.diffusion_start_step, self.diffusion_seed]
+        values += [] if self.detail_gain is None else [self.detail_gain]
+        return b"".join([bytes([len(name)]), name, self.model_id] + [write_varint(v) for v in values])
 
     @classmethod
     def decode(cls, data: bytes) -> "Header":
@@ -85,12 +89,17 @@ class Header:
         for _ in range(5):
             v, pos = read_varint(data, pos)
             values.append(v)
+        gain = None
+        if pos < len(data):  # the optional sixth field
+            gain, pos = read_varint(data, pos)
+            if gain > MAX_DETAIL_GAIN:
+                raise BitstreamError(f"bitstream header has an impossible detail gain {gain}")
         if pos != len(data):
             raise BitstreamError("bitstream header has trailing bytes")
         w, h = values[0], values[1]
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
             raise BitstreamError(f"bitstream header has an impossible size {w}x{h}")
-        return cls(name, data[1 + n : id_end], *values)
+        return cls(name, data[1 + n : id_end], *values, detail_gain=gain)
 
 
 @dataclass

@@ -65,3 +65,17 @@ def test_trailing_bytes_and_missing_sections():
     only_head = b"RSL\x01\x01" + framed + zlib.crc32(framed).to_bytes(4, "little")
     with pytest.raises(BitstreamError):
         Bitstream.from_bytes(only_head)
+
+
+def test_detail_gain_field_is_optional_and_checked():
+    """Streams before detail transfer have five head numbers; later ones a sixth (one byte)."""
+    old = Header("taef2", bytes(range(8)), 768, 512, 24, 350, 1234)
+    new = Header("taef2", bytes(range(8)), 768, 512, 24, 350, 1234, detail_gain=71)
+    assert Header.decode(old.encode()).detail_gain is None
+    assert Header.decode(new.encode()) == new and len(new.encode()) == len(old.encode()) + 1
+    with pytest.raises(ValueError, match="detail gain"):
+        Header("taef2", bytes(range(8)), 768, 512, 24, 350, 1234, detail_gain=128).encode()
+    with pytest.raises(BitstreamError, match="impossible detail gain"):
+        Header.decode(old.encode() + write_varint(128))
+    with pytest.raises(BitstreamError, match="trailing"):
+        Header.decode(new.encode() + b"\x00")

@@ -78,3 +78,21 @@ def test_a_stream_from_an_older_release_decodes_with_its_own_weights(tmp_path, m
             codec.decode(s.to_bytes())
     finally:
         presets._text_model.cache_clear()
+
+
+def test_every_released_file_is_package_data():
+    """A wheel (not only an editable install) carries every file a released model decodes with."""
+    import fnmatch
+    import tomllib
+
+    from codec.presets import releases
+
+    patterns = tomllib.loads((WEIGHTS_DIR.parent.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["codec"]
+    files = set()
+    for e in releases("taef2"):
+        files |= {e["latent_codec"], e["text_model"]}
+        if e.get("cdm"):
+            files |= {f"{e['cdm']}/config.json", f"{e['cdm']}/model.safetensors"}
+    for f in sorted(files):
+        assert (WEIGHTS_DIR / f).is_file(), f
+        assert any(fnmatch.fnmatchcase(f"weights/{f}", p) and p.count("/") == f"weights/{f}".count("/") for p in patterns), f

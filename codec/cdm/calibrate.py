@@ -12,10 +12,11 @@ The decoder keeps ẑ + s·(restored − ẑ), with s chosen per rate level. Thi
 against realism trade that the rate → N_r table makes.
 
 How s is calibrated:
-- It uses crops of the training photos, never Kodak.
+- It uses crops of the photos given with `--data` (the training photos by default), never Kodak.
 - For every ``--every``-th level, the trainer's exact codec path gives ẑ. The CDM decodes it
-  with per-crop seeds. Each blend s on a grid is decoded by the autoencoder.
-- The PSNR cost of each s is its mean PSNR minus that of s = 0 (the plain decode).
+  with per-crop seeds. Each blend s on a grid is decoded as a CDM decoder would (with the
+  config's detail transfer when it has one).
+- The PSNR cost of each s is the plain decode's mean PSNR minus its own.
 - The level keeps the largest s whose cost is within ``--budget-db`` and whose texture ratio
   is at most ``--max-texture``, both interpolated linearly between grid points. Levels in
   between are interpolated linearly too.
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.cdm.detail import decode_restored
 from codec.cdm.model import CDMDenoiser
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import cdm_decode_latent
@@ -68,13 +70,18 @@ def measure_level(preset, model: CDMDenoiser, z0: torch.Tensor, img: torch.Tenso
                                  list(range(z0.shape[0])), steps)  # fmt: skip
     b = BORDER
     tgt = img[:, :, b:-b, b:-b]
-    psnr, texture = [], []
-    for s in GRID:
-        dec = preset.autoencoder.decoder(z_hat + s * (restored - z_hat)).clamp(0, 1)[:, :, b:-b, b:-b]
+    def mean_psnr(dec: torch.Tensor) -> float:
         mse = (dec - tgt).pow(2).mean((1, 2, 3)).clamp_min(1e-10)
-        psnr.append(float((-10 * mse.log10()).mean()))
+        return float((-10 * mse.log10()).mean())
+
+    psnr, texture = [], []
+    plain = mean_psnr(preset.autoencoder.decode(z_hat)[:, :, b:-b, b:-b])
+    for s in GRID:
+        blended = z_hat + s * (restored - z_hat)
+        dec = decode_restored(preset.autoencoder, z_hat, blended, model.config.detail_sigma)[:, :, b:-b, b:-b]
+        psnr.append(mean_psnr(dec))
         texture.append(float(hf_energy_tensor(dec).sum() / hf_energy_tensor(tgt).sum()))
-    return {"level": level, "psnr": psnr, "texture_ratio": texture}
+    return {"level": level, "plain_psnr": plain, "psnr": psnr, "texture_ratio": texture}
 
 
 def calibrate(model: CDMDenoiser, preset, z0: torch.Tensor, img: torch.Tensor, budget_db: float,
@@ -84,7 +91,7 @@ def calibrate(model: CDMDenoiser, preset, z0: torch.Tensor, img: torch.Tensor, b
     rows = []
     for level in levels:
         r = measure_level(preset, model, z0, img, level, steps)
-        r["cost_db"] = [r["psnr"][0] - p for p in r["psnr"]]
+        r["cost_db"] = [r["plain_psnr"] - p for p in r["psnr"]]
         r["blend"] = largest_within(GRID, [(r["cost_db"], budget_db), (r["texture_ratio"], max_texture)])
         rows.append(r)
         print(json.dumps({k: (np.round(v, 3).tolist() if isinstance(v, list) else v) for k, v in r.items()}), flush=True)

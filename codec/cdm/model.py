@@ -45,6 +45,9 @@ class CDMConfig:
     # Set by ``resulic train cdm-calibrate`` on training photos, so that what the added texture
     # costs in PSNR stays within a budget at every rate (codec.cdm.calibrate says why).
     blend: list[float] = field(default_factory=list)
+    # Gaussian σ in pixels: keep only the restoration's detail above it, on the plain decode's
+    # lower frequencies (``codec.cdm.detail``); None: decode the restored latent as it is (v1).
+    detail_sigma: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "CDMConfig":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from codec.cdm.detail import decode_restored
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import DEFAULT_STEPS, denoise, stream_noise
 from codec.presets import Preset
@@ -68,4 +69,5 @@ class CDMPromptDecoder:
         n_r = n_r_for_level(c.level, self.preset.num_levels)
         noise = stream_noise(tuple(c.z_hat.shape[1:]), [c.seed])
         latent = denoise(self.cdm, c.z_hat, c.level, n_r, noise, self.steps, text, self.uncond, self.cdm.config.guidance_scale)
-        return self.preset.autoencoder.decode(latent)[:, :, : c.height, : c.width]
+        x = decode_restored(self.preset.autoencoder, c.z_hat, latent, self.cdm.config.detail_sigma)
+        return x[:, :, : c.height, : c.width]

@@ -75,10 +75,12 @@ def measure_level(preset, model: CDMDenoiser, z0: torch.Tensor, img: torch.Tenso
         return float((-10 * mse.log10()).mean())
 
     psnr, texture = [], []
-    plain = mean_psnr(preset.autoencoder.decode(z_hat)[:, :, b:-b, b:-b])
+    ae, sigma = preset.autoencoder, model.config.detail_sigma
+    features = ae.decode_features(z_hat)  # the plain path: its decode, and every blend's detail split
+    plain = mean_psnr(ae.decode_from_features(features).clamp(0, 1)[:, :, b:-b, b:-b])
     for s in GRID:
         blended = z_hat + s * (restored - z_hat)
-        dec = decode_restored(preset.autoencoder, z_hat, blended, model.config.detail_sigma)[:, :, b:-b, b:-b]
+        dec = decode_restored(ae, z_hat, blended, sigma, plain_features=features)[:, :, b:-b, b:-b]
         psnr.append(mean_psnr(dec))
         texture.append(float(hf_energy_tensor(dec).sum() / hf_energy_tensor(tgt).sum()))
     return {"level": level, "plain_psnr": plain, "psnr": psnr, "texture_ratio": texture}

@@ -69,7 +69,7 @@ class DetailSplit:
 
     low: torch.Tensor  # G_σ ∗ up₂(preview of ẑ): the plain decode's low frequencies
     detail: torch.Tensor  # x_r − G_σ ∗ x_r: the restoration's detail
-    plain_features: torch.Tensor  # ẑ's half-resolution decoder features (the encoder reuses them)
+    plain_features: torch.Tensor | None  # ẑ's half-resolution decoder features (for the plain decode)
 
     def compose(self, gains: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) gains (None: 1) -> the decoded images in [0, 1]."""
@@ -77,25 +77,29 @@ class DetailSplit:
         return (self.low + g * self.detail).clamp(0, 1)
 
 
-def split_detail(autoencoder: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float) -> DetailSplit:
+def split_detail(autoencoder: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float,
+                 plain_features: torch.Tensor | None = None) -> DetailSplit:  # fmt: skip
+    """``plain_features``: ``decode_features(z_hat)`` when the caller has them already (the
+    calibration splits several restorations of one ẑ)."""
     restored = autoencoder.decode_from_features(autoencoder.decode_features(z_restored))
-    features = autoencoder.decode_features(z_hat)
+    features = autoencoder.decode_features(z_hat) if plain_features is None else plain_features
     return split_images(restored, autoencoder.decode_preview(features), sigma, features)
 
 
-def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float, features: torch.Tensor) -> DetailSplit:
+def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float,
+                 features: torch.Tensor | None) -> DetailSplit:  # fmt: skip
     """``restored``: (B, 3, H, W) full decode, unclamped; ``preview``: (B, 3, H/2, W/2)."""
     base = F.interpolate(preview, size=restored.shape[-2:], mode="bilinear", align_corners=False)
     return DetailSplit(gaussian_blur(base, sigma), restored - gaussian_blur(restored, sigma), features)
 
 
 def decode_restored(autoencoder: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float | None,
-                    gains: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                    gains: torch.Tensor | None = None, plain_features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The image of a CDM decode in [0, 1]: the restored latent's decode, or with ``sigma`` set
     its detail, times each item's gain, on the plain latent's low frequencies."""
     if sigma is None:
         return autoencoder.decode(z_restored)
-    return split_detail(autoencoder, z_hat, z_restored, sigma).compose(gains)
+    return split_detail(autoencoder, z_hat, z_restored, sigma, plain_features).compose(gains)
 
 
 UNIT_GAIN_CODE = 64  # the head's detail gain code of gain 1 (and what a stream without the field means)

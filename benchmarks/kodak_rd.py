@@ -83,7 +83,7 @@ def main() -> None:
             stream = _assemble(p, a, level, p.latent_codec.code_latent(a.analysed, level)[0])[0]
             t_code = time.perf_counter() - t
             t = time.perf_counter()
-            out = codec.decode(stream, preset=p)
+            out = codec.decode(stream, preset=p, decoder="plain")  # the codec core; CDM: kodak_cdm.py
             t_dec = time.perf_counter() - t
             ours[r].append((len(stream) * 8 / (img.width * img.height), psnr(img, out), ms_ssim(img, out),
                             t_ae_enc + t_analyse + t_code, t_dec))  # fmt: skip

@@ -130,8 +130,8 @@ def _choose_detail_gains(p: Preset, images: list[Image.Image], pairs: list[tuple
             seeds = [streams[i].header.diffusion_seed for i in idx]
             cond = [texts[i] for i in idx] if p.cdm.text_conditioned else None
             restored = cdm_decode_latent(p.cdm, z_hat, level, h.diffusion_start_step, seeds, texts=cond)
-            split = split_detail(p.autoencoder, z_hat, restored, p.cdm.config.detail_sigma)
-            plain = p.autoencoder.decode_from_features(split.plain_features).clamp(0, 1)
+            split = split_detail(p.autoencoder, p.plain(level), z_hat, restored, p.cdm.config.detail_sigma)
+            plain = p.plain(level).decode_from_features(split.plain_features).clamp(0, 1)
             original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
             crop = lambda t: t[:, :, : h.height, : h.width]  # noqa: E731
             split = DetailSplit(crop(split.low), crop(split.detail), split.plain_features)
@@ -260,14 +260,21 @@ def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, P
     return stream, p
 
 
-def reconstruct(y_hats: list[torch.Tensor], width: int, height: int, preset: str | Preset = DEFAULT_PRESET) -> list[Image.Image]:
-    """The latent-only reconstruction a plain decoder gives for exact symbols ``y_hat`` (as
-    returned by :func:`encode_with_symbols`): what semantic residual coding captions."""
+def reconstruct(y_hats: list[torch.Tensor], levels: list[int], width: int, height: int,
+                preset: str | Preset = DEFAULT_PRESET) -> list[Image.Image]:  # fmt: skip
+    """The latent-only reconstruction a plain decoder gives for exact symbols ``y_hat`` at their
+    rate levels (as :func:`encode_with_symbols` returns them, with each stream's level): what
+    semantic residual coding captions."""
     p = _preset(preset)
-    with torch.no_grad():
-        latent = p.latent_codec.g_s(from_fixed(torch.stack(list(y_hats))))
-        x = p.autoencoder.decode(latent)[:, :, :height, :width]
-    return [to_image(x[i : i + 1]) for i in range(x.shape[0])]
+    out: list[Image.Image | None] = [None] * len(y_hats)
+    for level in set(levels):
+        idx = [i for i, lv in enumerate(levels) if lv == level]
+        with torch.no_grad():
+            latent = p.latent_codec.g_s(from_fixed(torch.stack([y_hats[i] for i in idx])))
+            x = p.plain(level).decode(latent)[:, :, :height, :width]
+        for j, i in enumerate(idx):
+            out[i] = to_image(x[j : j + 1])
+    return out  # type: ignore[return-value]
 
 
 DECODERS = ("auto", "cdm", "plain")
@@ -310,9 +317,9 @@ def decode_batch(
                 restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
                 codes = [parsed[i][0].header.detail_gain for i in idx]
                 gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes])
-                x = decode_restored(p.autoencoder, latent, restored, p.cdm.config.detail_sigma, gains)
+                x = decode_restored(p.autoencoder, p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)
             else:
-                x = p.autoencoder.decode(latent)
+                x = p.plain(level).decode(latent)
             x = x[:, :, :h, :w]
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 ENCODER_FILE = "taef2_encoder.pth"
@@ -131,6 +132,35 @@ class TAEF2(nn.Module):
             digest.update(bytes.fromhex(file_sha256(f)))
         model.weights_sha256 = digest.hexdigest()
         return model.eval().requires_grad_(False)
+
+    def with_decoder(self, path: str | os.PathLike) -> "TAEF2":
+        """This autoencoder's encoder (shared) with another decoder of the same network, from a
+        safetensors file: one fine-tuned on decoded latents (``codec.train_decoder``).
+        ``weights_sha256`` becomes that file's SHA-256."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"decoder weights not found: {path}")
+        other = TAEF2()
+        other.encoder = self.encoder
+        other.decoder.load_state_dict(load_file(str(path)))  # strict: the same network, key for key
+        other.weights_sha256 = file_sha256(path)
+        return other.eval().requires_grad_(False)
+
+    def blended(self, other: "TAEF2", alpha: float) -> "TAEF2":
+        """The encoder (shared) with decoder weights W + alpha·(W_other − W), in float32: a point
+        on the line from this decoder to a fine-tune of it. alpha 0 and 1 return the two
+        autoencoders themselves."""
+        if alpha == 0:
+            return self
+        if alpha == 1:
+            return other
+        out = TAEF2()
+        out.encoder = self.encoder
+        mine, theirs = self.decoder.state_dict(), other.decoder.state_dict()
+        out.decoder.load_state_dict({k: mine[k] + alpha * (theirs[k] - mine[k]) for k in mine})
+        out.weights_sha256 = other.weights_sha256
+        device = next(self.decoder.parameters()).device
+        return out.to(device).eval().requires_grad_(False)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``image``: (B, 3, H, W) in [0, 1], H and W multiples of 8."""

@@ -70,6 +70,7 @@ class Encoder:
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
         from codec.api import encode_with_symbols, reconstruct, verify
+        from codec.bitstream import Bitstream
 
         t0 = time.perf_counter()
         pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset)
@@ -81,7 +82,8 @@ class Encoder:
             out.append((stream, t_enc, time.perf_counter() - t1, None))
         if self.reconstruct:
             w, h = images[0].size
-            recon = reconstruct([y for _, y in pairs], w, h, self.preset)
+            levels = [Bitstream.from_bytes(s).header.rate_level for s, _ in pairs]
+            recon = reconstruct([y for _, y in pairs], levels, w, h, self.preset)
             out = [(s, te, tv, im.tobytes()) for (s, te, tv, _), im in zip(out, recon)]
         return out
 

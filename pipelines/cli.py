@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
     tsub.add_parser("cdm", help="train the taef2 CDM denoiser (its own --help lists the flags)")
     tsub.add_parser("cdm-calibrate", help="set a CDM's per-rate blends on training photos (its own --help lists the flags)")
+    tsub.add_parser("decoder", help="fine-tune the taef2 decoder on decoded latents (its own --help lists the flags)")
+    tsub.add_parser("decoder-calibrate", help="set a fine-tuned decoder's per-rate blend on held-out photos (its own --help)")
     return parser
 
 
@@ -354,6 +356,16 @@ def main(argv: list[str] | None = None) -> int:
         from codec.train_cdm import main as train_cdm
 
         train_cdm(argv[2:], prog="resulic train cdm")
+        return 0
+    if argv[:2] == ["train", "decoder"]:
+        from codec.train_decoder import main as train_decoder
+
+        train_decoder(argv[2:], prog="resulic train decoder")
+        return 0
+    if argv[:2] == ["train", "decoder-calibrate"]:
+        from codec.train_decoder import calibrate_main
+
+        calibrate_main(argv[2:], prog="resulic train decoder-calibrate")
         return 0
     if argv[:2] == ["train", "cdm-calibrate"]:
         from codec.cdm.calibrate import main as calibrate

@@ -103,13 +103,13 @@ def test_decode_restored(ae):
     with torch.no_grad():
         z = ae.encode(x)
         plain = ae.decode(z)
-        assert torch.equal(decode_restored(ae, z, z, None), plain)
+        assert torch.equal(decode_restored(ae, ae, z, z, None), plain)
         # nothing restored: the preview's low frequencies stand in for the plain decode's
-        same = decode_restored(ae, z, z, 1.5)
+        same = decode_restored(ae, ae, z, z, 1.5)
         assert float(-10 * torch.log10((same - plain).pow(2).mean())) > 35
         # a latent that drifts (here: another image's) brings its detail, not its colours
         other = ae.encode(to_tensor(photo(128, 128, "kodim05.png")))
-        mixed = decode_restored(ae, z, other, 1.5)
+        mixed = decode_restored(ae, ae, z, other, 1.5)
         other_img = ae.decode(other)
         low = lambda t: gaussian_blur(t, 4.0)  # noqa: E731
         assert (low(mixed) - low(plain)).pow(2).mean() < 0.2 * (low(other_img) - low(plain)).pow(2).mean()
@@ -142,7 +142,7 @@ def test_the_api_decodes_with_the_configs_detail_transfer(tmp_path, monkeypatch)
         assert h.detail_gain is not None and 0 <= h.detail_gain <= 96  # the encoder chose it
         assert codec.info(stream)["diffusion"]["detail_gain"] == gain_of(h.detail_gain)
         gain = torch.tensor([gain_of(h.detail_gain)])
-        want = to_image(decode_restored(p.autoencoder, z_hat, restored, 1.5, gain)[:, :, : h.height, : h.width])
+        want = to_image(decode_restored(p.autoencoder, p.plain(h.rate_level), z_hat, restored, 1.5, gain)[:, :, : h.height, : h.width])
         whole = to_image(p.autoencoder.decode(restored)[:, :, : h.height, : h.width])
     got = np.asarray(codec.decode(stream))
     assert np.array_equal(got, np.asarray(want)) and not np.array_equal(got, np.asarray(whole))

@@ -102,6 +102,8 @@ def test_train_help_lists_trainer_flags():
     assert "resulic train latent-codec" in out and "--image-window" in out and "--stop-at" in out
     out = run("train", "cdm", "--help").stdout
     assert "resulic train cdm" in out and "--image-loss-from" in out
+    out = run("train", "decoder", "--help").stdout
+    assert "resulic train decoder" in out and "--ms-ssim-weight" in out
 
 
 def test_compress_exit_codes(tmp_path):

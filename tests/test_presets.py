@@ -58,10 +58,12 @@ def test_a_stream_from_an_older_release_decodes_with_its_own_weights(tmp_path, m
         meta = f.metadata()
     save_file(load_file(str(src)), str(weights / "latent_codec_taef2_v2.safetensors"), metadata={**meta, "note": "v2"})
     ae = old["autoencoder_sha256"]
-    cdm = codec.load_preset().cdm  # the newest release's CDM, if it has one: part of the id too
+    newest = codec.load_preset()  # its CDM and plain decoder, if it has them, are part of the id too
+    cdm, dec = newest.cdm, newest.decoder_finetune
     new_id = presets.model_digest(ae, presets.file_sha256(weights / "latent_codec_taef2_v2.safetensors"),
                                   presets.file_sha256(weights / old["text_model"]),
-                                  *([cdm.weights_sha256] if cdm else []))[:16]  # fmt: skip
+                                  *([cdm.weights_sha256] if cdm else []),
+                                  *([dec.weights_sha256] if dec else []))[:16]  # fmt: skip
     table = {"taef2": [old, {**old, "model_id": new_id, "latent_codec": "latent_codec_taef2_v2.safetensors"}]}
     (weights / "releases.json").write_text(json.dumps(table))
     monkeypatch.setattr(presets, "WEIGHTS_DIR", weights)
@@ -96,3 +98,41 @@ def test_every_released_file_is_package_data():
     for f in sorted(files):
         assert (WEIGHTS_DIR / f).is_file(), f
         assert any(fnmatch.fnmatchcase(f"weights/{f}", p) and p.count("/") == f"weights/{f}".count("/") for p in patterns), f
+
+
+def test_a_decoder_override_is_a_new_model_and_decodes_the_plain_path(tmp_path, monkeypatch, preset):
+    """$RESULIC_DECODER swaps the plain path's decoder (for trying a fine-tune): a new model id,
+    the plain decode through it, and CDM's restored latent still through TAEF2's own decoder."""
+    import codec
+    from codec.presets import DECODER_ENV, model_digest
+    from safetensors.torch import save_file
+    from tests.conftest import photo
+
+    state = {k: v.clone() for k, v in preset.autoencoder.decoder.state_dict().items()}
+    state["1.bias"] += 0.05
+    save_file(state, str(tmp_path / "d.safetensors"))
+    monkeypatch.setenv(DECODER_ENV, str(tmp_path / "d.safetensors"))
+    p = load_preset("taef2")
+    assert p is not preset and p.plain(0) is p.decoder_finetune and p.autoencoder.weights_sha256 == preset.autoencoder.weights_sha256
+    assert p.model_id != preset.model_id
+    assert p.weights_sha256 == model_digest(*_parts_without_decoder(preset), p.decoder_finetune.weights_sha256)
+    stream = codec.encode(photo(64, 64), rate=2, preset=p)
+    mine = codec.decode(stream, preset=p, decoder="plain")
+    from codec.api import parse
+
+    s, _ = parse(stream, p)
+    with __import__("torch").no_grad():
+        z = p.latent_codec.decompress([s.latent], [s.hyper_latent], p.z_shape(64, 64), s.header.rate_level)
+        from codec.images import to_image
+
+        assert mine.tobytes() == to_image(p.decoder_finetune.decode(z)[:, :, :64, :64]).tobytes()
+        assert mine.tobytes() != to_image(p.autoencoder.decode(z)[:, :, :64, :64]).tobytes()
+
+
+def _parts_without_decoder(p) -> list[str]:
+    from codec.autoencoder import file_sha256
+    from codec.presets import WEIGHTS_DIR, release
+
+    e = release("taef2", p.model_id.hex())
+    return [p.autoencoder.weights_sha256, file_sha256(WEIGHTS_DIR / e["latent_codec"]), p.text_model.sha256,
+            *([p.cdm.weights_sha256] if p.cdm else [])]  # fmt: skip

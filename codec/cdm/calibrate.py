@@ -76,11 +76,12 @@ def measure_level(preset, model: CDMDenoiser, z0: torch.Tensor, img: torch.Tenso
 
     psnr, texture = [], []
     ae, sigma = preset.autoencoder, model.config.detail_sigma
-    features = ae.decode_features(z_hat)  # the plain path: its decode, and every blend's detail split
-    plain = mean_psnr(ae.decode_from_features(features).clamp(0, 1)[:, :, b:-b, b:-b])
+    plain_ae = preset.plain(level)
+    features = plain_ae.decode_features(z_hat)  # the plain path: its decode, and every blend's detail split
+    plain = mean_psnr(plain_ae.decode_from_features(features).clamp(0, 1)[:, :, b:-b, b:-b])
     for s in GRID:
         blended = z_hat + s * (restored - z_hat)
-        dec = decode_restored(ae, z_hat, blended, sigma, plain_features=features)[:, :, b:-b, b:-b]
+        dec = decode_restored(ae, plain_ae, z_hat, blended, sigma, plain_features=features)[:, :, b:-b, b:-b]
         psnr.append(mean_psnr(dec))
         texture.append(float(hf_energy_tensor(dec).sum() / hf_energy_tensor(tgt).sum()))
     return {"level": level, "plain_psnr": plain, "psnr": psnr, "texture_ratio": texture}

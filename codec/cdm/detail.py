@@ -77,13 +77,15 @@ class DetailSplit:
         return (self.low + g * self.detail).clamp(0, 1)
 
 
-def split_detail(autoencoder: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float,
+def split_detail(autoencoder: TAEF2, plain: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float,
                  plain_features: torch.Tensor | None = None) -> DetailSplit:  # fmt: skip
-    """``plain_features``: ``decode_features(z_hat)`` when the caller has them already (the
+    """``autoencoder`` decodes the restored latent; ``plain`` decodes ẑ (``Preset.plain``: a
+    decoder fine-tuned on ẑ when the model has one, else the same autoencoder).
+    ``plain_features``: ``plain.decode_features(z_hat)`` when the caller has them already (the
     calibration splits several restorations of one ẑ)."""
     restored = autoencoder.decode_from_features(autoencoder.decode_features(z_restored))
-    features = autoencoder.decode_features(z_hat) if plain_features is None else plain_features
-    return split_images(restored, autoencoder.decode_preview(features), sigma, features)
+    features = plain.decode_features(z_hat) if plain_features is None else plain_features
+    return split_images(restored, plain.decode_preview(features), sigma, features)
 
 
 def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float,
@@ -93,13 +95,14 @@ def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float,
     return DetailSplit(gaussian_blur(base, sigma), restored - gaussian_blur(restored, sigma), features)
 
 
-def decode_restored(autoencoder: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float | None,
-                    gains: torch.Tensor | None = None, plain_features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def decode_restored(autoencoder: TAEF2, plain: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor,
+                    sigma: float | None, gains: torch.Tensor | None = None,
+                    plain_features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The image of a CDM decode in [0, 1]: the restored latent's decode, or with ``sigma`` set
     its detail, times each item's gain, on the plain latent's low frequencies."""
     if sigma is None:
         return autoencoder.decode(z_restored)
-    return split_detail(autoencoder, z_hat, z_restored, sigma, plain_features).compose(gains)
+    return split_detail(autoencoder, plain, z_hat, z_restored, sigma, plain_features).compose(gains)
 
 
 UNIT_GAIN_CODE = 64  # the head's detail gain code of gain 1 (and what a stream without the field means)

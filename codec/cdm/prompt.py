@@ -69,5 +69,5 @@ class CDMPromptDecoder:
         n_r = n_r_for_level(c.level, self.preset.num_levels)
         noise = stream_noise(tuple(c.z_hat.shape[1:]), [c.seed])
         latent = denoise(self.cdm, c.z_hat, c.level, n_r, noise, self.steps, text, self.uncond, self.cdm.config.guidance_scale)
-        x = decode_restored(self.preset.autoencoder, c.z_hat, latent, self.cdm.config.detail_sigma)
+        x = decode_restored(self.preset.autoencoder, self.preset.plain(c.level), c.z_hat, latent, self.cdm.config.detail_sigma)
         return x[:, :, : c.height, : c.width]

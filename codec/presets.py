@@ -32,6 +32,7 @@ CDM_ENV = "RESULIC_CDM"  # a CDM weights directory to use instead of the release
 DECODER_ENV = "RESULIC_DECODER"  # a plain-path decoder file to use instead of the release's (a new model id)
 RELEASES_FILE = WEIGHTS_DIR / "releases.json"
 DEFAULT_PRESET = "taef2"
+PLAIN_DECODERS_KEPT = 8  # blended plain decoders cached per preset (one per distinct blend)
 
 
 def load_latent_codec(path: str | os.PathLike) -> LatentCodec:
@@ -83,6 +84,8 @@ class Preset:
             return self.autoencoder
         alpha = 1.0 if self.decoder_blend is None else self.decoder_blend[level]
         if alpha not in self._plain:
+            if len(self._plain) >= PLAIN_DECODERS_KEPT:  # 5 MB each; a job uses a few levels
+                self._plain.pop(next(iter(self._plain)))
             self._plain[alpha] = self.autoencoder.blended(self.decoder_finetune, alpha)
         return self._plain[alpha]
 

@@ -95,6 +95,8 @@ def test_every_released_file_is_package_data():
         files |= {e["latent_codec"], e["text_model"]}
         if e.get("cdm"):
             files |= {f"{e['cdm']}/config.json", f"{e['cdm']}/model.safetensors"}
+        if e.get("decoder"):
+            files.add(e["decoder"])
     for f in sorted(files):
         assert (WEIGHTS_DIR / f).is_file(), f
         assert any(fnmatch.fnmatchcase(f"weights/{f}", p) and p.count("/") == f"weights/{f}".count("/") for p in patterns), f
@@ -136,3 +138,22 @@ def _parts_without_decoder(p) -> list[str]:
     e = release("taef2", p.model_id.hex())
     return [p.autoencoder.weights_sha256, file_sha256(WEIGHTS_DIR / e["latent_codec"]), p.text_model.sha256,
             *([p.cdm.weights_sha256] if p.cdm else [])]  # fmt: skip
+
+
+def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(preset):
+    """The release's plain decoder (a fine-tune, blended per level) against TAEF2's decoder on
+    the same ẑ of Kodak crops (Kodak: evaluation only, never training or calibration)."""
+    import torch
+
+    from codec.images import to_tensor
+    from codec.train_cdm import decoded_latent
+    from tests.conftest import photo
+
+    assert preset.decoder_finetune is not None and preset.decoder_blend is not None
+    x = torch.cat([to_tensor(photo(256, 256, n)) for n in ("kodim05.png", "kodim21.png")])
+    with torch.no_grad():
+        z0 = preset.autoencoder.encode(x)
+        for level in (0, 32, preset.num_levels - 1):
+            z_hat = decoded_latent(preset, z0, level)
+            db = lambda ae: float((-10 * (ae.decode(z_hat) - x).pow(2).mean((1, 2, 3)).log10()).mean())  # noqa: E731
+            assert db(preset.plain(level)) > db(preset.autoencoder), level

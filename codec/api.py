@@ -130,8 +130,9 @@ def _choose_detail_gains(p: Preset, images: list[Image.Image], pairs: list[tuple
             seeds = [streams[i].header.diffusion_seed for i in idx]
             cond = [texts[i] for i in idx] if p.cdm.text_conditioned else None
             restored = cdm_decode_latent(p.cdm, z_hat, level, h.diffusion_start_step, seeds, texts=cond)
-            split = split_detail(p.autoencoder, p.plain(level), z_hat, restored, p.cdm.config.detail_sigma)
-            plain = p.plain(level).decode_from_features(split.plain_features).clamp(0, 1)
+            plain_ae = p.plain(level)
+            split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma)
+            plain = plain_ae.decode_from_features(split.plain_features).clamp(0, 1)
             original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
             crop = lambda t: t[:, :, : h.height, : h.width]  # noqa: E731
             split = DetailSplit(crop(split.low), crop(split.detail), split.plain_features)

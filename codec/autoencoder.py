@@ -140,11 +140,16 @@ class TAEF2(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"decoder weights not found: {path}")
+        return self._with_decoder_state(load_file(str(path)), file_sha256(path))
+
+    def _with_decoder_state(self, state: dict[str, torch.Tensor], weights_sha256: str) -> "TAEF2":
+        """A TAEF2 sharing this one's encoder, with a decoder loaded strictly (the same network,
+        key for key) from ``state``, on this one's device."""
         other = TAEF2()
         other.encoder = self.encoder
-        other.decoder.load_state_dict(load_file(str(path)))  # strict: the same network, key for key
-        other.weights_sha256 = file_sha256(path)
-        return other.eval().requires_grad_(False)
+        other.decoder.load_state_dict(state)
+        other.weights_sha256 = weights_sha256
+        return other.to(next(self.decoder.parameters()).device).eval().requires_grad_(False)
 
     def blended(self, other: "TAEF2", alpha: float) -> "TAEF2":
         """The encoder (shared) with decoder weights W + alpha·(W_other − W), in float32: a point
@@ -154,13 +159,8 @@ class TAEF2(nn.Module):
             return self
         if alpha == 1:
             return other
-        out = TAEF2()
-        out.encoder = self.encoder
         mine, theirs = self.decoder.state_dict(), other.decoder.state_dict()
-        out.decoder.load_state_dict({k: mine[k] + alpha * (theirs[k] - mine[k]) for k in mine})
-        out.weights_sha256 = other.weights_sha256
-        device = next(self.decoder.parameters()).device
-        return out.to(device).eval().requires_grad_(False)
+        return self._with_decoder_state({k: mine[k] + alpha * (theirs[k] - mine[k]) for k in mine}, other.weights_sha256)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``image``: (B, 3, H, W) in [0, 1], H and W multiples of 8."""

@@ -42,7 +42,7 @@ from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n
 from codec.fixed_point import from_fixed
 from codec.metrics import luma_laplacian
 from codec.presets import load_preset
-from codec.training_data import CropSampler, cache_from_specs
+from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
@@ -65,9 +65,7 @@ def energy_map(x: torch.Tensor, cell: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
-                   help="photo folders, each optionally FOLDER:SCALE,SCALE (default scales 0.7,0.5)")  # fmt: skip
-    p.add_argument("--cache", default=".cache/latents")
+    add_data_arguments(p)
     p.add_argument("--out", default="runs/cdm")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
@@ -165,8 +163,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == args.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
             model.save_pretrained(out / "cdm", {"step": step, "latent_codec_model_id": preset.model_id.hex()})
 
 

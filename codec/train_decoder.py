@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from codec.presets import load_preset
 from codec.train_cdm import decoded_latent
-from codec.training_data import CropSampler, cache_from_specs
+from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the decoder see no context there
 
@@ -50,9 +50,7 @@ def save_decoder(decoder: torch.nn.Module, path: Path, meta: dict) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
-                   help="photo folders, each optionally FOLDER:SCALE,SCALE (default scales 0.7,0.5)")  # fmt: skip
-    p.add_argument("--cache", default=".cache/latents")
+    add_data_arguments(p)
     p.add_argument("--out", default="runs/decoder")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=4)
@@ -122,8 +120,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == last:
-            torch.save({"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            save_checkpoint({"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
             save_decoder(decoder, out / "decoder.safetensors",
                          {"step": step, "latent_codec_model_id": preset.model_id.hex(), "config": json.dumps(vars(args))})
 
@@ -135,12 +132,12 @@ if __name__ == "__main__":
 @torch.no_grad()
 def measure_blends(preset, tuned, items: list[dict], levels: list[int], grid: list[float]) -> list[list[float]]:
     """Mean PSNR over ``items`` (cached latent + image crops) of every blend on ``grid``, per level."""
+    decoders = [preset.autoencoder.blended(tuned, alpha) for alpha in grid]
     out = []
     for level in levels:
         row = []
         z_hats = [decoded_latent(preset, it["latent"][None], level) for it in items]
-        for alpha in grid:
-            dec = preset.autoencoder.blended(tuned, alpha)
+        for dec in decoders:
             psnr = [float(-10 * (dec.decode(z) - it["x"]).pow(2).mean().log10()) for z, it in zip(z_hats, items)]
             row.append(sum(psnr) / len(psnr))
         out.append(row)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from codec.training_data import CropSampler, cache_from_specs
+from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 
 @torch.no_grad()
@@ -94,9 +94,7 @@ def extend_gains(log_gain: torch.Tensor, rate_points: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
-                   help="photo folders, each optionally DIR:SCALE,SCALE (default scales 0.7,0.5)")
-    p.add_argument("--cache", default=".cache/latents")
+    add_data_arguments(p)
     p.add_argument("--out", default="runs/latent-codec")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=8)
@@ -210,12 +208,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == last:
-            torch.save(
+            save_checkpoint(
                 {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                  "step": step, "sensitivity": sens},
-                ckpt_path.with_suffix(".tmp"),
+                ckpt_path,
             )  # fmt: skip
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
             save_weights(model, out / "latent_codec.safetensors", {"step": str(step)})
 
 

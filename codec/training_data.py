@@ -7,6 +7,7 @@ cached as safetensors; training then draws random aligned (latent, image) crops.
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -19,6 +20,20 @@ from codec.autoencoder import TAEF2
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 DEFAULT_SCALES = (0.7, 0.5)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainers' ``--data`` (photo folders with scales) and ``--cache`` (where latents are kept)."""
+    p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
+                   help="photo folders, each optionally FOLDER:SCALE,SCALE (default scales 0.7,0.5)")  # fmt: skip
+    p.add_argument("--cache", default=".cache/latents")
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a run killed mid-write keeps its last checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def list_images(folder: Path) -> list[Path]:

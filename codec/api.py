@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from codec.cdm.sampler import DEFAULT_STEPS, cdm_decode_latent
 from codec.fixed_point import from_fixed
 from codec.images import ImageError, load_image, normalise, pad, to_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
+from codec.resample import SCALES, shrink, upsample
 from codec.presets import DEFAULT_PRESET, Preset, load_preset
 from codec.text_coding import decode_text, encode_text
 
@@ -41,34 +43,36 @@ def _as_image(image: Image.Image | str | os.PathLike | bytes) -> Image.Image:
 
 @dataclass
 class _Analysed:
-    width: int
+    width: int  # the original's size (the coded image is 1/scale of it)
     height: int
     analysed: dict
     texts: list[str]
+    scale: int = 1
 
 
-def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None) -> _Analysed:
+def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None, scale: int = 1) -> _Analysed:
+    """``images`` (originals of one size) analysed at 1/``scale`` of their size."""
     texts = [""] * len(images) if texts is None else list(texts)
     if len(texts) != len(images):
         raise ValueError(f"{len(texts)} texts for {len(images)} images")
     sizes = {im.size for im in images}
     if len(sizes) != 1:
         raise ValueError("a batch must hold images of one size")
-    x = torch.cat([to_tensor(im) for im in images]).to(next(p.autoencoder.parameters()).device)
+    x = torch.cat([to_tensor(shrink(im, scale)) for im in images]).to(next(p.autoencoder.parameters()).device)
     with torch.no_grad():
         latent = p.autoencoder.encode(pad(x, p.pad_multiple))
     w, h = images[0].size
-    return _Analysed(w, h, p.latent_codec.analyse(latent), texts)
+    return _Analysed(w, h, p.latent_codec.analyse(latent), texts, scale)
 
 
 def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
     """With a CDM, the stream names where diffusion starts (N_r, from the rate) and its noise seed
     (from the latent string: the same image and rate always give the same stream)."""
     if p.cdm is None:
-        return Header(p.name, p.model_id, a.width, a.height, level)
+        return Header(p.name, p.model_id, a.width, a.height, level, scale=a.scale)
     n_r = n_r_for_level(level, p.num_levels)
     gain = UNIT_GAIN_CODE if p.cdm.config.detail_sigma is not None else None  # chosen in _choose_detail_gains
-    return Header(p.name, p.model_id, a.width, a.height, level, n_r, zlib.crc32(y) & 0xFFFF, gain)
+    return Header(p.name, p.model_id, a.width, a.height, level, n_r, zlib.crc32(y) & 0xFFFF, gain, a.scale)
 
 
 def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
@@ -81,7 +85,7 @@ def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> li
 def _item(a: _Analysed, index: int) -> _Analysed:
     one = {**a.analysed, "y": a.analysed["y"][index : index + 1], "hyper_fx": a.analysed["hyper_fx"][index : index + 1],
            "z_strings": a.analysed["z_strings"][index : index + 1]}  # fmt: skip
-    return _Analysed(a.width, a.height, one, a.texts[index : index + 1])
+    return _Analysed(a.width, a.height, one, a.texts[index : index + 1], a.scale)
 
 
 def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, bytes, torch.Tensor]:
@@ -103,44 +107,98 @@ def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, byte
     return best
 
 
-# How the encoder sets each image's CDM detail gain (codec.cdm.detail.choose_gains): the most
-# texture up to the original's, within 0.9 dB of the plain decode's PSNR (the issue's budget is
-# 1 dB; 0.1 dB is left for the float differences of other hardware), at most 4x the detail.
+# How the encoder's search sets each image's CDM detail gain (codec.cdm.detail.choose_gains): the
+# most texture up to the original's, within 0.9 dB of the plain decode's PSNR (the issue's budget
+# is 1 dB; 0.1 dB is left for the float differences of other hardware), at most 4x the detail.
 DETAIL_BUDGET_DB = 0.9
 DETAIL_MAX_TEXTURE = 1.0
 DETAIL_MAX_CODE = 96  # gain_of(96) = 4
 
+# How the encoder sets the detail gain (only models whose CDM has detail transfer write one):
+# - "search" (the default): per image, by decoding it as a CDM decoder will; each image gets the
+#   most texture within the limits above. Two decodes more per image: on 2 CPU threads a Kodak
+#   encode takes 3.6 times the autoencoder's own encode;
+# - "table": the release's per-level code (``codec.cdm.gain_table``), no decode, for throughput:
+#   an encode then costs about what the autoencoder's encoder does. The limits hold on the mean
+#   over photos, not per photo;
+# - a number: that gain for every image (the nearest head code).
+DETAIL_GAIN_MODES = ("search", "table")
+
+
+def gain_code(gain: float) -> int:
+    """The head code nearest to a detail gain (0 … 15.2; ``gain_of`` is its inverse)."""
+    if not 0 <= gain <= gain_of(127):
+        raise ValueError(f"detail gain {gain} is outside [0, {gain_of(127):.2f}]")
+    return 0 if gain < gain_of(1) / 2 else max(1, min(127, round(UNIT_GAIN_CODE + 16 * math.log2(gain))))
+
+
+def detail_mode(p: Preset, detail_gain: str | float) -> str | int | None:
+    """``detail_gain`` checked for this model: "search", "table", a head code, or None (the model
+    writes no gain)."""
+    if isinstance(detail_gain, str) and detail_gain not in DETAIL_GAIN_MODES:
+        raise ValueError(f"unknown detail gain {detail_gain!r} (a number, or one of {', '.join(DETAIL_GAIN_MODES)})")
+    if p.cdm is None or p.cdm.config.detail_sigma is None:
+        if detail_gain == "search":  # the default: nothing to search for
+            return None
+        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail transfer: its streams carry no detail gain")
+    if detail_gain == "table" and p.detail_gains is None:
+        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail gain table: use 'search' or a number")
+    return detail_gain if isinstance(detail_gain, str) else gain_code(float(detail_gain))
+
+
+def cdm_split(p: Preset, y_hat: torch.Tensor, level: int, start: int, seeds: list[int],
+              texts: list[str] | None) -> tuple[DetailSplit, torch.Tensor]:  # fmt: skip
+    """What a CDM decoder makes of symbols ``y_hat`` (B, ...) at ``level``: its detail split,
+    and the plain decode (both padded, as the decoder sees them)."""
+    with torch.no_grad():
+        z_hat = p.latent_codec.g_s(from_fixed(y_hat))
+        cond = texts if p.cdm.text_conditioned else None
+        restored = cdm_decode_latent(p.cdm, z_hat, level, start, seeds, texts=cond)
+        plain_ae = p.plain(level)
+        split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma)
+        return split, plain_ae.decode_from_features(split.plain_features).clamp(0, 1)
+
+
+def _with_gain(stream: Bitstream, code: int) -> bytes:
+    stream.header.detail_gain = code
+    return Bitstream(stream.header, stream.hyper_latent, stream.latent, stream.text).to_bytes()
+
 
 def _choose_detail_gains(p: Preset, images: list[Image.Image], pairs: list[tuple[bytes, torch.Tensor]],
-                         texts: list[str]) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
-    """Decode each fresh stream as a CDM decoder will, against its original, and write the
-    detail gain it should use into its head (models with detail transfer only)."""
-    if p.cdm is None or p.cdm.config.detail_sigma is None:
+                         texts: list[str], detail_gain: str | float) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
+    """Write into each fresh stream's head the detail gain a CDM decoder should use (models with
+    detail transfer only): a fixed code, the release's code for the level, or the search's,
+    which decodes each stream as a CDM decoder will and measures it against its original."""
+    mode = detail_mode(p, detail_gain)
+    if mode is None:
         return pairs
     streams = [Bitstream.from_bytes(s) for s, _ in pairs]
+    if mode != "search":
+        table = p.detail_gains or {}
+        missing = {s.header.scale for s in streams} - set(table) if mode == "table" else set()
+        if missing:
+            raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail gain table for scale {min(missing)}")
+        return [(_with_gain(s, mode if isinstance(mode, int) else table[s.header.scale][s.header.rate_level]), y)
+                for s, (_, y) in zip(streams, pairs)]  # fmt: skip
     device = next(p.autoencoder.parameters()).device
     out = list(pairs)
-    levels: dict[int, list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(streams):
-        levels.setdefault(s.header.rate_level, []).append(i)
-    for level, idx in levels.items():
+        groups.setdefault((s.header.rate_level, s.header.scale), []).append(i)
+    for (level, _), idx in groups.items():
         h = streams[idx[0]].header
-        with torch.no_grad():
-            z_hat = p.latent_codec.g_s(from_fixed(torch.stack([pairs[i][1] for i in idx])))
-            seeds = [streams[i].header.diffusion_seed for i in idx]
-            cond = [texts[i] for i in idx] if p.cdm.text_conditioned else None
-            restored = cdm_decode_latent(p.cdm, z_hat, level, h.diffusion_start_step, seeds, texts=cond)
-            plain_ae = p.plain(level)
-            split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma)
-            plain = plain_ae.decode_from_features(split.plain_features).clamp(0, 1)
-            original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
-            crop = lambda t: t[:, :, : h.height, : h.width]  # noqa: E731
-            split = DetailSplit(crop(split.low), crop(split.detail), split.plain_features)
-            gains = choose_gains(split, original, crop(plain), DETAIL_BUDGET_DB, DETAIL_MAX_TEXTURE, DETAIL_MAX_CODE)
+        y_hat = torch.stack([pairs[i][1] for i in idx])
+        seeds = [streams[i].header.diffusion_seed for i in idx]
+        split, plain = cdm_split(p, y_hat, level, h.diffusion_start_step, seeds, [texts[i] for i in idx])
+        original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
+        cw, ch = h.coded_size
+        crop = lambda t: t[:, :, :ch, :cw]  # noqa: E731
+        split = DetailSplit(crop(split.low), crop(split.detail), None)
+        out_size = lambda x: upsample(x, h.width, h.height).clamp(0, 1)  # noqa: E731  (as a decoder does)
+        gains = choose_gains(split, original, out_size(crop(plain)), DETAIL_BUDGET_DB, DETAIL_MAX_TEXTURE,
+                             DETAIL_MAX_CODE, output=out_size if h.scale != 1 else None)  # fmt: skip
         for i, g in zip(idx, gains):
-            s = streams[i]
-            s.header.detail_gain = g
-            out[i] = (Bitstream(s.header, s.hyper_latent, s.latent, s.text).to_bytes(), pairs[i][1])
+            out[i] = (_with_gain(streams[i], g), pairs[i][1])
     return out
 
 
@@ -154,7 +212,7 @@ def verify(stream: bytes, y_hat: torch.Tensor, preset: str | Preset = DEFAULT_PR
     s, p = parse(stream, preset)
     if decode_text(s.text, p.text_model) != text:
         raise VerifyError("bitstream does not decode to the encoder's text")
-    z_shape = p.z_shape(s.header.width, s.header.height)
+    z_shape = p.z_shape(*s.header.coded_size)
     decoded = p.latent_codec.decompress_symbols([s.latent], [s.hyper_latent], z_shape, s.header.rate_level)
     if not torch.equal(decoded[0].to(y_hat.device), y_hat):
         raise VerifyError("bitstream does not decode to the encoder's symbols")
@@ -167,24 +225,56 @@ def encode_with_symbols(
     target_bpp: float | None = None,
     preset: str | Preset = DEFAULT_PRESET,
     texts: list[str] | None = None,
+    detail_gain: str | float = "search",
+    scale: int | str = "auto",
 ) -> list[tuple[bytes, torch.Tensor]]:
     """Each image's stream with the exact ``y_hat`` a decoder must recover from it (for :func:`verify`).
 
     ``texts`` (one per image, "" for none) go into the streams' text sections (the semantic residual).
+    ``detail_gain``: how the CDM detail gain is set ("search", "table" or a gain; see
+    ``DETAIL_GAIN_MODES``). ``scale``: code each image at 1/scale of its size (1, 2 or 4), or
+    "auto": the release's choice for the stream's size (``scale_for_bpp``); with ``rate``, the
+    size that rate gives at full size. The stream's head says the scale; a decoder upsamples.
     """
     if rate is not None and target_bpp is not None:
         raise ValueError("give either rate or target_bpp, not both")
+    if target_bpp is not None and target_bpp <= 0:
+        raise ValueError("target_bpp must be positive")
+    if scale != "auto" and scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r} (one of auto, {', '.join(map(str, SCALES))})")
     p = _preset(preset)
+    detail_mode(p, detail_gain)  # a bad value fails before any work
     pil = [_as_image(im) for im in images]
-    a = _analyse(p, pil, texts)
+    texts = [""] * len(pil) if texts is None else list(texts)
+    if scale != "auto" or p.scale_below_bpp is None:  # a model without measured thresholds codes at full size
+        pairs = _code(p, pil, texts, 1 if scale == "auto" else scale, rate, target_bpp)
+    elif target_bpp is not None:
+        pairs = _code(p, pil, texts, scale_for_bpp(p, target_bpp), None, target_bpp)
+    else:  # the size of this rate at full size, at the scale that does best at that size
+        pairs = _code(p, pil, texts, 1, rate, None)
+        budget = [8 * len(stream) / (im.width * im.height) for (stream, _), im in zip(pairs, pil)]
+        for i, b in enumerate(budget):
+            if scale_for_bpp(p, b) != 1:
+                pairs[i] = _code(p, [pil[i]], [texts[i]], scale_for_bpp(p, b), None, b)[0]
+    return _choose_detail_gains(p, pil, pairs, texts, detail_gain)
+
+
+def scale_for_bpp(p: Preset, bpp: float) -> int:
+    """The coded-size factor for a stream of ``bpp`` (the release's measured thresholds): the
+    largest scale whose threshold lies above it, else 1."""
+    return max([s for s, below in (p.scale_below_bpp or {}).items() if bpp < below], default=1)
+
+
+def _code(p: Preset, images: list[Image.Image], texts: list[str], scale: int, rate: float | None,
+          target_bpp: float | None) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
+    """Streams (detail gain still unchosen) and symbols of images coded at 1/``scale``."""
+    a = _analyse(p, images, texts, scale)
     if target_bpp is not None:
-        if target_bpp <= 0:
-            raise ValueError("target_bpp must be positive")
-        found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(pil))]
-        return _choose_detail_gains(p, pil, [(f[1], f[2][0]) for f in found], a.texts)
+        found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(images))]
+        return [(f[1], f[2][0]) for f in found]
     level = rate_to_level(p, p.default_rate if rate is None else rate)
     strings, y_hat = p.latent_codec.code_latent(a.analysed, level)
-    return _choose_detail_gains(p, pil, list(zip(_assemble(p, a, level, strings), y_hat)), a.texts)
+    return list(zip(_assemble(p, a, level, strings), y_hat))
 
 
 def encode_batch(
@@ -195,13 +285,16 @@ def encode_batch(
     preset: str | Preset = DEFAULT_PRESET,
     verify_streams: bool = False,
     texts: list[str] | None = None,
+    detail_gain: str | float = "search",
+    scale: int | str = "auto",
 ) -> list[bytes]:
     """Encode images of one size together (the autoencoder and transforms run batched).
 
     With ``verify_streams`` every stream is parsed and entropy-decoded once before it is
     returned (:class:`VerifyError` if it does not give back the encoder's symbols).
     """
-    pairs = encode_with_symbols(images, rate=rate, target_bpp=target_bpp, preset=preset, texts=texts)
+    pairs = encode_with_symbols(images, rate=rate, target_bpp=target_bpp, preset=preset, texts=texts,
+                                detail_gain=detail_gain, scale=scale)
     if verify_streams:
         for (stream, y_hat), text in zip(pairs, texts or [""] * len(pairs)):
             verify(stream, y_hat, preset, text)
@@ -217,13 +310,20 @@ def encode(
     text: str = "",
     pfo_steps: int = 0,
     pfo_seconds: float | None = None,
+    detail_gain: str | float = "search",
+    scale: int | str = "auto",
 ) -> bytes:
     """Compress one image (a PIL image, a path or encoded bytes), and optionally its residual text.
+
+    ``detail_gain`` (models whose CDM has detail transfer): "search" chooses each image's gain by
+    decoding it (the most texture within the fidelity budget; the encode takes about 3.6 times
+    as long), "table" takes the release's per-level gain (no decode), a number fixes the gain.
 
     With ``pfo_steps`` (and a text-conditioned CDM in the preset) the text's tokens are first
     refined against the decoder (perceptual fidelity optimisation, PEZ), within ``pfo_seconds``.
     """
-    stream = encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[text])[0]
+    kw = {"rate": rate, "target_bpp": target_bpp, "preset": preset, "detail_gain": detail_gain, "scale": scale}
+    stream = encode_batch([image], texts=[text], **kw)[0]
     if not (pfo_steps and text):
         return stream
     from codec.cdm.prompt import CDMPromptDecoder
@@ -231,9 +331,10 @@ def encode(
 
     p = _preset(preset)
     dec = CDMPromptDecoder(p)
-    target = to_tensor(_as_image(image)).to(next(p.autoencoder.parameters()).device)
+    coded_at = Bitstream.from_bytes(stream).header.scale  # PFO compares at the coded size
+    target = to_tensor(shrink(_as_image(image), coded_at)).to(next(p.autoencoder.parameters()).device)
     best = optimise_prompt(dec, dec.condition(stream), target, text, steps=pfo_steps, time_budget_s=pfo_seconds)
-    return encode_batch([image], rate=rate, target_bpp=target_bpp, preset=preset, texts=[best.text])[0]
+    return encode_batch([image], texts=[best.text], **kw)[0]
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:
@@ -262,17 +363,20 @@ def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, P
 
 
 def reconstruct(y_hats: list[torch.Tensor], levels: list[int], width: int, height: int,
-                preset: str | Preset = DEFAULT_PRESET) -> list[Image.Image]:  # fmt: skip
+                preset: str | Preset = DEFAULT_PRESET, scales: list[int] | None = None) -> list[Image.Image]:  # fmt: skip
     """The latent-only reconstruction a plain decoder gives for exact symbols ``y_hat`` at their
-    rate levels (as :func:`encode_with_symbols` returns them, with each stream's level): what
-    semantic residual coding captions."""
+    rate levels and scales (as :func:`encode_with_symbols` returns them, with each stream's
+    level and scale), at the original's ``width`` × ``height``: what semantic residual coding
+    captions."""
     p = _preset(preset)
+    scales = scales or [1] * len(y_hats)
     out: list[Image.Image | None] = [None] * len(y_hats)
-    for level in set(levels):
-        idx = [i for i, lv in enumerate(levels) if lv == level]
+    for level, scale in set(zip(levels, scales)):
+        idx = [i for i, key in enumerate(zip(levels, scales)) if key == (level, scale)]
+        cw, ch = -(-width // scale), -(-height // scale)
         with torch.no_grad():
             latent = p.latent_codec.g_s(from_fixed(torch.stack([y_hats[i] for i in idx])))
-            x = p.plain(level).decode(latent)[:, :, :height, :width]
+            x = upsample(p.plain(level).decode(latent)[:, :, :ch, :cw], width, height).clamp(0, 1)
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])
     return out  # type: ignore[return-value]
@@ -303,10 +407,11 @@ def decode_batch(
     groups: dict[tuple, list[int]] = {}
     for i, (s, p) in enumerate(parsed):
         h = s.header
-        groups.setdefault((id(p), h.width, h.height, h.rate_level, h.diffusion_start_step), []).append(i)
-    for (_, w, h, level, start), idx in groups.items():
+        groups.setdefault((id(p), h.width, h.height, h.scale, h.rate_level, h.diffusion_start_step), []).append(i)
+    for (_, w, h, scale, level, start), idx in groups.items():
         p = parsed[idx[0]][1]
-        z_shape = p.z_shape(w, h)
+        cw, ch = parsed[idx[0]][0].header.coded_size
+        z_shape = p.z_shape(cw, ch)
         with torch.no_grad():
             latent = p.latent_codec.decompress(
                 [parsed[i][0].latent for i in idx], [parsed[i][0].hyper_latent for i in idx], z_shape, level
@@ -321,7 +426,7 @@ def decode_batch(
                 x = decode_restored(p.autoencoder, p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)
             else:
                 x = p.plain(level).decode(latent)
-            x = x[:, :, :h, :w]
+            x = upsample(x[:, :, :ch, :cw], w, h).clamp(0, 1)  # a stream coded at full size: unchanged
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])
     return out  # type: ignore[return-value]
@@ -344,7 +449,7 @@ def info(data: bytes) -> dict:
     h = s.header
     return {
         "format_version": 1, "preset": h.preset, "model_id": h.model_id.hex(), "width": h.width, "height": h.height,
-        "rate_level": h.rate_level, "rate": h.rate_level / LEVELS_PER_POINT, "bytes": len(data),
+        "rate_level": h.rate_level, "rate": h.rate_level / LEVELS_PER_POINT, "scale": h.scale, "bytes": len(data),
         "bpp": len(data) * 8 / (h.width * h.height), "sections": s.section_bytes,
         "diffusion": {"start_step": h.diffusion_start_step, "seed": h.diffusion_seed,
                       "detail_gain": None if h.detail_gain is None else gain_of(h.detail_gain)},

@@ -17,6 +17,8 @@ REQUIRED = (TAG_HEAD, TAG_HYPER, TAG_LATENT)
 MODEL_ID_BYTES = 8
 MAX_SIDE = 1 << 20
 MAX_DETAIL_GAIN = 127  # the largest detail gain code (codec.cdm.detail.gain_of): one varint byte
+UNIT_DETAIL_GAIN = 64  # the gain code a stream without the field means (gain 1)
+MAX_SCALE = 8  # the largest coded-size factor (codec.resample)
 
 
 class BitstreamError(ValueError):
@@ -62,6 +64,14 @@ class Header:
     # CDM detail gain code (spec section 8, step 6; codec.cdm.detail.gain_of), chosen per image
     # by the encoder; None: the field is absent (models without detail transfer), read as 64 (gain 1).
     detail_gain: int | None = None
+    # the image was coded at ceil(width / scale) × ceil(height / scale) and is upsampled back
+    # (spec section 8, step 7; codec.resample); 1: the field is absent
+    scale: int = 1
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the image the latent codes: the original's divided by the scale, rounded up."""
+        return -(-self.width // self.scale), -(-self.height // self.scale)
 
     def encode(self) -> bytes:
         name = self.preset.encode("ascii")
@@ -69,8 +79,13 @@ class Header:
             raise ValueError("bad preset name or model id")
         if self.detail_gain is not None and not 0 <= self.detail_gain <= MAX_DETAIL_GAIN:
             raise ValueError(f"detail gain {self.detail_gain} is outside 0 … {MAX_DETAIL_GAIN}")
+        if not 1 <= self.scale <= MAX_SCALE:
+            raise ValueError(f"scale {self.scale} is outside 1 … {MAX_SCALE}")
         values = [self.width, self.height, self.rate_level, self.diffusion_start_step, self.diffusion_seed]
-        values += [] if self.detail_gain is None else [self.detail_gain]
+        if self.scale != 1:  # the seventh field needs the sixth before it: gain 1 when the model has none
+            values += [UNIT_DETAIL_GAIN if self.detail_gain is None else self.detail_gain, self.scale]
+        elif self.detail_gain is not None:
+            values.append(self.detail_gain)
         return b"".join([bytes([len(name)]), name, self.model_id] + [write_varint(v) for v in values])
 
     @classmethod
@@ -89,17 +104,21 @@ class Header:
         for _ in range(5):
             v, pos = read_varint(data, pos)
             values.append(v)
-        gain = None
+        gain, scale = None, 1
         if pos < len(data):  # the optional sixth field
             gain, pos = read_varint(data, pos)
             if gain > MAX_DETAIL_GAIN:
                 raise BitstreamError(f"bitstream header has an impossible detail gain {gain}")
+        if pos < len(data):  # the optional seventh field
+            scale, pos = read_varint(data, pos)
+            if not 1 <= scale <= MAX_SCALE:
+                raise BitstreamError(f"bitstream header has an impossible scale {scale}")
         if pos != len(data):
             raise BitstreamError("bitstream header has trailing bytes")
         w, h = values[0], values[1]
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
             raise BitstreamError(f"bitstream header has an impossible size {w}x{h}")
-        return cls(name, data[1 + n : id_end], *values, detail_gain=gain)
+        return cls(name, data[1 + n : id_end], *values, detail_gain=gain, scale=scale)
 
 
 @dataclass

@@ -69,6 +69,8 @@ class Preset:
     cdm: CDMDenoiser | None = None  # the compression-aware diffusion decoder, when the model has one
     decoder_finetune: TAEF2 | None = None  # the autoencoder with a decoder fine-tuned on ẑ, when the model has one
     decoder_blend: tuple[float, ...] | None = None  # per level: how far toward the fine-tune (None: all the way)
+    detail_gains: dict[int, tuple[int, ...]] | None = None  # per scale, per level: the detail gain code without a search
+    scale_below_bpp: dict[int, float] | None = None  # coded-size factor -> the stream size it is used below
     _plain: dict = field(default_factory=dict, repr=False, compare=False)
 
     def plain(self, level: int) -> TAEF2:
@@ -160,7 +162,25 @@ def _load_taef2(weights_dir: str | None, latent_codec_path: str | None, model_id
     lc = load_latent_codec(path)
     if blend is not None and len(blend) != lc.num_levels:
         raise ValueError(f"{dec_file}: its blend has {len(blend)} levels, the latent codec {lc.num_levels}")
-    return Preset("taef2", ae, lc, text, digest, default_rate=3.0, cdm=cdm, decoder_finetune=finetune, decoder_blend=blend)
+    gains = detail_gain_table(entry, digest, lc.num_levels)
+    own = digest[: 2 * MODEL_ID_BYTES] == entry["model_id"]
+    scales = {int(k): float(v) for k, v in entry["scale_below_bpp"].items()} if own and "scale_below_bpp" in entry else None
+    return Preset("taef2", ae, lc, text, digest, default_rate=3.0, cdm=cdm, decoder_finetune=finetune, decoder_blend=blend,
+                  detail_gains=gains, scale_below_bpp=scales)  # fmt: skip
+
+
+def detail_gain_table(entry: dict, digest: str, num_levels: int) -> dict[int, tuple[int, ...]] | None:
+    """The release's detail gain codes per coded-size factor and level (``codec.cdm.gain_table``),
+    when it has a table and the loaded files are the release's own: the table was measured with
+    those weights, and an override (another CDM, decoder or latent codec) is a new model that has
+    none."""
+    if "detail_gains" not in entry or digest[: 2 * MODEL_ID_BYTES] != entry["model_id"]:
+        return None
+    table = json.loads((WEIGHTS_DIR / entry["detail_gains"]).read_text())["codes"]
+    for scale, codes in table.items():
+        if len(codes) != num_levels:
+            raise ValueError(f"{entry['detail_gains']}: scale {scale} has {len(codes)} levels, the latent codec {num_levels}")
+    return {int(scale): tuple(int(c) for c in codes) for scale, codes in table.items()}
 
 
 REGISTRY = {"taef2": _load_taef2}

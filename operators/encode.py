@@ -56,6 +56,8 @@ class Encoder:
         preset: str = "taef2",
         rate: float | None = None,
         target_bpp: float | None = None,
+        detail_gain: str | float = "search",
+        scale: int | str = "auto",
         threads: int | None = None,
         env: dict[str, str] | None = None,
         reconstruct: bool = False,
@@ -67,13 +69,15 @@ class Encoder:
 
         self.preset = load_preset(preset).to(_device())
         self.rate, self.target_bpp, self.reconstruct = rate, target_bpp, reconstruct
+        self.detail_gain, self.scale = detail_gain, scale
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
         from codec.api import encode_with_symbols, reconstruct, verify
         from codec.bitstream import Bitstream
 
         t0 = time.perf_counter()
-        pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset)
+        pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset,
+                                    detail_gain=self.detail_gain, scale=self.scale)
         t_enc = (time.perf_counter() - t0) / len(images)
         out = []
         for stream, y_hat in pairs:
@@ -82,8 +86,9 @@ class Encoder:
             out.append((stream, t_enc, time.perf_counter() - t1, None))
         if self.reconstruct:
             w, h = images[0].size
-            levels = [Bitstream.from_bytes(s).header.rate_level for s, _ in pairs]
-            recon = reconstruct([y for _, y in pairs], levels, w, h, self.preset)
+            heads = [Bitstream.from_bytes(s).header for s, _ in pairs]
+            recon = reconstruct([y for _, y in pairs], [hd.rate_level for hd in heads], w, h, self.preset,
+                                [hd.scale for hd in heads])  # fmt: skip
             out = [(s, te, tv, im.tobytes()) for (s, te, tv, _), im in zip(out, recon)]
         return out
 

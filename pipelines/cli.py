@@ -22,6 +22,38 @@ def _add_decoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="CDM denoiser evaluations (default 4)")
 
 
+def _detail_gain(value: str) -> str | float:
+    from codec.api import DETAIL_GAIN_MODES
+
+    if value in DETAIL_GAIN_MODES:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {value!r}") from None
+
+
+def _add_detail_gain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detail-gain", type=_detail_gain, default="search", metavar="search|table|G",
+                   help="the CDM detail gain each stream carries: search (default) decodes each image to choose it "
+                        "(the most texture within the fidelity budget; about 3.6x the encode time); table takes the "
+                        "release's gain per rate, for throughput (encodes at about the autoencoder's speed); a number fixes it")
+
+
+def _scale(value: str) -> str | int:
+    from codec.resample import SCALES
+
+    if value == "auto" or (value.isdigit() and int(value) in SCALES):
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected auto or one of {', '.join(map(str, SCALES))}, got {value!r}")
+
+
+def _add_scale_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=_scale, default="auto", metavar="auto|1|2|4",
+                   help="code the image at 1/SCALE of its size (decoders upsample it back); auto (default): the "
+                        "release's choice for the stream's size (with --rate: the size that rate gives at full size)")
+
+
 def _add_storage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--anon", action="store_true", help="anonymous object-store access")
@@ -39,11 +71,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset, text=args.text,
-                        pfo_steps=args.pfo_steps, pfo_seconds=args.pfo_seconds)  # fmt: skip
+                        pfo_steps=args.pfo_steps, pfo_seconds=args.pfo_seconds, detail_gain=args.detail_gain,
+                        scale=args.scale)  # fmt: skip
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
-          f"preset {meta['preset']} rate {meta['rate']:g}, {time.perf_counter() - t:.2f} s")  # fmt: skip
+          f"preset {meta['preset']} rate {meta['rate']:g}"
+          + (f" at 1/{meta['scale']} size" if meta["scale"] != 1 else "") + f", {time.perf_counter() - t:.2f} s")  # fmt: skip
     return 0
 
 
@@ -131,7 +165,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     summary = compress(
         args.source, args.archive, preset=args.preset, rate=args.rate, target_bpp=args.target_bpp,
-        workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
+        detail_gain=args.detail_gain, scale=args.scale, workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
         storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
         captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
     )  # fmt: skip
@@ -228,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pfo-steps", type=int, default=0,
                    help="refine the text's tokens against a text-conditioned CDM decoder (PEZ steps)")
     p.add_argument("--pfo-seconds", type=float, help="time budget of that refinement")
+    _add_detail_gain_arg(p)
+    _add_scale_arg(p)
     _add_weights_args(p)
     p.set_defaults(func=cmd_encode)
 
@@ -255,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, else one single-threaded actor per CPU; "
                    "fewer actors get more threads each and hold less memory)")
     p.add_argument("--batch-size", type=int, default=4, help="images per encoder call")
+    _add_detail_gain_arg(p)
+    _add_scale_arg(p)
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per encoder actor (default: 1 when GPUs exist)")
     p.add_argument("--rows-per-file", type=int, default=128,
                    help="assets per committed data file: smaller files lose less work to a crash")
@@ -340,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
     tsub.add_parser("cdm", help="train the taef2 CDM denoiser (its own --help lists the flags)")
     tsub.add_parser("cdm-calibrate", help="set a CDM's per-rate blends on training photos (its own --help lists the flags)")
+    tsub.add_parser("detail-gains", help="measure a release's per-rate detail gain table (its own --help lists the flags)")
     tsub.add_parser("decoder", help="fine-tune the taef2 decoder on decoded latents (its own --help lists the flags)")
     tsub.add_parser("decoder-calibrate", help="set a fine-tuned decoder's per-rate blend on held-out photos (its own --help)")
     return parser
@@ -366,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         from codec.train_decoder import calibrate_main
 
         calibrate_main(argv[2:], prog="resulic train decoder-calibrate")
+        return 0
+    if argv[:2] == ["train", "detail-gains"]:
+        from codec.cdm.gain_table import main as detail_gains
+
+        detail_gains(argv[2:], prog="resulic train detail-gains")
         return 0
     if argv[:2] == ["train", "cdm-calibrate"]:
         from codec.cdm.calibrate import main as calibrate

@@ -50,6 +50,8 @@ def compress(
     preset: str = "taef2",
     rate: float | None = None,
     target_bpp: float | None = None,
+    detail_gain: str | float = "search",
+    scale: int | str = "auto",
     workers: int | None = None,
     batch_size: int = 4,
     gpus_per_worker: float | None = None,
@@ -62,9 +64,14 @@ def compress(
 ) -> dict:
     """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
     t0 = time.time()
+    from codec.api import detail_mode
+    from codec.resample import SCALES
     from codec.presets import load_preset
 
     p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
+    detail_mode(p, detail_gain)  # and on a detail gain the model cannot write
+    if scale != "auto" and scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r} (one of auto, {', '.join(map(str, SCALES))})")
     if rate is None and target_bpp is None:
         rate = p.default_rate
     src = Source.parse(source, storage_options)
@@ -95,7 +102,8 @@ def compress(
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
     ds = ds.map_batches(
         Encoder,
-        fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "threads": plan.threads_per_actor,
+        fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "detail_gain": detail_gain, "scale": scale,
+                               "threads": plan.threads_per_actor,
                                "env": worker_env(), "reconstruct": two_pools},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
@@ -122,6 +130,7 @@ def compress(
     arc.refresh_index()
     summary = summarise(sink, job_id, source, archive, meta, rate, target_bpp, time.time() - t0)
     summary["captioner"] = captions.backend
+    summary["detail_gain"], summary["scale"] = detail_gain, scale
     arc.write_job_summary(job_id, summary)
     return summary
 

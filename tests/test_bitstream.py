@@ -77,5 +77,23 @@ def test_detail_gain_field_is_optional_and_checked():
         Header("taef2", bytes(range(8)), 768, 512, 24, 350, 1234, detail_gain=128).encode()
     with pytest.raises(BitstreamError, match="impossible detail gain"):
         Header.decode(old.encode() + write_varint(128))
-    with pytest.raises(BitstreamError, match="trailing"):
+    with pytest.raises(BitstreamError, match="impossible scale 0"):
         Header.decode(new.encode() + b"\x00")
+
+
+def test_scale_field_is_optional_and_checked():
+    """A stream coded at 1/s of its size has a seventh number; the sixth (the gain) comes with it."""
+    full = Header("taef2", bytes(range(8)), 767, 511, 24, 350, 1234, detail_gain=71)
+    half = Header("taef2", bytes(range(8)), 767, 511, 24, 350, 1234, detail_gain=71, scale=2)
+    assert Header.decode(full.encode()).scale == 1 and full.coded_size == (767, 511)
+    assert Header.decode(half.encode()) == half and len(half.encode()) == len(full.encode()) + 1
+    assert half.coded_size == (384, 256)
+    plain_model = Header("taef2", bytes(range(8)), 64, 64, 3, scale=4)  # no CDM: the gain field reads 64
+    back = Header.decode(plain_model.encode())
+    assert (back.scale, back.detail_gain, back.coded_size) == (4, 64, (16, 16))
+    with pytest.raises(ValueError, match="scale 9"):
+        Header("taef2", bytes(range(8)), 64, 64, 3, scale=9).encode()
+    with pytest.raises(BitstreamError, match="impossible scale 9"):
+        Header.decode(full.encode() + write_varint(9))
+    with pytest.raises(BitstreamError, match="trailing"):
+        Header.decode(half.encode() + b"\x00")

@@ -149,7 +149,7 @@ def test_the_api_decodes_with_the_configs_detail_transfer(tmp_path, monkeypatch)
 
 
 def test_the_shipped_model_keeps_each_images_budget():
-    """The shipped CDM (detail transfer, per-image gain) on Kodak crops: the encoder's choice
+    """The shipped CDM (detail transfer) on Kodak crops with the encoder's search (the default): its choice
     holds as decoded, within the PSNR budget of the plain decode and at most the original's
     texture, and it brings texture that the plain decode lacks."""
     import codec

@@ -45,6 +45,17 @@ def test_text_rides_in_its_own_section(tmp_path):
     assert 'text "white lighthouse, red boat"' in run("decode", stream, tmp_path / "o.png").stdout
 
 
+def test_detail_gain_flag(tmp_path):
+    src, stream = tmp_path / "in.png", tmp_path / "x.rsl"
+    photo(96, 64).save(src)
+    run("encode", src, stream, "--rate", "2", "--detail-gain", "0.5")
+    assert json.loads(run("info", stream, "--json").stdout)["diffusion"]["detail_gain"] == 0.5
+    res = run("encode", src, stream, "--detail-gain", "lots", check=False)
+    assert res.returncode == 2 and "--detail-gain" in res.stderr and "search, table" in res.stderr
+    res = run("encode", src, stream, "--detail-gain", "99", check=False)
+    assert res.returncode != 0 and "detail gain 99.0 is outside" in res.stderr.strip().splitlines()[-1]
+
+
 def test_target_bpp_flag(tmp_path):
     stream = tmp_path / "x.rsl"
     run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.1")
@@ -104,6 +115,8 @@ def test_train_help_lists_trainer_flags():
     assert "resulic train cdm" in out and "--image-loss-from" in out
     out = run("train", "decoder", "--help").stdout
     assert "resulic train decoder" in out and "--ms-ssim-weight" in out
+    out = run("train", "detail-gains", "--help").stdout
+    assert "resulic train detail-gains" in out and "--budget-db" in out
 
 
 def test_compress_exit_codes(tmp_path):

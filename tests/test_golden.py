@@ -28,11 +28,12 @@ def test_every_released_model_has_a_golden_stream():
     assert {f"golden_taef2_{e['model_id']}" for e in releases("taef2")} == set(GOLDEN)
 
 
-@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("name", GOLDEN + sorted(p.stem for p in DATA.glob("golden_scaled_taef2_*.json")))
 def test_golden_stream_decodes_to_recorded_symbols_and_quality(name):
     meta = json.loads((DATA / f"{name}.json").read_text())
     stream = (DATA / f"{name}.rsl").read_bytes()
-    assert Bitstream.from_bytes(stream).header.model_id.hex() == name.rsplit("_", 1)[1]
+    head = Bitstream.from_bytes(stream).header
+    assert head.model_id.hex() == name.rsplit("_", 1)[1] and head.scale == meta.get("scale", 1)
     assert symbols_digest(stream) == meta["symbols_sha256"]
     assert codec.read_text(stream) == meta["text"]
     out = codec.decode(stream, decoder="plain")

@@ -125,11 +125,13 @@ def test_webdataset_shards(ray_local, tmp_path):
     write_shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
     write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})
     arc = str(tmp_path / "arc")
-    s = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)
-    assert (s["written"], s["failed"]) == (3, 1)
+    s = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1, detail_gain=2.0)
+    assert (s["written"], s["failed"], s["detail_gain"]) == (3, 1, 2.0)
     assert s["failures"][0]["source"].endswith("train-001.tar#0004.png")
     rows = _archived(arc)
     _check_written(rows, ["train-000/0001.png", "train-000/0002.png", "train-001/0003.png"])
+    # the encoder actors wrote the job's fixed detail gain into every stream
+    assert {codec.info(r["bitstream"])["diffusion"]["detail_gain"] for r in rows.values()} == {2.0}
     r = restore(arc, str(tmp_path / "out"), keys=["train-000/0002.png"])
     assert r["restored"] == 1 and Path(r["paths"][0]).name == "0002.png"
     again = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)

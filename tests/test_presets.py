@@ -97,6 +97,8 @@ def test_every_released_file_is_package_data():
             files |= {f"{e['cdm']}/config.json", f"{e['cdm']}/model.safetensors"}
         if e.get("decoder"):
             files.add(e["decoder"])
+        if e.get("detail_gains"):
+            files.add(e["detail_gains"])
     for f in sorted(files):
         assert (WEIGHTS_DIR / f).is_file(), f
         assert any(fnmatch.fnmatchcase(f"weights/{f}", p) and p.count("/") == f"weights/{f}".count("/") for p in patterns), f
@@ -157,3 +159,22 @@ def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(preset):
             z_hat = decoded_latent(preset, z0, level)
             db = lambda ae: float((-10 * (ae.decode(z_hat) - x).pow(2).mean((1, 2, 3)).log10()).mean())  # noqa: E731
             assert db(preset.plain(level)) > db(preset.autoencoder), level
+
+
+def test_a_detail_gain_table_belongs_to_its_releases_own_files(preset):
+    """The newest release's table is loaded with its own files; an override is a new model,
+    measured by nobody, so it gets no table; a table of the wrong length is refused."""
+    import json
+
+    from codec.presets import detail_gain_table, release
+
+    e = release("taef2")
+    assert preset.detail_gains is not None and set(preset.detail_gains) == {1, 2, 4}
+    for codes in preset.detail_gains.values():
+        assert len(codes) == preset.num_levels and all(0 <= c <= 127 for c in codes)
+    table = json.loads((WEIGHTS_DIR / e["detail_gains"]).read_text())
+    assert table["model_id"] == e["model_id"] == preset.model_id.hex()
+    assert detail_gain_table(e, preset.weights_sha256, preset.num_levels) == preset.detail_gains
+    assert detail_gain_table(e, "00" * 32, preset.num_levels) is None
+    with pytest.raises(ValueError, match="levels"):
+        detail_gain_table(e, preset.weights_sha256, preset.num_levels + 1)

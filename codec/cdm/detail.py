@@ -39,6 +39,7 @@ A library's default may change between releases; an archived stream's pixels sho
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -115,27 +116,42 @@ def gain_of(code: int) -> float:
     return 0.0 if code == 0 else 2.0 ** ((code - UNIT_GAIN_CODE) / 16)
 
 
+def gain_curves(split: DetailSplit, original: torch.Tensor, plain: torch.Tensor, max_code: int,
+                output: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(B, max_code + 1) PSNR cost in dB against the plain decode, and texture ratio against the
+    original, of every detail gain code, each measured exactly as decoded (clamp and 8-bit
+    rounding). All tensors are (B, 3, H, W) in [0, 1], cropped to the image; ``output`` maps a
+    composed decode to what the decoder outputs (the upsampling of a stream coded at a smaller
+    scale), and ``plain`` is the plain decode's output."""
+    q = lambda x: (x * 255).round() / 255  # noqa: E731  (the decoder's 8-bit output)
+    ref = hf_energy_tensor(original)
+    plain_mse = (q(plain) - original).pow(2).mean((1, 2, 3))
+    costs, textures = [], []
+    for code in range(max_code + 1):
+        x = (split.low + gain_of(code) * split.detail).clamp(0, 1)
+        x = q(x if output is None else output(x))
+        costs.append(10 * torch.log10((x - original).pow(2).mean((1, 2, 3)).clamp_min(1e-12) / plain_mse.clamp_min(1e-12)))
+        textures.append(hf_energy_tensor(x) / ref.clamp_min(1e-12))
+    return torch.stack(costs, 1), torch.stack(textures, 1)
+
+
+def pick_gains(cost: torch.Tensor, texture: torch.Tensor, budget_db: float, max_texture: float) -> list[int]:
+    """Per row of :func:`gain_curves`, the code of most texture within both limits; with no code
+    that meets both, the one of least PSNR cost."""
+    ok = (cost <= budget_db) & (texture <= max_texture)
+    best = torch.where(ok, texture, torch.full_like(texture, -1.0)).argmax(1)
+    return [int(b) if ok[i].any() else int(cost[i].argmin()) for i, b in enumerate(best)]
+
+
 def choose_gains(split: DetailSplit, original: torch.Tensor, plain: torch.Tensor, budget_db: float,
-                 max_texture: float, max_code: int) -> list[int]:  # fmt: skip
+                 max_texture: float, max_code: int,
+                 output: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[int]:  # fmt: skip
     """Per image, the detail gain code (0 … ``max_code``) that gives the most texture
     while its PSNR stays within ``budget_db`` of the plain decode's and its texture ratio at
     most ``max_texture``; with no gain that meets both, the one of least PSNR cost.
 
     The encoder has the original, so it can set how much detail each image gets: a blurrier
     reconstruction of a detailed photo needs more, a smooth photo less. A fixed amount
-    calibrated on some photos falls short on others. Every candidate is measured exactly as
-    decoded, with the clamp and 8-bit rounding. All tensors are (B, 3, H, W) in [0, 1],
-    cropped to the image.
+    calibrated on some photos falls short on others.
     """
-    q = lambda x: (x * 255).round() / 255  # noqa: E731  (the decoder's 8-bit output)
-    ref = hf_energy_tensor(original)
-    plain_mse = (q(plain) - original).pow(2).mean((1, 2, 3))
-    costs, textures = [], []
-    for code in range(max_code + 1):
-        x = q((split.low + gain_of(code) * split.detail).clamp(0, 1))
-        costs.append(10 * torch.log10((x - original).pow(2).mean((1, 2, 3)).clamp_min(1e-12) / plain_mse.clamp_min(1e-12)))
-        textures.append(hf_energy_tensor(x) / ref.clamp_min(1e-12))
-    cost, texture = torch.stack(costs, 1), torch.stack(textures, 1)  # (B, gains)
-    ok = (cost <= budget_db) & (texture <= max_texture)
-    best = torch.where(ok, texture, torch.full_like(texture, -1.0)).argmax(1)
-    return [int(b) if ok[i].any() else int(cost[i].argmin()) for i, b in enumerate(best)]
+    return pick_gains(*gain_curves(split, original, plain, max_code, output), budget_db, max_texture)

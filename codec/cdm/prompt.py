@@ -56,8 +56,9 @@ class CDMPromptDecoder:
 
         s, p = parse(stream, self.preset)
         h = s.header
-        z_hat = p.latent_codec.decompress([s.latent], [s.hyper_latent], p.z_shape(h.width, h.height), h.rate_level)
-        return CDMCondition(z_hat, h.rate_level, h.diffusion_seed, h.width, h.height)
+        w, ht = h.coded_size  # rendered at the coded size (the stream's scale)
+        z_hat = p.latent_codec.decompress([s.latent], [s.hyper_latent], p.z_shape(w, ht), h.rate_level)
+        return CDMCondition(z_hat, h.rate_level, h.diffusion_seed, w, ht)
 
     def render(self, condition: CDMCondition, prompt_embeddings: torch.Tensor) -> torch.Tensor:
         e = self.vocab_embeddings

@@ -1,0 +1,56 @@
+"""Rate-distortion of each coded-size factor, the figures behind a release's ``scale_below_bpp``.
+
+    python benchmarks/scales.py FOLDER [--images 14] [--scales 1 2 4] [--rates 0 1 ... 9] [--threads 2]
+
+Every photo of FOLDER (held-out photos, never Kodak) is coded at each scale (``--scale`` 1, 2,
+4: at 1/s of its size) and rate, decoded with the plain decoder and upsampled back, and
+measured against the original. Prints per scale and rate the mean bpp (of the original's
+pixels), PSNR and MS-SSIM. A scale's threshold is the stream size below which it beats the next
+larger image on these curves (``codec/weights/README.md`` has the run behind the release).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import codec  # noqa: E402
+from codec.images import load_image  # noqa: E402
+from codec.metrics import ms_ssim, psnr  # noqa: E402
+from codec.training_data import list_images  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder")
+    ap.add_argument("--images", type=int, default=14)
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--rates", type=float, nargs="+", default=list(range(10)))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    files = list_images(Path(args.folder))[: args.images]
+    rows: dict[tuple[int, float], list[tuple[float, float, float]]] = {}
+    for f in files:
+        img = load_image(f)
+        for scale in args.scales:
+            for rate in args.rates:
+                stream = codec.encode(img, rate=rate, scale=scale, detail_gain=1.0)
+                out = codec.decode(stream, decoder="plain")
+                rows.setdefault((scale, rate), []).append((8 * len(stream) / (img.width * img.height), psnr(img, out), ms_ssim(img, out)))
+    print(f"{args.folder}: {len(files)} photos, plain decoder, {torch.get_num_threads()} threads")
+    print("| scale | rate | bpp | PSNR | MS-SSIM |\n|---|---|---|---|---|")
+    for (scale, rate), values in sorted(rows.items()):
+        bpp, p, s = np.mean(values, 0)
+        print(f"| {scale} | {rate:g} | {bpp:.4f} | {p:.2f} | {s:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,8 +23,10 @@ Columns are resampled first, then rows.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -52,21 +54,32 @@ def _lanczos(t: float) -> float:
     return 3 * math.sin(pt) * math.sin(pt / 3) / (pt * pt)
 
 
-def lanczos_matrix(n_out: int, n_in: int) -> torch.Tensor:
-    """(n_out, n_in): row x holds the weights of output sample x over the input samples."""
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+@functools.lru_cache(maxsize=64)
+def lanczos_taps(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_out, 6) input indices (clamped to the edge) and normalised weights of each output
+    sample (cached: a job decodes many images of a few sizes; never modify the result)."""
+    index = np.zeros((n_out, 6), dtype=np.int64)
+    weight = np.zeros((n_out, 6))
     for x in range(n_out):
         u = (x + 0.5) * n_in / n_out - 0.5
         base = math.floor(u)
-        taps = [(min(max(i, 0), n_in - 1), _lanczos(u - i)) for i in range(base - 2, base + 4)]
-        total = sum(w for _, w in taps)
-        for i, w in taps:
-            m[x, i] += w / total
-    return m.float()
+        for k, i in enumerate(range(base - 2, base + 4)):
+            index[x, k] = min(max(i, 0), n_in - 1)
+            weight[x, k] = _lanczos(u - i)
+        weight[x] /= weight[x].sum()
+    return torch.from_numpy(index), torch.from_numpy(weight).float()
+
+
+@functools.lru_cache(maxsize=64)
+def lanczos_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """The filter as an (n_out, n_in) matrix: row x holds output sample x's weights (a dense
+    product is faster on CPUs than gathering the six taps; cached, never modify it)."""
+    index, weight = lanczos_taps(n_out, n_in)
+    return torch.zeros(n_out, n_in).scatter_add_(1, index, weight)
 
 
 def upsample(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, height, width), unclamped."""
+    """(B, C, h, w) -> (B, C, height, width), unclamped: columns, then rows."""
     h, w = x.shape[-2:]
     if (h, w) == (height, width):
         return x

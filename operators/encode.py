@@ -57,7 +57,7 @@ class Encoder:
         rate: float | None = None,
         target_bpp: float | None = None,
         detail_gain: str | float = "search",
-        scale: int | str = "auto",
+        scale: int | str = 1,
         threads: int | None = None,
         env: dict[str, str] | None = None,
         reconstruct: bool = False,

@@ -51,7 +51,7 @@ def compress(
     rate: float | None = None,
     target_bpp: float | None = None,
     detail_gain: str | float = "search",
-    scale: int | str = "auto",
+    scale: int | str = 1,
     workers: int | None = None,
     batch_size: int = 4,
     gpus_per_worker: float | None = None,

@@ -24,7 +24,8 @@ from codec.baselines import QUALITIES, SCALES, Classical, available
 from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
 from pipelines.peak_memory import PeakMemory
 
-RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text")
+# -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates)
+RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text", "resulic-scaled", "resulic-cdm-scaled")
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
 DEFAULT_CODECS = ("resulic", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
 COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
@@ -87,10 +88,11 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
         from codec.semantic.residual import word_residual
 
         text = word_residual(options.captions.get(name, ""), "") if codec == "resulic-text" else ""
-        decoder = "cdm" if codec == "resulic-cdm" else "plain"
+        decoder = "cdm" if codec.startswith("resulic-cdm") else "plain"
+        scale = "auto" if codec.endswith("-scaled") else 1
         for rate in options.rates:
             with PeakMemory() as mem:
-                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text)
+                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text, scale=scale)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
             rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak, options))
         return _with_reference_features(rows, ref, options)
@@ -113,11 +115,11 @@ def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
                 run += [c if s == 1 else f"{c}-{s}x" for s in SCALES]
             else:
                 notes.append(f"{c}: not available in this Pillow (install pillow-jxl-plugin for JPEG XL)")
-        elif c == "resulic-cdm":
+        elif c.startswith("resulic-cdm"):
             from codec.presets import load_preset
 
             if load_preset().cdm is None:
-                notes.append("resulic-cdm: the default preset's model has no CDM denoiser")
+                notes.append(f"{c}: the default preset's model has no CDM denoiser")
             else:
                 run.append(c)
         elif c in RESULIC_CODECS:

@@ -234,12 +234,12 @@ def test_auto_scale_follows_the_stream_size(preset):
     assert preset.scale_below_bpp == {2: 0.06, 4: 0.012}
     assert [scale_for_bpp(preset, b) for b in (0.005, 0.02, 0.1)] == [4, 2, 1]
     img = photo(512, 320, "kodim05.png")
-    low = codec.info(codec.encode(img, target_bpp=0.01, preset=preset, detail_gain=1.0))
-    high = codec.info(codec.encode(img, target_bpp=0.3, preset=preset, detail_gain=1.0))
+    low = codec.info(codec.encode(img, target_bpp=0.01, preset=preset, detail_gain=1.0, scale="auto"))
+    high = codec.info(codec.encode(img, target_bpp=0.3, preset=preset, detail_gain=1.0, scale="auto"))
     assert (low["scale"], high["scale"]) == (4, 1) and low["bpp"] <= 0.01
-    full = codec.encode(img, rate=3, preset=preset, scale=1, detail_gain=1.0)
-    auto = codec.encode(img, rate=3, preset=preset, detail_gain=1.0)
+    full = codec.encode(img, rate=3, preset=preset, detail_gain=1.0)  # full size: the default
+    auto = codec.encode(img, rate=3, preset=preset, detail_gain=1.0, scale="auto")
     b = codec.info(full)["bpp"]
     assert codec.info(auto)["scale"] == scale_for_bpp(preset, b) != 1 and codec.info(auto)["bpp"] <= b
-    pair = codec.encode_batch([img, photo(512, 320)], rate=3, preset=preset, detail_gain=1.0)
+    pair = codec.encode_batch([img, photo(512, 320)], rate=3, preset=preset, detail_gain=1.0, scale="auto")
     assert pair[0] == auto

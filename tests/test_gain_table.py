@@ -58,14 +58,18 @@ def test_the_command_writes_a_table_for_the_preset(tmp_path, preset):
     photo(96, 64).save(data / "b.png")
     out = tmp_path / "gains.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "detail-gains", str(out), "--data", str(data),
-                    "--every", "40"], check=True, env=env, timeout=300, capture_output=True)  # fmt: skip
+    run = lambda *scales: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "pipelines.cli", "train", "detail-gains", str(out), "--data", str(data), "--every", "40",
+         "--scales", *scales], check=True, env=env, timeout=300, capture_output=True)  # fmt: skip
+    run("1")
     table = json.loads(out.read_text())
     assert table["model_id"] == preset.model_id.hex() and table["images"] == ["a.png", "b.png"]
-    assert table["measured"]["levels"] == [0, 40, preset.num_levels - 1]
-    assert len(table["codes"]) == preset.num_levels and all(0 <= c <= 96 for c in table["codes"])
-    assert table["codes"][40] == table["measured"]["codes"][1]
-    assert len(table["measured"]["mean_cost_db"]) == len(table["measured"]["over_budget"]) == 3
+    assert list(table["codes"]) == ["1"] and table["measured"]["1"]["levels"] == [0, 40, preset.num_levels - 1]
+    assert len(table["codes"]["1"]) == preset.num_levels and all(0 <= c <= 96 for c in table["codes"]["1"])
+    assert table["codes"]["1"][40] == table["measured"]["1"]["codes"][1]
+    run("2")  # a second run adds its scale and keeps the first's
+    again = json.loads(out.read_text())
+    assert list(again["codes"]) == ["1", "2"] and again["codes"]["1"] == table["codes"]["1"]
 
 
 def test_the_shipped_table_brings_texture_on_kodak_crops(preset):
@@ -78,7 +82,7 @@ def test_the_shipped_table_brings_texture_on_kodak_crops(preset):
     costs, gains = [], []
     for name, rate in (("kodim05.png", 0), ("kodim23.png", 6), ("kodim13.png", 8)):
         img = photo(256, 192, name)
-        stream = codec.encode(img, rate=rate, preset=preset, detail_gain="table")
+        stream = codec.encode(img, rate=rate, preset=preset, detail_gain="table", scale=1)
         plain, cdm = codec.decode(stream, decoder="plain", preset=preset), codec.decode(stream, preset=preset)
         costs.append(psnr(img, plain) - psnr(img, cdm))
         gains.append(hf_energy_ratio(img, cdm) - hf_energy_ratio(img, plain))

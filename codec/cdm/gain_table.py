@@ -85,7 +85,8 @@ def to_json(table: dict) -> str:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="the table to write (JSON), named by a release's detail_gains")
+    p.add_argument("out", help="the table to write (JSON), named by a release's detail_gains; the scales of an "
+                   "existing table of the same model that this run does not measure are kept")
     p.add_argument("--data", required=True, help="a folder of held-out photos (never Kodak, never the training photos)")
     p.add_argument("--images", type=int, default=14)
     p.add_argument("--every", type=int, default=8, help="measure every this many levels (and the top one)")
@@ -116,9 +117,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             "levels": levels, "codes": codes, "mean_cost_db": pick(cost), "mean_texture": pick(texture),
             "over_budget": [int((cost[:, i, c] > args.budget_db).sum()) for i, c in enumerate(codes)]}  # fmt: skip
         print(json.dumps({"scale": scale, **measured[str(scale)]}), flush=True)
+    out = Path(args.out)
+    if out.is_file():  # another run's scales of the same model stay (measure them one at a time if you like)
+        old = json.loads(out.read_text())
+        if old.get("model_id") == preset.model_id.hex() and isinstance(old.get("codes"), dict):
+            codes_by_scale = {**old["codes"], **codes_by_scale}
+            measured = {**old["measured"], **measured}
     table = {
         "model_id": preset.model_id.hex(), "codes": dict(sorted(codes_by_scale.items())), "measured": dict(sorted(measured.items())),
         "data": args.data, "images": [f.name for f in files], "budget_db": args.budget_db,
         "max_texture": args.max_texture, "seconds": round(time.time() - t0),
     }  # fmt: skip
-    Path(args.out).write_text(to_json(table))
+    out.write_text(to_json(table))

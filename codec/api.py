@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from codec.bitstream import Bitstream, BitstreamError, Header
+from codec.bitstream import Bitstream, BitstreamError, Header, coded_size
 from codec.cdm.process import n_r_for_level
 from codec.cdm.detail import UNIT_GAIN_CODE, DetailSplit, choose_gains, decode_restored, gain_of, split_detail
 from codec.cdm.sampler import DEFAULT_STEPS, cdm_decode_latent
@@ -146,17 +147,23 @@ def detail_mode(p: Preset, detail_gain: str | float) -> str | int | None:
     return detail_gain if isinstance(detail_gain, str) else gain_code(float(detail_gain))
 
 
-def cdm_split(p: Preset, y_hat: torch.Tensor, level: int, start: int, seeds: list[int],
-              texts: list[str] | None) -> tuple[DetailSplit, torch.Tensor]:  # fmt: skip
-    """What a CDM decoder makes of symbols ``y_hat`` (B, ...) at ``level``: its detail split,
-    and the plain decode (both padded, as the decoder sees them)."""
+def cdm_split(p: Preset, y_hat: torch.Tensor, head: Header, seeds: list[int], texts: list[str] | None
+              ) -> tuple[DetailSplit, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:  # fmt: skip
+    """What a CDM decoder makes of symbols ``y_hat`` (B, ...) of streams with head ``head`` (their
+    level, start step and sizes): its detail split at the coded size, the plain decode as the
+    decoder outputs it, and the map of a composed decode to that output (the upsampling of a
+    stream coded smaller; None at full size). For :func:`codec.cdm.detail.gain_curves`."""
+    cw, ch = head.coded_size
     with torch.no_grad():
         z_hat = p.latent_codec.g_s(from_fixed(y_hat))
         cond = texts if p.cdm.text_conditioned else None
-        restored = cdm_decode_latent(p.cdm, z_hat, level, start, seeds, texts=cond)
-        plain_ae = p.plain(level)
+        restored = cdm_decode_latent(p.cdm, z_hat, head.rate_level, head.diffusion_start_step, seeds, texts=cond)
+        plain_ae = p.plain(head.rate_level)
         split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma)
-        return split, plain_ae.decode_from_features(split.plain_features).clamp(0, 1)
+        plain = plain_ae.decode_from_features(split.plain_features).clamp(0, 1)[:, :, :ch, :cw]
+    output = None if head.scale == 1 else lambda x: upsample(x, head.width, head.height).clamp(0, 1)  # as a decoder does
+    split = DetailSplit(split.low[:, :, :ch, :cw], split.detail[:, :, :ch, :cw], None)
+    return split, plain if output is None else output(plain), output
 
 
 def _with_gain(stream: Bitstream, code: int) -> bytes:
@@ -185,18 +192,12 @@ def _choose_detail_gains(p: Preset, images: list[Image.Image], pairs: list[tuple
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(streams):
         groups.setdefault((s.header.rate_level, s.header.scale), []).append(i)
-    for (level, _), idx in groups.items():
-        h = streams[idx[0]].header
+    for idx in groups.values():
         y_hat = torch.stack([pairs[i][1] for i in idx])
         seeds = [streams[i].header.diffusion_seed for i in idx]
-        split, plain = cdm_split(p, y_hat, level, h.diffusion_start_step, seeds, [texts[i] for i in idx])
+        split, plain, output = cdm_split(p, y_hat, streams[idx[0]].header, seeds, [texts[i] for i in idx])
         original = torch.cat([to_tensor(images[i]) for i in idx]).to(device)
-        cw, ch = h.coded_size
-        crop = lambda t: t[:, :, :ch, :cw]  # noqa: E731
-        split = DetailSplit(crop(split.low), crop(split.detail), None)
-        out_size = lambda x: upsample(x, h.width, h.height).clamp(0, 1)  # noqa: E731  (as a decoder does)
-        gains = choose_gains(split, original, out_size(crop(plain)), DETAIL_BUDGET_DB, DETAIL_MAX_TEXTURE,
-                             DETAIL_MAX_CODE, output=out_size if h.scale != 1 else None)  # fmt: skip
+        gains = choose_gains(split, original, plain, DETAIL_BUDGET_DB, DETAIL_MAX_TEXTURE, DETAIL_MAX_CODE, output)
         for i, g in zip(idx, gains):
             out[i] = (_with_gain(streams[i], g), pairs[i][1])
     return out
@@ -242,8 +243,7 @@ def encode_with_symbols(
         raise ValueError("give either rate or target_bpp, not both")
     if target_bpp is not None and target_bpp <= 0:
         raise ValueError("target_bpp must be positive")
-    if scale != "auto" and scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} (one of auto, {', '.join(map(str, SCALES))})")
+    check_scale(scale)
     p = _preset(preset)
     detail_mode(p, detail_gain)  # a bad value fails before any work
     pil = [_as_image(im) for im in images]
@@ -256,9 +256,14 @@ def encode_with_symbols(
         pairs = _code(p, pil, texts, 1, rate, None)
         budget = [8 * len(stream) / (im.width * im.height) for (stream, _), im in zip(pairs, pil)]
         for i, b in enumerate(budget):
-            if scale_for_bpp(p, b) != 1:
-                pairs[i] = _code(p, [pil[i]], [texts[i]], scale_for_bpp(p, b), None, b)[0]
+            if (s := scale_for_bpp(p, b)) != 1:
+                pairs[i] = _code(p, [pil[i]], [texts[i]], s, None, b)[0]
     return _choose_detail_gains(p, pil, pairs, texts, detail_gain)
+
+
+def check_scale(scale: int | str) -> None:
+    if scale != "auto" and scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r} (one of auto, {', '.join(map(str, SCALES))})")
 
 
 def scale_for_bpp(p: Preset, bpp: float) -> int:
@@ -375,7 +380,7 @@ def reconstruct(y_hats: list[torch.Tensor], levels: list[int], width: int, heigh
     out: list[Image.Image | None] = [None] * len(y_hats)
     for level, scale in set(zip(levels, scales)):
         idx = [i for i, key in enumerate(zip(levels, scales)) if key == (level, scale)]
-        cw, ch = -(-width // scale), -(-height // scale)
+        cw, ch = coded_size(width, height, scale)
         with torch.no_grad():
             latent = p.latent_codec.g_s(from_fixed(torch.stack([y_hats[i] for i in idx])))
             x = upsample(p.plain(level).decode(latent)[:, :, :ch, :cw], width, height).clamp(0, 1)

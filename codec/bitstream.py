@@ -21,6 +21,11 @@ UNIT_DETAIL_GAIN = 64  # the gain code a stream without the field means (gain 1)
 MAX_SCALE = 8  # the largest coded-size factor (codec.resample)
 
 
+def coded_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The size an image of ``width`` × ``height`` is coded at for a factor ``scale`` (spec section 3)."""
+    return -(-width // scale), -(-height // scale)
+
+
 class BitstreamError(ValueError):
     """A stream that cannot be decoded: truncated, corrupted, of an unknown version or foreign."""
 
@@ -71,7 +76,7 @@ class Header:
     @property
     def coded_size(self) -> tuple[int, int]:
         """(width, height) of the image the latent codes: the original's divided by the scale, rounded up."""
-        return -(-self.width // self.scale), -(-self.height // self.scale)
+        return coded_size(self.width, self.height, self.scale)
 
     def encode(self) -> bytes:
         name = self.preset.encode("ascii")

@@ -162,19 +162,19 @@ def _load_taef2(weights_dir: str | None, latent_codec_path: str | None, model_id
     lc = load_latent_codec(path)
     if blend is not None and len(blend) != lc.num_levels:
         raise ValueError(f"{dec_file}: its blend has {len(blend)} levels, the latent codec {lc.num_levels}")
-    gains = detail_gain_table(entry, digest, lc.num_levels)
+    # the encoder's rules were measured with the release's own files; an override is a new model
     own = digest[: 2 * MODEL_ID_BYTES] == entry["model_id"]
+    gains = detail_gain_table(entry, lc.num_levels) if own else None
     scales = {int(k): float(v) for k, v in entry["scale_below_bpp"].items()} if own and "scale_below_bpp" in entry else None
     return Preset("taef2", ae, lc, text, digest, default_rate=3.0, cdm=cdm, decoder_finetune=finetune, decoder_blend=blend,
                   detail_gains=gains, scale_below_bpp=scales)  # fmt: skip
 
 
-def detail_gain_table(entry: dict, digest: str, num_levels: int) -> dict[int, tuple[int, ...]] | None:
-    """The release's detail gain codes per coded-size factor and level (``codec.cdm.gain_table``),
-    when it has a table and the loaded files are the release's own: the table was measured with
-    those weights, and an override (another CDM, decoder or latent codec) is a new model that has
-    none."""
-    if "detail_gains" not in entry or digest[: 2 * MODEL_ID_BYTES] != entry["model_id"]:
+def detail_gain_table(entry: dict, num_levels: int) -> dict[int, tuple[int, ...]] | None:
+    """A release's detail gain codes per coded-size factor and level (``codec.cdm.gain_table``),
+    if it has a table. Only for the release's own files: the table was measured with those
+    weights, and an override (another CDM, decoder or latent codec) is a new model that has none."""
+    if "detail_gains" not in entry:
         return None
     table = json.loads((WEIGHTS_DIR / entry["detail_gains"]).read_text())["codes"]
     for scale, codes in table.items():

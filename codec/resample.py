@@ -30,12 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec.bitstream import coded_size
+
 SCALES = (1, 2, 4)  # the factors this encoder codes at (a decoder takes any 1 … MAX_SCALE)
-
-
-def coded_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    """The size an image of ``width`` × ``height`` is coded at for a factor ``scale``."""
-    return -(-width // scale), -(-height // scale)
 
 
 def shrink(image: Image.Image, scale: int) -> Image.Image:
@@ -55,27 +52,18 @@ def _lanczos(t: float) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def lanczos_taps(n_out: int, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_out, 6) input indices (clamped to the edge) and normalised weights of each output
-    sample (cached: a job decodes many images of a few sizes; never modify the result)."""
-    index = np.zeros((n_out, 6), dtype=np.int64)
-    weight = np.zeros((n_out, 6))
+def lanczos_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in): row x holds output sample x's weights over the input samples (a dense
+    product is faster on CPUs than gathering the six taps; cached, never modify it)."""
+    m = np.zeros((n_out, n_in))
     for x in range(n_out):
         u = (x + 0.5) * n_in / n_out - 0.5
         base = math.floor(u)
-        for k, i in enumerate(range(base - 2, base + 4)):
-            index[x, k] = min(max(i, 0), n_in - 1)
-            weight[x, k] = _lanczos(u - i)
-        weight[x] /= weight[x].sum()
-    return torch.from_numpy(index), torch.from_numpy(weight).float()
-
-
-@functools.lru_cache(maxsize=64)
-def lanczos_matrix(n_out: int, n_in: int) -> torch.Tensor:
-    """The filter as an (n_out, n_in) matrix: row x holds output sample x's weights (a dense
-    product is faster on CPUs than gathering the six taps; cached, never modify it)."""
-    index, weight = lanczos_taps(n_out, n_in)
-    return torch.zeros(n_out, n_in).scatter_add_(1, index, weight)
+        taps = [(min(max(i, 0), n_in - 1), _lanczos(u - i)) for i in range(base - 2, base + 4)]
+        total = sum(w for _, w in taps)
+        for i, w in taps:
+            m[x, i] += w / total
+    return torch.from_numpy(m).float()
 
 
 def upsample(x: torch.Tensor, width: int, height: int) -> torch.Tensor:

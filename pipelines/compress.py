@@ -64,14 +64,12 @@ def compress(
 ) -> dict:
     """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
     t0 = time.time()
-    from codec.api import detail_mode
-    from codec.resample import SCALES
+    from codec.api import check_scale, detail_mode
     from codec.presets import load_preset
 
     p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
     detail_mode(p, detail_gain)  # and on a detail gain the model cannot write
-    if scale != "auto" and scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} (one of auto, {', '.join(map(str, SCALES))})")
+    check_scale(scale)
     if rate is None and target_bpp is None:
         rate = p.default_rate
     src = Source.parse(source, storage_options)

@@ -33,11 +33,11 @@ import torch
 
 from codec.api import DETAIL_BUDGET_DB, DETAIL_MAX_CODE, DETAIL_MAX_TEXTURE, cdm_split, encode_with_symbols
 from codec.bitstream import Bitstream
-from codec.cdm.detail import DetailSplit, gain_curves
+from codec.cdm.detail import gain_curves
 from codec.images import load_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
-from codec.resample import SCALES, upsample
+from codec.resample import SCALES
 from codec.training_data import list_images
 
 
@@ -52,12 +52,8 @@ def measure(preset: Preset, images: list, levels: list[int], max_code: int,
             (stream, y_hat), = encode_with_symbols([im], rate=level / LEVELS_PER_POINT, preset=preset, detail_gain=1.0,
                                                    scale=scale)  # fmt: skip
             h = Bitstream.from_bytes(stream).header
-            split, plain = cdm_split(preset, y_hat[None], level, h.diffusion_start_step, [h.diffusion_seed], [""])
-            cw, ch = h.coded_size
-            crop = lambda t: t[:, :, :ch, :cw]  # noqa: E731
-            out = lambda x: upsample(x, h.width, h.height).clamp(0, 1)  # noqa: E731
-            c, t = gain_curves(DetailSplit(crop(split.low), crop(split.detail), None), to_tensor(im), out(crop(plain)),
-                               max_code, out if scale != 1 else None)  # fmt: skip
+            split, plain, output = cdm_split(preset, y_hat[None], h, [h.diffusion_seed], [""])
+            c, t = gain_curves(split, to_tensor(im), plain, max_code, output)
             rows_c.append(c[0])
             rows_t.append(t[0])
         costs.append(torch.stack(rows_c))

@@ -153,11 +153,21 @@ class LatentCodec(nn.Module):
     # ----- training ----------------------------------------------------------------------
     def forward(self, latent: torch.Tensor, rate: torch.Tensor) -> dict:
         """Training pass. Returns the reconstructed latent and the likelihoods of y and z."""
-        y = self.g_a(latent)
+        return self.forward_y(self.g_a(latent), rate)
+
+    def forward_y(self, y: torch.Tensor, rate: torch.Tensor, rounded_z: bool = False) -> dict:
+        """The training pass from ``y`` on. ``rounded_z``: the likelihoods of z are those of its
+        rounded values (what coding spends), not of z plus noise; the encoder's refinement
+        (:mod:`codec.latent_refine`) optimises y against them."""
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - z_offset) + z_offset
+        if rounded_z:
+            c = z_hat.shape[1]  # the bottleneck's density takes (C, 1, N)
+            z_likelihoods = self.entropy_bottleneck._likelihood(z_hat.transpose(0, 1).reshape(c, 1, -1))[0]
+            z_likelihoods = self.entropy_bottleneck.likelihood_lower_bound(z_likelihoods)
+        else:
+            _, z_likelihoods = self.entropy_bottleneck(z)
         hyper = self.h_s(z_hat)
         g = self.gains(rate)
         y_hat_slices, y_likelihoods = [], []
@@ -249,8 +259,12 @@ class LatentCodec(nn.Module):
     @torch.no_grad()
     def analyse(self, latent: torch.Tensor) -> dict:
         """The rate-independent half of encoding: y, the z strings and the exact hyper features."""
+        return self.analyse_y(self.g_a(latent))
+
+    @torch.no_grad()
+    def analyse_y(self, y: torch.Tensor) -> dict:
+        """:meth:`analyse` from a given ``y`` (the analysis transform's, or a refined one)."""
         fx = self._require_frozen()
-        y = self.g_a(latent)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])

@@ -58,6 +58,7 @@ class Encoder:
         target_bpp: float | None = None,
         detail_gain: str | float = "search",
         scale: int | str = 1,
+        refine_steps: int = 0,
         threads: int | None = None,
         env: dict[str, str] | None = None,
         reconstruct: bool = False,
@@ -69,7 +70,7 @@ class Encoder:
 
         self.preset = load_preset(preset).to(_device())
         self.rate, self.target_bpp, self.reconstruct = rate, target_bpp, reconstruct
-        self.detail_gain, self.scale = detail_gain, scale
+        self.detail_gain, self.scale, self.refine_steps = detail_gain, scale, refine_steps
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
         from codec.api import encode_with_symbols, reconstruct, verify
@@ -77,7 +78,7 @@ class Encoder:
 
         t0 = time.perf_counter()
         pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset,
-                                    detail_gain=self.detail_gain, scale=self.scale)
+                                    detail_gain=self.detail_gain, scale=self.scale, refine_steps=self.refine_steps)
         t_enc = (time.perf_counter() - t0) / len(images)
         out = []
         for stream, y_hat in pairs:

@@ -52,6 +52,7 @@ def compress(
     target_bpp: float | None = None,
     detail_gain: str | float = "search",
     scale: int | str = 1,
+    refine_steps: int = 0,
     workers: int | None = None,
     batch_size: int = 4,
     gpus_per_worker: float | None = None,
@@ -64,12 +65,13 @@ def compress(
 ) -> dict:
     """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
     t0 = time.time()
-    from codec.api import check_scale, detail_mode
+    from codec.api import check_refine_steps, check_scale, detail_mode
     from codec.presets import load_preset
 
     p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
     detail_mode(p, detail_gain)  # and on a detail gain the model cannot write
     check_scale(scale)
+    check_refine_steps(refine_steps)
     if rate is None and target_bpp is None:
         rate = p.default_rate
     src = Source.parse(source, storage_options)
@@ -101,7 +103,7 @@ def compress(
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "detail_gain": detail_gain, "scale": scale,
-                               "threads": plan.threads_per_actor,
+                               "refine_steps": refine_steps, "threads": plan.threads_per_actor,
                                "env": worker_env(), "reconstruct": two_pools},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
@@ -128,7 +130,7 @@ def compress(
     arc.refresh_index()
     summary = summarise(sink, job_id, source, archive, meta, rate, target_bpp, time.time() - t0)
     summary["captioner"] = captions.backend
-    summary["detail_gain"], summary["scale"] = detail_gain, scale
+    summary["detail_gain"], summary["scale"], summary["refine_steps"] = detail_gain, scale, refine_steps
     arc.write_job_summary(job_id, summary)
     return summary
 

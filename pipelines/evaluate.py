@@ -24,8 +24,11 @@ from codec.baselines import QUALITIES, SCALES, Classical, available
 from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
 from pipelines.peak_memory import PeakMemory
 
-# -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates)
-RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text", "resulic-scaled", "resulic-cdm-scaled")
+# -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates);
+# -refined: each latent refined by EVAL_REFINE_STEPS steps (codec.latent_refine)
+RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text", "resulic-scaled", "resulic-cdm-scaled",
+                  "resulic-refined", "resulic-refined-scaled")  # fmt: skip
+EVAL_REFINE_STEPS = 40
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
 DEFAULT_CODECS = ("resulic", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
 COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
@@ -90,9 +93,10 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
         text = word_residual(options.captions.get(name, ""), "") if codec == "resulic-text" else ""
         decoder = "cdm" if codec.startswith("resulic-cdm") else "plain"
         scale = "auto" if codec.endswith("-scaled") else 1
+        refine = EVAL_REFINE_STEPS if codec.startswith("resulic-refined") else 0
         for rate in options.rates:
             with PeakMemory() as mem:
-                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text, scale=scale)
+                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text, scale=scale, refine_steps=refine)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
             rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak, options))
         return _with_reference_features(rows, ref, options)

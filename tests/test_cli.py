@@ -56,6 +56,17 @@ def test_detail_gain_flag(tmp_path):
     assert res.returncode != 0 and "detail gain 99.0 is outside" in res.stderr.strip().splitlines()[-1]
 
 
+def test_refine_flag(tmp_path):
+    src, plain, refined = tmp_path / "in.png", tmp_path / "p.rsl", tmp_path / "r.rsl"
+    photo(96, 64).save(src)
+    run("encode", src, plain, "--rate", "4", "--detail-gain", "table")
+    run("encode", src, refined, "--rate", "4", "--detail-gain", "table", "--refine", "3")
+    assert refined.read_bytes() != plain.read_bytes()
+    assert json.loads(run("info", refined, "--json").stdout)["rate"] == 4.0
+    res = run("encode", src, refined, "--refine", "-2", check=False)
+    assert res.returncode != 0 and "refine_steps must be a whole number >= 0" in res.stderr.strip().splitlines()[-1]
+
+
 def test_target_bpp_flag(tmp_path):
     stream = tmp_path / "x.rsl"
     run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.1")

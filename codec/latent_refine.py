@@ -18,9 +18,8 @@ What is minimised, per image, at the stream's rate level L:
   random place, and leaves out its outer ``margin`` pixels where the window cuts the image,
   since the decoder sees no context there.
 
-Measured on Kodak (kodim05, 14, 23, levels 0-64, 40 steps): the same level's stream is 23-39 %
-smaller at 0.0-0.5 dB less PSNR, which is 0.3-1.5 dB above the unrefined codec's own curve at
-the refined stream's size (``benchmarks/kodak_refine.py`` measures the whole set).
+The figures (README, "Using the codec") come from ``benchmarks/kodak_refine.py`` (per level, the
+gain at equal size) and ``resulic eval --codecs resulic-refined-scaled`` (BD-rates).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*args, check=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
-    res = subprocess.run([*RESULIC, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([*RESULIC, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)  # a Ray job on a loaded 2-core machine can pass 300 s
     if check and res.returncode:
         raise AssertionError(res.stderr)
     return res

@@ -58,7 +58,7 @@ def main() -> None:
         for level in args.levels:
             base = coded(p, y0, level, x, im.size)
             t = time.perf_counter()
-            y = refine_y(p.latent_codec, p.plain(level), latent, x, im.size, level, args.steps)
+            y = refine_y(p.latent_codec, p.plain(level), y0, x, im.size, level, args.steps)
             secs = time.perf_counter() - t
             bpp, psnr = coded(p, y, level, x, im.size)
             at = float(np.interp(math.log(bpp), log_bpp, curve_psnr))  # clamps below level 0's size

@@ -50,8 +50,7 @@ class _Analysed:
     analysed: dict
     texts: list[str]
     scale: int = 1
-    latent: torch.Tensor | None = None  # (B, C, h, w): the autoencoder's latent, for refinement
-    image: torch.Tensor | None = None  # (B, 3, 8h, 8w): the padded coded image, for refinement
+    image: torch.Tensor | None = None  # (B, 3, H, W): the padded coded image, for refinement
 
 
 def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None, scale: int = 1) -> _Analysed:
@@ -67,7 +66,7 @@ def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None, scal
     with torch.no_grad():
         latent = p.autoencoder.encode(x)
     w, h = images[0].size
-    return _Analysed(w, h, p.latent_codec.analyse(latent), texts, scale, latent, x)
+    return _Analysed(w, h, p.latent_codec.analyse(latent), texts, scale, x)
 
 
 def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
@@ -90,15 +89,15 @@ def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> li
 def _item(a: _Analysed, index: int) -> _Analysed:
     one = {**a.analysed, "y": a.analysed["y"][index : index + 1], "hyper_fx": a.analysed["hyper_fx"][index : index + 1],
            "z_strings": a.analysed["z_strings"][index : index + 1]}  # fmt: skip
-    return _Analysed(a.width, a.height, one, a.texts[index : index + 1], a.scale,
-                     a.latent[index : index + 1], a.image[index : index + 1])  # fmt: skip
+    return _Analysed(a.width, a.height, one, a.texts[index : index + 1], a.scale, a.image[index : index + 1])
 
 
 def _refined(p: Preset, a: _Analysed, level: int, steps: int) -> _Analysed:
     """``a`` with each image's ``y`` refined for ``level`` (:mod:`codec.latent_refine`)."""
     size = coded_size(a.width, a.height, a.scale)
-    ys = [refine_y(p.latent_codec, p.plain(level), a.latent[i : i + 1], a.image[i : i + 1], size, level, steps)
-          for i in range(a.latent.shape[0])]  # fmt: skip
+    y = a.analysed["y"]
+    ys = [refine_y(p.latent_codec, p.plain(level), y[i : i + 1], a.image[i : i + 1], size, level, steps)
+          for i in range(y.shape[0])]  # fmt: skip
     return replace(a, analysed=p.latent_codec.analyse_y(torch.cat(ys)))
 
 
@@ -134,16 +133,12 @@ def _search_level(p: Preset, a: _Analysed, target_bpp: float) -> tuple[int, byte
     best = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        strings, y_hat = p.latent_codec.code_latent(a.analysed, mid)
-        stream = _assemble(p, a, mid, strings)[0]
-        if len(stream) * 8 / pixels <= target_bpp:
-            best, lo = (mid, stream, y_hat), mid + 1
+        found = _coded(p, a, mid)
+        if len(found[1]) * 8 / pixels <= target_bpp:
+            best, lo = found, mid + 1
         else:
             hi = mid - 1
-    if best is None:
-        strings, y_hat = p.latent_codec.code_latent(a.analysed, 0)
-        best = (0, _assemble(p, a, 0, strings)[0], y_hat)
-    return best
+    return _coded(p, a, 0) if best is None else best
 
 
 # How the encoder's search sets each image's CDM detail gain (codec.cdm.detail.choose_gains): the

@@ -56,21 +56,19 @@ def window_mask(top: int, left: int, size: tuple[int, int], window: tuple[int, i
     return (row_ok[:, None] & col_ok[None, :]).float()[None, None]
 
 
-def refine_y(codec: LatentCodec, decoder: TAEF2, latent: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
+def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
              level: int, steps: int, lr: float = DEFAULT_LR, window: int = DEFAULT_WINDOW, seed: int = 0) -> torch.Tensor:  # fmt: skip
-    """The refined ``y`` (1, M, h, w) of one image: ``latent`` (1, C, H, W) its autoencoder latent,
-    ``image`` (1, 3, 8H, 8W) the padded image in [0, 1], ``size`` its (width, height) before
-    padding. ``seed`` sets the windows, so the same inputs give the same stream on one machine."""
+    """The refined ``y`` (1, M, h, w) of one image, from ``y0`` (the analysis transform's of
+    its latent); ``image`` (1, 3, H, W) the padded image in [0, 1], ``size`` its (width, height)
+    before padding. ``seed`` sets the windows, so the same inputs give the same stream on one machine."""
     if steps < 0:
         raise ValueError("refinement steps must be >= 0")
-    with torch.no_grad():
-        y0 = codec.g_a(latent)
     if steps == 0:
         return y0
-    rate = torch.tensor([level / LEVELS_PER_POINT], device=latent.device)
+    rate = torch.tensor([level / LEVELS_PER_POINT], device=y0.device)
     lam = float(codec.lambdas(rate))
     pixels = size[0] * size[1]
-    lh, lw = latent.shape[-2:]
+    lh, lw = (codec.config.patch * n for n in y0.shape[-2:])  # the latent's size
     wh, ww = min(window, lh), min(window, lw)
     gen = torch.Generator().manual_seed(seed)
     y = y0.clone().requires_grad_()

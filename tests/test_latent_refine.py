@@ -41,11 +41,11 @@ def test_refinement_lowers_the_real_rate_distortion_cost(preset):
     x = pad(to_tensor(image), preset.pad_multiple)
     with torch.no_grad():
         latent = preset.autoencoder.encode(x)
+        y0 = preset.latent_codec.g_a(latent)
     level = rate_to_level(preset, 4)
-    y0 = refine_y(preset.latent_codec, preset.plain(level), latent, x, image.size, level, 0)
-    assert torch.equal(y0, preset.latent_codec.g_a(latent))
-    y = refine_y(preset.latent_codec, preset.plain(level), latent, x, image.size, level, 15)
-    again = refine_y(preset.latent_codec, preset.plain(level), latent, x, image.size, level, 15)
+    assert torch.equal(refine_y(preset.latent_codec, preset.plain(level), y0, x, image.size, level, 0), y0)
+    y = refine_y(preset.latent_codec, preset.plain(level), y0, x, image.size, level, 15)
+    again = refine_y(preset.latent_codec, preset.plain(level), y0, x, image.size, level, 15)
     assert torch.equal(y, again)  # seeded windows: the same inputs, the same y
     before, after = _cost(preset, image, y0, level), _cost(preset, image, y, level)
     assert after < 0.97 * before, (before, after)

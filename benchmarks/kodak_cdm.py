@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import codec  # noqa: E402
-from codec.api import parse  # noqa: E402
+from codec.api import parse, parse_detail_gain  # noqa: E402
 from codec.images import pad, to_tensor  # noqa: E402
 from codec.metrics import hf_energy_ratio, ms_ssim, psnr  # noqa: E402
 from codec.presets import CDM_ENV, load_preset  # noqa: E402
@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--cdm", help="CDM weights directory (default: the preset's)")
     ap.add_argument("--crops", help="folder for side-by-side crops at the lowest rate")
-    ap.add_argument("--detail-gain", default="search", help="the encoder's detail gain: search, table or a number")
+    ap.add_argument("--detail-gain", type=parse_detail_gain, default="search",
+                    help="the encoder's detail gain: search, table or a number")
     args = ap.parse_args()
     if args.cdm:
         os.environ[CDM_ENV] = args.cdm
@@ -82,7 +83,7 @@ def main() -> None:
     if p.cdm is None:
         sys.exit("the preset has no CDM: pass --cdm DIR")
     paths = sorted(KODAK.glob("*.png"))[: args.images]
-    gain = args.detail_gain if args.detail_gain in ("search", "table") else float(args.detail_gain)
+    gain = args.detail_gain
     print(f"Kodak, {len(paths)} images, CDM {args.cdm or 'of the preset'}, {args.steps} steps, detail gain {gain}, "
           f"{torch.get_num_threads()} threads")
     print("| rate | bpp | PSNR plain | PSNR CDM | MS-SSIM plain | MS-SSIM CDM | HF ratio plain | HF ratio CDM |"

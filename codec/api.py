@@ -159,6 +159,17 @@ DETAIL_MAX_CODE = 96  # gain_of(96) = 4
 DETAIL_GAIN_MODES = ("search", "table")
 
 
+def parse_detail_gain(text: str) -> str | float:
+    """A detail gain as written on a command line: a mode name or a number (``detail_mode``
+    checks it against a model)."""
+    if text in DETAIL_GAIN_MODES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {text!r}") from None
+
+
 def gain_code(gain: float) -> int:
     """The head code nearest to a detail gain (0 … 15.2; ``gain_of`` is its inverse)."""
     if not 0 <= gain <= gain_of(127):

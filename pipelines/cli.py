@@ -23,14 +23,12 @@ def _add_decoder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _detail_gain(value: str) -> str | float:
-    from codec.api import DETAIL_GAIN_MODES
+    from codec.api import parse_detail_gain
 
-    if value in DETAIL_GAIN_MODES:
-        return value
     try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {value!r}") from None
+        return parse_detail_gain(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_detail_gain_arg(p: argparse.ArgumentParser) -> None:

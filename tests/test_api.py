@@ -155,6 +155,15 @@ def test_detail_gain_codes_round_trip():
             gain_code(bad)
 
 
+def test_parse_detail_gain():
+    from codec.api import parse_detail_gain
+
+    assert parse_detail_gain("search") == "search" and parse_detail_gain("table") == "table"
+    assert parse_detail_gain("0.5") == 0.5
+    with pytest.raises(ValueError, match="search, table.*'lots'"):
+        parse_detail_gain("lots")
+
+
 def test_detail_gain_modes(preset, monkeypatch):
     """search (the default) decodes; the table takes the release's code (no decode at encode);
     a number is fixed. The modes change nothing but the head's detail gain."""

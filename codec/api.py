@@ -302,13 +302,14 @@ def encode_with_symbols(
     elif target_bpp is not None:
         pairs = _code(p, pil, texts, scale_for_bpp(p, target_bpp), None, target_bpp, refine_steps)
     else:  # the size of this rate at full size (unrefined), at the scale that does best at that size
-        pairs = _code(p, pil, texts, 1, rate, None)
+        full = _analyse(p, pil, texts, 1)
+        pairs = _code_analysed(p, full, rate, None)
         budget = [8 * len(stream) / (im.width * im.height) for (stream, _), im in zip(pairs, pil)]
         for i, b in enumerate(budget):
             if (s := scale_for_bpp(p, b)) != 1:
                 pairs[i] = _code(p, [pil[i]], [texts[i]], s, None, b, refine_steps)[0]
-            elif refine_steps:
-                pairs[i] = _code(p, [pil[i]], [texts[i]], 1, rate, None, refine_steps)[0]
+            elif refine_steps:  # stays at full size: refine the analysis already made
+                pairs[i] = _code_analysed(p, _item(full, i), rate, None, refine_steps)[0]
     return _choose_detail_gains(p, pil, pairs, texts, detail_gain)
 
 
@@ -332,9 +333,14 @@ def _code(p: Preset, images: list[Image.Image], texts: list[str], scale: int, ra
           target_bpp: float | None, refine_steps: int = 0) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
     """Streams (detail gain still unchosen) and symbols of images coded at 1/``scale``, their
     ``y`` refined with ``refine_steps`` steps (:mod:`codec.latent_refine`; 0: none)."""
-    a = _analyse(p, images, texts, scale)
+    return _code_analysed(p, _analyse(p, images, texts, scale), rate, target_bpp, refine_steps)
+
+
+def _code_analysed(p: Preset, a: _Analysed, rate: float | None, target_bpp: float | None,
+                   refine_steps: int = 0) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
+    """:func:`_code` of images already analysed."""
     if target_bpp is not None:
-        found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(images))]
+        found = [_search_level(p, _item(a, i), target_bpp) for i in range(len(a.texts))]
         if refine_steps:
             found = [_refine_within(p, _item(a, i), f, target_bpp, refine_steps) for i, f in enumerate(found)]
         return [(f[1], f[2][0]) for f in found]

@@ -73,6 +73,16 @@ def test_refinement_within_a_target_bpp_stays_within_it(preset):
     assert bpp(stream) <= target and codec.info(stream)["rate_level"] > 0
 
 
+def test_auto_scale_with_a_rate_refines_a_full_size_stream_as_full_size_does(preset):
+    """A rate whose stream is too large for a smaller coded size: --scale auto --rate R --refine
+    gives exactly the full-size refined stream (the full-size analysis is made once and refined)."""
+    image = photo(96, 64)
+    kw = {"rate": 9, "preset": preset, "detail_gain": "table", "refine_steps": 2}
+    auto = codec.encode(image, scale="auto", **kw)
+    assert codec.info(auto)["scale"] == 1
+    assert auto == codec.encode(image, scale=1, **kw)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
 def test_bad_refine_steps_are_refused_before_any_work(bad):
     with pytest.raises(ValueError, match="refine_steps"):

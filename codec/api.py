@@ -401,7 +401,7 @@ def encode(
     """
     kw = {"rate": rate, "target_bpp": target_bpp, "preset": preset, "detail_gain": detail_gain, "scale": scale,
           "refine_steps": refine_steps}  # fmt: skip
-    stream = encode_batch([image], texts=[text], **kw)[0]
+    (stream, y_hat), = encode_with_symbols([image], texts=[text], **kw)
     if not (pfo_steps and text):
         return stream
     from codec.cdm.prompt import CDMPromptDecoder
@@ -412,7 +412,13 @@ def encode(
     coded_at = Bitstream.from_bytes(stream).header.scale  # PFO compares at the coded size
     target = to_tensor(shrink(_as_image(image), coded_at)).to(next(p.autoencoder.parameters()).device)
     best = optimise_prompt(dec, dec.condition(stream), target, text, steps=pfo_steps, time_budget_s=pfo_seconds)
-    return encode_batch([image], texts=[best.text], **kw)[0]
+    if target_bpp is not None or scale == "auto":  # the text's size is part of the budget: code again
+        return encode_batch([image], texts=[best.text], **kw)[0]
+    # The latent's coding does not depend on the text: keep it (and any refinement of it), put the
+    # new text in and choose the detail gain again (the denoiser reads the text).
+    s = Bitstream.from_bytes(stream)
+    fresh = Bitstream(s.header, s.hyper_latent, s.latent, encode_text(best.text, p.text_model)).to_bytes()
+    return _choose_detail_gains(p, [_as_image(image)], [(fresh, y_hat)], [best.text], detail_gain)[0][0]
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:

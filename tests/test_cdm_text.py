@@ -52,6 +52,7 @@ def test_encode_with_pfo(text_preset):
     stream = codec.encode(img, rate=1, text="red wooden door", pfo_steps=2, pfo_seconds=60)
     text = codec.read_text(stream)
     assert len(text.split()) == 3 and all(w in WORDS for w in text.split())  # refined, still vocabulary words
+    assert stream == codec.encode(img, rate=1, text=text)  # the latent coded once, as a plain encode of that text codes it
     released = load_preset(model_id=releases("taef2")[-1]["model_id"])  # the shipped model: no text-conditioned CDM
     with pytest.raises(ValueError, match="text-conditioned CDM"):
         codec.encode(img, rate=1, text="red door", pfo_steps=2, preset=released)

@@ -83,8 +83,8 @@ def main() -> None:
     if p.cdm is None:
         sys.exit("the preset has no CDM: pass --cdm DIR")
     paths = sorted(KODAK.glob("*.png"))[: args.images]
-    gain = args.detail_gain
-    print(f"Kodak, {len(paths)} images, CDM {args.cdm or 'of the preset'}, {args.steps} steps, detail gain {gain}, "
+    print(f"Kodak, {len(paths)} images, CDM {args.cdm or 'of the preset'}, {args.steps} steps, "
+          f"detail gain {args.detail_gain}, "
           f"{torch.get_num_threads()} threads")
     print("| rate | bpp | PSNR plain | PSNR CDM | MS-SSIM plain | MS-SSIM CDM | HF ratio plain | HF ratio CDM |"
           " AE decode s | CDM decode s | CDM / AE | AE encode s | encode s | encode / AE |")
@@ -95,7 +95,7 @@ def main() -> None:
         for path in paths:
             img = Image.open(path).convert("RGB")
             t0 = time.perf_counter()
-            stream = codec.encode(img, rate=rate, detail_gain=gain)
+            stream = codec.encode(img, rate=rate, detail_gain=args.detail_gain)
             m["tenc"].append(time.perf_counter() - t0)
             m["taee"].append(ae_encode_seconds(img))
             plain = codec.decode(stream, decoder="plain")

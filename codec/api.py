@@ -287,6 +287,16 @@ def encode_with_symbols(
     through the decoder (:mod:`codec.latent_refine`; 0, the default: none). Smaller streams for
     the same fidelity, at about 0.7 s a step on 2 CPU threads for a Kodak image.
     """
+    p, pil, texts, pairs = _encode_unchosen(images, rate=rate, target_bpp=target_bpp, preset=preset, texts=texts,
+                                            detail_gain=detail_gain, scale=scale, refine_steps=refine_steps)  # fmt: skip
+    return _choose_detail_gains(p, pil, pairs, texts, detail_gain)
+
+
+def _encode_unchosen(images: list, *, rate: float | None, target_bpp: float | None, preset: str | Preset,
+                     texts: list[str] | None, detail_gain: str | float, scale: int | str, refine_steps: int,
+                     ) -> tuple[Preset, list[Image.Image], list[str], list[tuple[bytes, torch.Tensor]]]:  # fmt: skip
+    """:func:`encode_with_symbols` up to the detail gain: the arguments checked, and each image's
+    stream (its head's gain still the unit code) with its symbols."""
     if rate is not None and target_bpp is not None:
         raise ValueError("give either rate or target_bpp, not both")
     if target_bpp is not None and target_bpp <= 0:
@@ -310,7 +320,7 @@ def encode_with_symbols(
                 pairs[i] = _code(p, [pil[i]], [texts[i]], s, None, b, refine_steps)[0]
             elif refine_steps:  # stays at full size: refine the analysis already made
                 pairs[i] = _code_analysed(p, _item(full, i), rate, None, refine_steps)[0]
-    return _choose_detail_gains(p, pil, pairs, texts, detail_gain)
+    return p, pil, texts, pairs
 
 
 def check_refine_steps(steps: int) -> None:
@@ -401,24 +411,23 @@ def encode(
     """
     kw = {"rate": rate, "target_bpp": target_bpp, "preset": preset, "detail_gain": detail_gain, "scale": scale,
           "refine_steps": refine_steps}  # fmt: skip
-    (stream, y_hat), = encode_with_symbols([image], texts=[text], **kw)
     if not (pfo_steps and text):
-        return stream
+        return encode_batch([image], texts=[text], **kw)[0]
     from codec.cdm.prompt import CDMPromptDecoder
     from codec.semantic.pfo import optimise_prompt
 
-    p = _preset(preset)
+    # The prompt decoder renders at unit gain, so this first stream's gain is not chosen.
+    p, pil, _, ((stream, y_hat),) = _encode_unchosen([image], texts=[text], **kw)
     dec = CDMPromptDecoder(p)
     coded_at = Bitstream.from_bytes(stream).header.scale  # PFO compares at the coded size
-    target = to_tensor(shrink(_as_image(image), coded_at)).to(next(p.autoencoder.parameters()).device)
+    target = to_tensor(shrink(pil[0], coded_at)).to(next(p.autoencoder.parameters()).device)
     best = optimise_prompt(dec, dec.condition(stream), target, text, steps=pfo_steps, time_budget_s=pfo_seconds)
     if target_bpp is not None or scale == "auto":  # the text's size is part of the budget: code again
         return encode_batch([image], texts=[best.text], **kw)[0]
     # The latent's coding does not depend on the text: keep it (and any refinement of it), put the
-    # new text in and choose the detail gain again (the denoiser reads the text).
-    s = Bitstream.from_bytes(stream)
-    fresh = Bitstream(s.header, s.hyper_latent, s.latent, encode_text(best.text, p.text_model)).to_bytes()
-    return _choose_detail_gains(p, [_as_image(image)], [(fresh, y_hat)], [best.text], detail_gain)[0][0]
+    # new text in and choose the detail gain for it (the denoiser reads the text).
+    fresh = replace(Bitstream.from_bytes(stream), text=encode_text(best.text, p.text_model)).to_bytes()
+    return _choose_detail_gains(p, pil, [(fresh, y_hat)], [best.text], detail_gain)[0][0]
 
 
 def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:

@@ -75,7 +75,7 @@ def main() -> None:
             t_ae_dec = time.perf_counter() - t
         ae_times.append((t_ae_enc, t_ae_dec))
         t = time.perf_counter()
-        a = _Analysed(img.width, img.height, p.latent_codec.analyse(latent))
+        a = _Analysed(img.width, img.height, p.latent_codec.analyse(latent), [""])
         t_analyse = time.perf_counter() - t
         for r in args.rates:
             level = rate_to_level(p, r)

@@ -1,0 +1,49 @@
+"""The benchmark scripts run against the shipped model (on one Kodak image) and print sane tables.
+
+Scripts are not imported by the package, so a changed internal API breaks them silently
+(kodak_rd.py did, session 12): these runs catch that.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import KODAK, ROOT
+
+
+def run(script: str, *args: str) -> str:
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def table(out: str) -> dict[str, list[str]]:
+    """Markdown table rows of ``out``, by their first cell."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_latent_ceiling_orders_its_reconstructions():
+    assert (KODAK / "kodim01.png").exists()
+    rows = table(run("latent_ceiling.py", "--images", "1", "--threads", "2"))
+    db = {name: float(cells[1]) for name, cells in rows.items() if name != "reconstruction"}
+    taef2, ceiling = db["taef2"], db["codec, y unquantised, plain decoder"]
+    top = db["codec, top level (plain decode)"]
+    # unlimited bits keep more than the top rate's stream, and the codec's transforms less than TAEF2
+    assert top < ceiling < taef2
+    assert db["rank-128 projection (oracle PCA), TAEF2 decoder"] < db["rank-256 projection (oracle PCA), TAEF2 decoder"]
+    assert db["rank-256 projection (oracle PCA), TAEF2 decoder"] < db["rank-384 projection (oracle PCA), TAEF2 decoder"]
+    assert 0 < float(rows["codec, top level (plain decode)"][0]) < 1  # its bpp
+
+
+def test_kodak_rd_prints_rate_points_and_times():
+    out = run("kodak_rd.py", "--images", "1", "--rates", "0", "8", "--no-avif")
+    taef2 = re.search(r"TAEF2 alone: encode ([\d.]+) s, decode ([\d.]+) s", out)
+    assert taef2 and float(taef2[1]) > 0 and float(taef2[2]) > 0
+    points = re.findall(r"resulic\s+rate (\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
+    assert [p[0] for p in points] == ["0", "8"]
+    (_, bpp0, psnr0, *_), (_, bpp8, psnr8, *_) = points
+    assert float(bpp0) < float(bpp8) and float(psnr0) < float(psnr8)

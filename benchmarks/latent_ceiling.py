@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import codec  # noqa: E402
 from codec.images import load_image, pad, to_image, to_tensor  # noqa: E402
+from codec.latent_codec import latent_patches, patch_klt  # noqa: E402
 from codec.metrics import ms_ssim, psnr  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
 
@@ -71,19 +72,15 @@ def main() -> None:
         stream = codec.encode(img, rate=p.latent_codec.config.num_rate_points - 1, detail_gain="table")
         add("codec, top level (plain decode)", img, codec.decode(stream, decoder="plain"), 8 * len(stream) / (w * h))
         images.append(img)
-        latents.append(latent)
+        latents.append(latent[0])
         print(f"{path.name}: " + ", ".join(f"{k} {v[-1][1]:.2f} dB" for k, v in rows.items()), flush=True)
 
     k = p.latent_codec.config.patch
-    unfold = lambda lat: F.unfold(lat.double(), k, stride=k)[0].T  # noqa: E731  (patches, C·k·k)
-    patches = torch.cat([unfold(lat) for lat in latents])
-    mean = patches.mean(0)
-    eigvals, eigvecs = torch.linalg.eigh(torch.cov(patches.T))
-    basis = eigvecs[:, eigvals.argsort(descending=True)]
+    components, mean = patch_klt(latents, k)
     for m in (128, 256, 384):
-        b = basis[:, :m]
+        b = components[:m].T
         for img, lat in zip(images, latents):
-            projected = (unfold(lat) - mean) @ b @ b.T + mean
+            projected = (latent_patches(lat, k) - mean) @ b @ b.T + mean
             z = F.fold(projected.T[None], lat.shape[-2:], k, stride=k).float()
             with torch.no_grad():
                 add(f"rank-{m} projection (oracle PCA), TAEF2 decoder", img, crop(p.autoencoder.decode(z), img))

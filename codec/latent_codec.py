@@ -56,6 +56,19 @@ def scale_table() -> torch.Tensor:
     return 2.0 ** (SCALE_LOG2_MIN + SCALE_LOG2_STEP * torch.arange(NUM_SCALES, dtype=torch.float64))
 
 
+def latent_patches(latent: torch.Tensor, patch: int) -> torch.Tensor:
+    """(C, H, W) latent -> (patches, C·patch²) in float64: its non-overlapping patch×patch blocks."""
+    return F.unfold(latent[None].double(), patch, stride=patch)[0].T
+
+
+def patch_klt(latents: list[torch.Tensor], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KLT (PCA) of the latents' patches: every principal component as a row, strongest
+    first (orthonormal, float64), and the patches' mean."""
+    patches = torch.cat([latent_patches(lat, patch) for lat in latents])
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov(patches.T))
+    return eigvecs[:, eigvals.argsort(descending=True)].T, patches.mean(0)
+
+
 def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -122,10 +135,8 @@ class LatentCodec(nn.Module):
         """
         c = self.config
         k, m = c.patch, c.y_channels
-        patches = torch.cat([F.unfold(lat[None].double(), k, stride=k)[0].T for lat in latents])
-        mean = patches.mean(0)
-        eigvals, eigvecs = torch.linalg.eigh(torch.cov(patches.T))
-        basis = eigvecs[:, eigvals.argsort(descending=True)[:m]].T  # (m, C*k*k), orthonormal rows
+        components, mean = patch_klt(latents, k)
+        basis = components[:m]  # (m, C*k*k), orthonormal rows
         analysis, synthesis = self.g_a[0], self.g_s[1]
         analysis.weight.copy_(basis.reshape(m, c.latent_channels, k, k))
         analysis.bias.copy_(-(basis @ mean))

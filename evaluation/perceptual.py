@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,11 @@ from torch import nn
 
 from evaluation.weights import (
     DISTS_CACHE,
+    DISTS_RAW,
     LPIPS_CACHE,
+    LPIPS_RAW,
     RAW_SHA256,
+    WeightsError,
     check_sha256,
     default_weights_dir,
     flax_convs,
@@ -31,7 +35,9 @@ __all__ = ["LPIPS", "DISTS", "default_weights_dir"]
 
 # tensors_digest of each model's state_dict, as loaded from the published files
 LPIPS_DIGEST = "f6f7b5df82fea2fc803af9a7b5aec9e842769b1badad4213193f2b109dcf620c"
-DISTS_DIGEST = ""
+DISTS_DIGEST = "02ab8cc53d8005e2073d3745d67b9d82ca370d8c2595c196a96a77bf9d44321a"
+M = TypeVar("M", bound="_Frozen")
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
 def _raw_pth(root: Path, name: str) -> dict[str, torch.Tensor]:
@@ -48,19 +54,23 @@ class _Frozen(nn.Module):
 
     CACHE: str
     DIGEST: str
+    RAW: tuple[str, ...]
 
     @classmethod
     def raw_state(cls, root: Path) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike | None = None):
+    def from_dir(cls: type[M], path: str | os.PathLike | None = None) -> M:
         """The model from ``path`` (default: ``default_weights_dir()``), raw files or fetch cache."""
         root = Path(path) if path is not None else default_weights_dir()
         if (root / cls.CACHE).is_file():
             state = read_cache(root / cls.CACHE, cls.DIGEST)
-        else:
+        elif all((root / name).is_file() for name in cls.RAW):
             state = cls.raw_state(root)
+        else:
+            raise WeightsError(f"no {cls.__name__} weights in {root} ({cls.CACHE}, or {' and '.join(cls.RAW)}; "
+                               "`resulic weights fetch-metrics` gets them)")  # fmt: skip
         model = cls()
         model.load_state_dict(state)
         return model.requires_grad_(False).eval()
@@ -70,6 +80,7 @@ class LPIPS(_Frozen):
     """LPIPS v0.1 with the AlexNet backbone (Zhang et al., 2018), as the ``lpips`` package computes it."""
 
     CACHE = LPIPS_CACHE
+    RAW = LPIPS_RAW
     DIGEST = LPIPS_DIGEST
     CHANNELS = (64, 192, 384, 256, 256)
 
@@ -109,3 +120,61 @@ class LPIPS(_Frozen):
             fx, fy = f.chunk(2)
             d = d + head((fx - fy).pow(2)).mean((1, 2, 3))
         return d
+
+
+class DISTS(_Frozen):
+    """DISTS (Ding et al., 2020) with the VGG16 backbone and L2 pooling, as ``DISTS_pytorch`` computes it."""
+
+    CACHE = DISTS_CACHE
+    RAW = DISTS_RAW
+    DIGEST = DISTS_DIGEST
+    CHANNELS = (3, 64, 128, 256, 512, 512)  # the image itself, then each stage's output
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = [c for stage in VGG16_STAGES for c in stage]
+        self.convs = nn.ModuleList([nn.Conv2d(i, o, 3, padding=1) for i, o in zip([3, *widths[:-1]], widths)])
+        self.alpha = nn.Parameter(torch.empty(1, sum(self.CHANNELS), 1, 1))
+        self.beta = nn.Parameter(torch.empty(1, sum(self.CHANNELS), 1, 1))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        a = torch.tensor([0.5, 1.0, 0.5])  # np.hanning(5)[1:-1]: the reference's 3x3 L2-pooling window
+        self.register_buffer("window", (a[:, None] * a[None, :] / 4).view(1, 1, 3, 3), persistent=False)
+
+    @classmethod
+    def raw_state(cls, root: Path) -> dict[str, torch.Tensor]:
+        convs = flax_convs(_raw_ckpt(root, "vgg16.ckpt"), "VGG16_0", 13)
+        state = {k.replace("conv", "convs."): v for k, v in convs.items()}
+        state.update(_raw_pth(root, "dists/weights.pt"))
+        return state
+
+    def _l2pool(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.window.expand(h.shape[1], 1, 3, 3)
+        return (F.conv2d(h.pow(2), w, stride=2, padding=1, groups=h.shape[1]) + 1e-12).sqrt()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = (x - self.mean) / self.std
+        out, convs = [x], iter(self.convs)
+        for i, stage in enumerate(VGG16_STAGES):
+            if i:
+                h = self._l2pool(h)
+            for _ in stage:
+                h = F.relu(next(convs)(h))
+            out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c1 = c2 = 1e-6
+        w_sum = self.alpha.sum() + self.beta.sum()
+        alphas = torch.split(self.alpha / w_sum, self.CHANNELS, dim=1)
+        betas = torch.split(self.beta / w_sum, self.CHANNELS, dim=1)
+        score = 0
+        for f, alpha, beta in zip(self.features(torch.cat([x, y])), alphas, betas):
+            fx, fy = f.chunk(2)
+            mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
+            vx, vy = (fx - mx).pow(2).mean((2, 3), keepdim=True), (fy - my).pow(2).mean((2, 3), keepdim=True)
+            cov = (fx * fy).mean((2, 3), keepdim=True) - mx * my
+            s1 = (2 * mx * my + c1) / (mx.pow(2) + my.pow(2) + c1)
+            s2 = (2 * cov + c2) / (vx + vy + c2)
+            score = score + (alpha * s1 + beta * s2).sum((1, 2, 3))
+        return 1 - score

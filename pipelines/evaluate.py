@@ -4,8 +4,10 @@ same way, into CSV files, plots and a report.
 One task per (image, codec) runs every setting of that codec on that image: on a Ray cluster
 when one is attached (``RAY_ADDRESS``), locally otherwise; a progress bar counts tasks.
 Perceptual metrics that need pretrained networks (LPIPS, DISTS, FID, KID) are computed only
-from the published weights the user points ``--metric-weights`` at (``pipelines.perceptual``),
-never with random ones; otherwise they are reported as not computed, with the reason.
+from their published weights (``pipelines.perceptual``; LPIPS and DISTS by default, from
+``evaluation.weights.default_weights_dir()`` or ``--metric-weights``), never with random ones;
+without them they are reported as not computed, with the reason. BD-rates are measured on PSNR,
+MS-SSIM, LPIPS and DISTS (the last two lower-is-better: at equal LPIPS or DISTS).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
 PAIR_METRICS = ("lpips", "dists")  # per image
 SET_METRICS = ("fid", "kid")  # per setting, over all its images
 PERCEPTUAL_METRICS = PAIR_METRICS + SET_METRICS
+BD_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+LOWER_IS_BETTER = ("lpips", "dists")
 DEFAULT_RATES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -43,12 +47,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 class EvalOptions:
     rates: tuple[float, ...] = DEFAULT_RATES
     captions: dict[str, str] = field(default_factory=dict)  # image stem -> caption (for resulic-text)
-    metric_weights: str | None = None  # folder of the perceptual metrics' published checkpoints
+    metric_weights: str | None = None  # folder of the perceptual metrics' published weights
     perceptual: tuple[str, ...] = ()  # the perceptual metrics to compute (their weights were checked)
 
 
 def _row(image: str, codec: str, setting: str, ref: Image.Image, out: Image.Image, nbytes: int,
          t_enc: float, t_dec: float, peak: int, options: EvalOptions) -> dict:  # fmt: skip
+    """One setting's measurements; LPIPS and DISTS are added by ``_finish``."""
     from pipelines import perceptual
 
     mpix = ref.width * ref.height / 1e6
@@ -57,18 +62,21 @@ def _row(image: str, codec: str, setting: str, ref: Image.Image, out: Image.Imag
            "hf_ratio": hf_energy_ratio(ref, out), **dict.fromkeys(PERCEPTUAL_METRICS),
            "encode_s": t_enc, "decode_s": t_dec, "encode_mpix_s": mpix / t_enc if t_enc else None,
            "decode_mpix_s": mpix / t_dec if t_dec else None, "peak_rss_mib": peak / 2**20}  # fmt: skip
-    for m in PAIR_METRICS:
-        if m in options.perceptual:
-            row[m] = perceptual.pair_metric(m, options.metric_weights, ref, out)
     if set(SET_METRICS) & set(options.perceptual):  # features for the set-level metrics (not written to CSV)
         row["_features"] = perceptual.inception_features(options.metric_weights, out)
     return row
 
 
-def _with_reference_features(rows: list[dict], ref: Image.Image, options: EvalOptions) -> list[dict]:
-    if set(SET_METRICS) & set(options.perceptual):
-        from pipelines import perceptual
+def _finish(rows: list[dict], ref: Image.Image, outs: list[Image.Image], options: EvalOptions) -> list[dict]:
+    """LPIPS and DISTS of every setting (the reference's features computed once), and the
+    reference's Inception features for the set-level metrics."""
+    from pipelines import perceptual
 
+    for m in PAIR_METRICS:
+        if m in options.perceptual:
+            for r, value in zip(rows, perceptual.pair_metrics(m, options.metric_weights, ref, outs)):
+                r[m] = value
+    if set(SET_METRICS) & set(options.perceptual):
         real = perceptual.inception_features(options.metric_weights, ref)
         for r in rows:
             r["_reference_features"] = real
@@ -85,7 +93,7 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
     """Every setting of ``codec`` on one image."""
     ref = Image.open(path).convert("RGB")
     name = Path(path).stem
-    rows = []
+    rows, outs = [], []
     if codec in RESULIC_CODECS:
         import codec as rc
         from codec.semantic.residual import word_residual
@@ -99,7 +107,8 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
                 stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text, scale=scale, refine_steps=refine)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
             rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak, options))
-        return _with_reference_features(rows, ref, options)
+            outs.append(out)
+        return _finish(rows, ref, outs, options)
     fmt, _, scale = codec.partition("-")
     c = Classical(fmt, int(scale.rstrip("x") or 1))
     for q in QUALITIES[fmt]:
@@ -107,7 +116,8 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
             data, t_enc = _timed(c.encode, ref, q)
             out, t_dec = _timed(c.decode, data, ref.size)
         rows.append(_row(name, codec, f"q={q}", ref, out, len(data), t_enc, t_dec, mem.peak, options))
-    return _with_reference_features(rows, ref, options)
+        outs.append(out)
+    return _finish(rows, ref, outs, options)
 
 
 def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
@@ -193,21 +203,27 @@ def summarise(rows: list[dict], known: dict[tuple[str, str], dict] | None = None
 
 
 def curves(summary: list[dict], metric: str) -> dict[str, list[tuple[float, float]]]:
-    """(bpp, metric) per codec, plus for each classical format run at several scales its best
-    practical curve ``<fmt>-best``: the Pareto front over full size and the downscales."""
+    """(bpp, metric) per codec where measured, plus for each classical format run at several scales
+    its best practical curve ``<fmt>-best``: the Pareto front over full size and the downscales
+    (highest quality per rate; lowest for LPIPS and DISTS)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for m in summary:
-        out.setdefault(m["codec"], []).append((m["bpp"], m[metric]))
+        if m.get(metric) is not None:
+            out.setdefault(m["codec"], []).append((m["bpp"], m[metric]))
+    sign = -1 if metric in LOWER_IS_BETTER else 1
     for fmt in CLASSICAL:
-        scaled = [pt for c, pts in out.items() if c == fmt or c.startswith(f"{fmt}-") for pt in pts]
+        scaled = [(r, sign * q) for c, pts in out.items() if c == fmt or c.startswith(f"{fmt}-") for r, q in pts]
         if len({c for c in out if c == fmt or c.startswith(f"{fmt}-")}) > 1:
-            out[f"{fmt}-best"] = pareto_front(scaled)
+            out[f"{fmt}-best"] = [(r, sign * q) for r, q in pareto_front(scaled)]
     return {c: sorted(pts) for c, pts in out.items()}
 
 
-def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = ("psnr", "ms_ssim")) -> list[dict]:
+def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = BD_METRICS) -> list[dict]:
+    """BD-rate of every codec against ``anchor`` on each of ``metrics`` that was measured. The
+    rate at equal quality does not depend on which way the quality scale points, so LPIPS and
+    DISTS need no change of sign."""
     out = []
-    for metric in metrics:
+    for metric in [m for m in metrics if any(s.get(m) is not None for s in summary)]:
         cs = curves(summary, metric)
         if anchor not in cs:
             raise ValueError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(cs))})")
@@ -219,7 +235,8 @@ def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = ("psnr
             except ValueError:
                 value = None  # the curves share no quality range
             out.append({"codec": codec, "anchor": anchor, "metric": metric, "bd_rate_percent": value})
-    return sorted(out, key=lambda b: (b["codec"], b["metric"] != "psnr"))
+    order = {m: i for i, m in enumerate(metrics)}
+    return sorted(out, key=lambda b: (b["codec"], order[b["metric"]]))
 
 
 @dataclass
@@ -279,6 +296,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
              captions: str | None = None, progress: bool = True, report: str | None = None,
              metric_weights: str | None = None) -> EvalResult:  # fmt: skip
     from pipelines.eval_report import write_outputs
+    from pipelines.perceptual import weights_dir
 
     paths = list_images(dataset, images)
     run, notes = expand_codecs(list(codecs or DEFAULT_CODECS))
@@ -292,7 +310,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     if captions:  # a JSON list of {"image_index": stem, "original_caption": ...}, like Kodak's captions_40.json
         items = json.loads(Path(captions).read_text())
         cap = {it["image_index"]: it["original_caption"] for it in items if isinstance(it, dict) and "image_index" in it}
-    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap, metric_weights, perceptual)
+    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap, str(weights_dir(metric_weights)), perceptual)
     t0 = time.time()
     rows = run_all(paths, run, options, progress)
     summary = summarise(rows)

@@ -1,33 +1,34 @@
-"""Perceptual metrics from pretrained networks (LPIPS, DISTS, FID, KID), computed only when the
-user supplies the networks' published weights: never with randomly initialised backbones.
+"""Perceptual metrics for `resulic eval`, computed only from the published networks, never from
+random ones: LPIPS and DISTS per image pair, FID and KID per setting.
 
-The metrics are torchmetrics' own. Their backbones are the published ImageNet checkpoints that
-torchvision and torch-fidelity download on first use; here nothing is downloaded. The user
-points ``--metric-weights DIR`` at a folder holding those files under their published names (a
-``torch.hub`` cache such as ``~/.cache/torch/hub`` also works: files may sit in
-``DIR/checkpoints``); ``resulic weights fetch-metrics DIR`` downloads them where there is
-internet. Each file is checked before use: its SHA-256 must start with the prefix its published
-name carries, and it must load with ``torch.load(weights_only=True)``, so the libraries' own
-(pickle-permitting) loaders only ever open a file already shown to hold nothing but tensors.
+LPIPS and DISTS are ``evaluation.perceptual``'s, loaded from the metric-weights folder (by default
+``evaluation.weights.default_weights_dir()``): the published files, or the cache
+``resulic weights fetch-metrics`` writes; either way checked before use.
 
-FID and KID are set-level: Inception features of 256-pixel patches (a grid, plus the grid
-shifted by half a patch, as HiFiC measures small sets like Kodak) of every image in a setting,
-against the originals' patches.
+FID and KID are torchmetrics' own, on Inception features from torch-fidelity's published checkpoint,
+which must sit in the same folder (or its ``checkpoints/``); ``resulic weights fetch-metrics
+--inception`` downloads it where there is internet. It is checked before use: its SHA-256 must
+start with the prefix its published name carries, and it must load with
+``torch.load(weights_only=True)``, so the library's own (pickle-permitting) loader only ever opens
+a file already shown to hold nothing but tensors. They are set-level: Inception features of
+256-pixel patches (a grid, plus the grid shifted by half a patch, as HiFiC measures small sets like
+Kodak) of every image in a setting, against the originals' patches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from evaluation.perceptual import DISTS, LPIPS
+from evaluation.weights import WeightsError, default_weights_dir
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,15 @@ class Checkpoint:
         return self.name.rsplit("-", 1)[1].split(".")[0]
 
 
-ALEXNET = Checkpoint("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth")
-VGG16 = Checkpoint("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth")
 INCEPTION = Checkpoint("weights-inception-2015-12-05-6726825d.pth",
                        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                        "weights-inception-2015-12-05-6726825d.pth")  # fmt: skip
-NEEDS: dict[str, Checkpoint] = {"lpips": ALEXNET, "dists": VGG16, "fid": INCEPTION, "kid": INCEPTION}
+PAIR_MODELS = {"lpips": LPIPS, "dists": DISTS}
 PATCH = 256
 
 
-def _locate(weights_dir: str | os.PathLike, ck: Checkpoint) -> Path | None:
-    for p in (Path(weights_dir) / ck.name, Path(weights_dir) / "checkpoints" / ck.name):
+def _locate(folder: str | os.PathLike, ck: Checkpoint) -> Path | None:
+    for p in (Path(folder) / ck.name, Path(folder) / "checkpoints" / ck.name):
         if p.is_file():
             return p
     return None
@@ -72,31 +71,24 @@ def _verify(path: str, prefix: str) -> str | None:
     return None
 
 
-def unavailable(metric: str, weights_dir: str | os.PathLike | None) -> str | None:
-    """Why ``metric`` cannot be computed from ``weights_dir`` (None: it can)."""
-    ck = NEEDS[metric]
-    if weights_dir is None:
-        return f"no --metric-weights folder given (it needs {ck.name})"
-    path = _locate(weights_dir, ck)
-    if path is None:
-        return f"{ck.name} not found in {weights_dir}"
-    return _verify(str(path), ck.sha256_prefix)
+def weights_dir(given: str | os.PathLike | None) -> Path:
+    """The metric-weights folder, absolute (Ray workers may start elsewhere)."""
+    return (Path(given) if given else default_weights_dir()).resolve()
 
 
-@contextlib.contextmanager
-def _hub_dir(files: list[Path]):
-    """torch.hub pointed at a temporary cache holding ``files``: the libraries find their
-    checkpoints there and never reach for the network."""
-    old = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory(prefix="resulic-hub-") as tmp:
-        (Path(tmp) / "checkpoints").mkdir()
-        for f in files:
-            (Path(tmp) / "checkpoints" / f.name).symlink_to(f.resolve())
-        torch.hub.set_dir(tmp)
+def unavailable(metric: str, folder: str | os.PathLike | None) -> str | None:
+    """Why ``metric`` cannot be computed from ``folder`` (None: it can)."""
+    folder = weights_dir(folder)
+    if metric in PAIR_MODELS:
         try:
-            yield
-        finally:
-            torch.hub.set_dir(old)
+            _pair_model(metric, str(folder))
+        except WeightsError as e:
+            return str(e)
+        return None
+    path = _locate(folder, INCEPTION)
+    if path is None:
+        return f"{INCEPTION.name} not found in {folder} (resulic weights fetch-metrics --inception)"
+    return _verify(str(path), INCEPTION.sha256_prefix)
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -105,39 +97,25 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _lpips(weights_dir: str):
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-    with _hub_dir([_locate(weights_dir, ALEXNET)]):
-        return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
+def _pair_model(metric: str, folder: str) -> LPIPS | DISTS:
+    return PAIR_MODELS[metric].from_dir(folder)
 
 
 @functools.lru_cache(maxsize=None)
-def _dists(weights_dir: str):
-    # torchmetrics' DISTS metric class rebuilds (and reloads) its VGG on every update; its network
-    # module, built once here, is the same computation
-    from torchmetrics.functional.image.dists import DISTSNetwork
-
-    with _hub_dir([_locate(weights_dir, VGG16)]):
-        return DISTSNetwork().eval()
-
-
-@functools.lru_cache(maxsize=None)
-def _inception(weights_dir: str):
+def _inception(folder: str):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                              feature_extractor_weights_path=str(_locate(weights_dir, INCEPTION))).eval()  # fmt: skip
+                              feature_extractor_weights_path=str(_locate(folder, INCEPTION))).eval()  # fmt: skip
 
 
 @torch.no_grad()
-def pair_metric(metric: str, weights_dir: str, ref: Image.Image, out: Image.Image) -> float:
-    """LPIPS or DISTS between two images (lower is closer)."""
-    if metric == "dists":
-        return float(_dists(str(weights_dir))(_to_tensor(out), _to_tensor(ref)))
-    m = _lpips(str(weights_dir))
-    m.reset()
-    return float(m(_to_tensor(out), _to_tensor(ref)))
+def pair_metrics(metric: str, folder: str, ref: Image.Image, outs: list[Image.Image]) -> list[float]:
+    """LPIPS or DISTS of each of ``outs`` against ``ref`` (lower is closer); the reference's
+    features are computed once (DISTS's VGG16 takes seconds per image on a CPU)."""
+    model = _pair_model(metric, str(folder))
+    f_ref = model.features(_to_tensor(ref))
+    return [float(model.compare(model.features(_to_tensor(out)), f_ref)[0]) for out in outs]
 
 
 def patches(img: Image.Image, size: int = PATCH) -> list[Image.Image]:
@@ -151,9 +129,9 @@ def patches(img: Image.Image, size: int = PATCH) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def inception_features(weights_dir: str, img: Image.Image) -> np.ndarray:
+def inception_features(folder: str, img: Image.Image) -> np.ndarray:
     """(patches, 2048) Inception pool features of ``img``'s patches, float32."""
-    net = _inception(str(weights_dir))
+    net = _inception(str(folder))
     batch = torch.cat([torch.from_numpy(np.array(p.convert("RGB"))).permute(2, 0, 1)[None] for p in patches(img)])
     return net(batch).float().numpy()
 
@@ -185,18 +163,14 @@ def set_metric(metric: str, real: np.ndarray, fake: np.ndarray) -> float | None:
     return float(value[0] if isinstance(value, tuple) else value)
 
 
-def fetch_metric_weights(dest: str | os.PathLike, base_url: str | None = None, timeout: float = 600) -> list[Path]:
-    """Download the metric checkpoints into ``dest`` (skipping intact ones), each checked as on use.
-    ``base_url`` replaces every file's published folder (a mirror, or a file URL)."""
+def fetch_inception(dest: str | os.PathLike, base_url: str | None = None, timeout: float = 600) -> Path:
+    """Download FID and KID's Inception checkpoint into ``dest`` (unless intact there), checked as on
+    use. ``base_url`` replaces its published folder (a mirror, or a file URL)."""
     from codec.weights_fetch import download
 
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ck in dict.fromkeys(NEEDS.values()):
-        target = dest / ck.name
-        if not (target.is_file() and _verify(str(target), ck.sha256_prefix) is None):
-            url = ck.url if base_url is None else base_url.rstrip("/") + "/" + ck.name
-            download(url, target, lambda p, c=ck: _verify(str(p), c.sha256_prefix), timeout)
-        out.append(target)
-    return out
+    target = Path(dest) / INCEPTION.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.is_file() and _verify(str(target), INCEPTION.sha256_prefix) is None):
+        url = INCEPTION.url if base_url is None else base_url.rstrip("/") + "/" + INCEPTION.name
+        download(url, target, lambda p: _verify(str(p), INCEPTION.sha256_prefix), timeout)
+    return target

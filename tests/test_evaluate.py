@@ -1,4 +1,5 @@
-"""`resulic eval` on a few small real photos: the CSV columns, real plots, BD-rates, not-computed metrics."""
+"""`resulic eval` on a few small real photos: the CSV columns, real plots, BD-rates (on LPIPS and
+DISTS too, from the published weights), not-computed metrics."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_classical_codecs_round_trip_at_each_scale():
 
 def test_eval_writes_the_promised_files(dataset, tmp_path):
     out = tmp_path / "out"
-    res = evaluate(str(dataset), str(out), codecs=["resulic", "avif", "jpeg"], rates=[0, 4, 9], progress=False)
+    res = evaluate(str(dataset), str(out), codecs=["resulic", "avif", "jpeg"], rates=[0, 4, 9], progress=False,
+                   metric_weights=str(tmp_path / "no-weights"))  # fmt: skip
     for name in ("per_image.csv", "summary.csv", "bd_rate.csv", "rd_psnr.png", "rd_ms_ssim.png", "report.md"):
         assert (out / name).stat().st_size > 0, name
     for png in ("rd_psnr.png", "rd_ms_ssim.png"):
@@ -62,8 +64,10 @@ def test_eval_writes_the_promised_files(dataset, tmp_path):
     bd = read(out / "bd_rate.csv")
     assert set(bd[0]) == {"codec", "anchor", "metric", "bd_rate_percent"} and bd[0]["anchor"] == "avif-best"
     assert {"jpeg-best", "avif"} <= {b["codec"] for b in bd}
+    assert {b["metric"] for b in bd} == {"psnr", "ms_ssim"}  # no BD-rate on what was not measured
+    assert not (out / "rd_lpips.png").exists()
     report = (out / "report.md").read_text()
-    assert "lpips: not computed" in report and "| resulic | rate=0 |" in report
+    assert "lpips: not computed (no LPIPS weights in" in report and "| resulic | rate=0 |" in report
     assert any("not computed" in n for n in res.notes)
 
 
@@ -94,7 +98,7 @@ def test_unknown_codec_and_unavailable_ones():
 def test_cli(dataset, tmp_path):
     res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(dataset), str(tmp_path / "o"), "--codecs",
                           "webp", "--images", "1", "--metrics", "psnr", "ms_ssim", "lpips", "--report",
-                          str(tmp_path / "docs" / "results.md")],
+                          str(tmp_path / "docs" / "results.md"), "--metric-weights", str(tmp_path / "none")],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "note: lpips: not computed" in res.stdout
@@ -105,6 +109,35 @@ def test_cli(dataset, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert read(tmp_path / "o" / "summary.csv") == before  # the same means, rebuilt without measuring
+
+
+def test_eval_reports_lpips_and_dists_with_bd_rates(metric_weights, tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i, name in enumerate(["kodim03.png", "kodim23.png"]):
+        photo(96, 64, name).save(ds / f"img{i}.png")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(ds), str(out), "--codecs", "avif", "webp",
+                          "--metrics", "psnr", "ms_ssim", "lpips", "dists", "--metric-weights", str(metric_weights)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "not computed" not in res.stdout
+    per = read(out / "per_image.csv")
+    assert len(per) == 2 * 2 * 3 * 6 and all(0 < float(r["lpips"]) < 1 and 0 < float(r["dists"]) < 1 for r in per)
+    avif = sorted((float(r["bpp"]), float(r["lpips"]), float(r["dists"])) for r in per if r["codec"] == "avif" and r["image"] == "img0")
+    assert avif[-1][1] < avif[0][1] and avif[-1][2] < avif[0][2]  # more bits, closer
+    bd = read(out / "bd_rate.csv")
+    by = {(b["codec"], b["metric"]): b["bd_rate_percent"] for b in bd}
+    assert [b["metric"] for b in bd if b["codec"] == "webp-best"] == ["psnr", "ms_ssim", "lpips", "dists"]
+    assert by[("webp-best", "lpips")] and by[("webp-best", "dists")]  # measured over a shared range
+    for png in ("rd_lpips.png", "rd_dists.png"):
+        assert (out / png).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "](rd_lpips.png)" in report and "| webp-best | avif-best | dists |" in report
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(ds), str(out), "--from-csv"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert read(out / "bd_rate.csv") == bd  # the same BD-rates from the CSV alone
 
 
 def test_eval_runs_as_ray_tasks_when_a_cluster_is_attached(ray_local, dataset, tmp_path, monkeypatch):

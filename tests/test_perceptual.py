@@ -1,8 +1,8 @@
-"""Perceptual metrics from user-supplied checkpoints: the checks before any file is used, the
-not-computed reasons, the fetch command over a loopback HTTP server, and the whole path through
-`resulic eval` with stand-in checkpoints (random weights under the published names, admitted
-only by replacing the SHA-256 prefix check for this test: the real files cannot be downloaded
-here)."""
+"""Perceptual metrics in `resulic eval`: LPIPS and DISTS from the published weights (../shared
+and the session's fetch-metrics cache); for FID and KID the checks before the Inception file is
+used, the not-computed reasons, its fetch over a loopback HTTP server, and the whole path through
+`resulic eval` with a stand-in Inception (random weights under the published name, admitted only
+by replacing the SHA-256 prefix check for this test: the real file is not on the package index)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from codec.weights_fetch import FetchError
 from pipelines import perceptual
 from pipelines.evaluate import evaluate
 from tests.conftest import photo
 
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "weights" / "perceptual"
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -34,18 +34,20 @@ def sha_prefix(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> Path:
-    """Randomly initialised networks saved under the published checkpoint names (a torch.hub layout)."""
+    """The published LPIPS files beside a randomly initialised Inception under its published name
+    (in ``checkpoints/``, a torch.hub layout)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     d = tmp_path_factory.mktemp("metric-weights")
     (d / "checkpoints").mkdir()
+    (d / "lpips_v0.1").mkdir()
+    for name in ("alexnet.ckpt", "lpips_v0.1/alex.pth"):
+        (d / name).symlink_to(SHARED / name)
     torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet().state_dict(), d / "checkpoints" / perceptual.ALEXNET.name)
-    torch.save(torchvision.models.vgg16().state_dict(), d / perceptual.VGG16.name)
     torch.save({}, d / "empty.pth")
     with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):  # build it without weights
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(d / "empty.pth"))
-    torch.save(net.state_dict(), d / perceptual.INCEPTION.name)
+    torch.save(net.state_dict(), d / "checkpoints" / perceptual.INCEPTION.name)
     return d
 
 
@@ -57,10 +59,10 @@ def admit_stand_ins(monkeypatch):
 
 
 def test_reasons_when_a_metric_cannot_be_computed(stand_ins, tmp_path):
-    assert "no --metric-weights folder" in perceptual.unavailable("lpips", None)
-    assert "vgg16-397923af.pth not found" in perceptual.unavailable("dists", tmp_path)
+    assert "no DISTS weights in" in perceptual.unavailable("dists", tmp_path)
+    assert "weights-inception-2015-12-05-6726825d.pth not found" in perceptual.unavailable("kid", tmp_path)
+    assert perceptual.unavailable("lpips", stand_ins) is None
     # random weights under the published name: refused, the digest differs
-    assert "is not the published file" in perceptual.unavailable("lpips", stand_ins)
     assert "is not the published file" in perceptual.unavailable("fid", stand_ins)
 
 
@@ -70,12 +72,17 @@ def test_a_checkpoint_that_is_not_plain_tensors_is_refused(tmp_path):
     assert "does not load as plain tensors" in perceptual._verify.__wrapped__(str(p), sha_prefix(p))
 
 
-def test_pair_metrics_and_set_metrics_with_stand_ins(stand_ins, admit_stand_ins):
-    assert all(perceptual.unavailable(m, stand_ins) is None for m in ("lpips", "dists", "fid", "kid"))
+def test_pair_metrics_against_one_reference(metric_weights):
     ref, other = photo(96, 64, "kodim03.png"), photo(96, 64, "kodim23.png")
     for m in ("lpips", "dists"):
-        same, diff = perceptual.pair_metric(m, str(stand_ins), ref, ref), perceptual.pair_metric(m, str(stand_ins), ref, other)
-        assert abs(same) < 1e-5 and diff > same, m
+        same, diff = perceptual.pair_metrics(m, str(metric_weights), ref, [ref, other])
+        assert abs(same) < 1e-5 and diff > 0.1, m
+        assert perceptual.pair_metrics(m, str(metric_weights), other, [ref]) == pytest.approx([diff], abs=1e-6)
+
+
+def test_set_metric_features_with_stand_ins(stand_ins, admit_stand_ins):
+    assert all(perceptual.unavailable(m, stand_ins) is None for m in ("lpips", "fid", "kid"))
+    ref = photo(96, 64, "kodim03.png")
     big = photo(768, 512, "kodim03.png")
     assert len(perceptual.patches(big)) == 3 * 2 + 2 * 1 and len(perceptual.patches(ref)) == 1
     f_ref = perceptual.inception_features(str(stand_ins), big)
@@ -111,22 +118,19 @@ def test_eval_computes_what_the_weights_allow(stand_ins, admit_stand_ins, tmp_pa
 
 @pytest.fixture
 def mirror(stand_ins):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(stand_ins))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(stand_ins / "checkpoints"))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    (stand_ins / perceptual.ALEXNET.name).unlink(missing_ok=True)
-    (stand_ins / perceptual.ALEXNET.name).symlink_to(stand_ins / "checkpoints" / perceptual.ALEXNET.name)
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
 
 
-def test_fetch_metric_weights_checks_every_file(mirror, tmp_path):
+def test_fetch_inception_checks_the_file(mirror, tmp_path):
     with pytest.raises(FetchError, match="is not the published file"):
-        perceptual.fetch_metric_weights(tmp_path / "a", base_url=mirror)
+        perceptual.fetch_inception(tmp_path / "a", base_url=mirror)
     assert not [p for p in (tmp_path / "a").iterdir()]  # nothing half-fetched or unchecked is kept
 
 
-def test_fetch_metric_weights_then_use(mirror, admit_stand_ins, tmp_path):
-    got = perceptual.fetch_metric_weights(tmp_path / "b", base_url=mirror)
-    assert sorted(p.name for p in got) == sorted({perceptual.ALEXNET.name, perceptual.VGG16.name, perceptual.INCEPTION.name})
-    assert perceptual.unavailable("dists", tmp_path / "b") is None
+def test_fetch_inception_then_use(mirror, admit_stand_ins, tmp_path):
+    assert perceptual.fetch_inception(tmp_path / "b", base_url=mirror).name == perceptual.INCEPTION.name
+    assert perceptual.unavailable("fid", tmp_path / "b") is None

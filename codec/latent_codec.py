@@ -25,7 +25,7 @@ from compressai.ops import LowerBound
 from torch import nn
 
 from codec.fixed_point import ACT_BITS, FixedSequential, from_fixed, shift_floor, to_fixed
-from codec.layers import ResidualStack, conv3, conv5
+from codec.layers import ResBlock, ResidualStack, conv3, conv5
 
 GAIN_BITS = 12  # fractional bits of the frozen gain tables
 # Gaussian scale table: 2**(SCALE_LOG2_MIN + i * SCALE_LOG2_STEP), i < NUM_SCALES.
@@ -39,6 +39,10 @@ LEVELS_PER_POINT = 8  # rate levels between two trained rate points
 class LatentCodecConfig:
     latent_channels: int = 32
     patch: int = 4  # y has one vector per patch x patch block of the latent
+    # "patch": one strided patch×patch conv each way (KLT-initialised; the v1 model). "conv":
+    # overlapping 5×5 strided convolutions and residual blocks, log2(patch) stages each way, so
+    # the reconstruction has no block structure (the v2 model, trained with a perceptual loss).
+    transform: str = "patch"
     hidden: int = 128
     y_channels: int = 256
     z_channels: int = 64
@@ -69,6 +73,44 @@ def patch_klt(latents: list[torch.Tensor], patch: int) -> tuple[torch.Tensor, to
     return eigvecs[:, eigvals.argsort(descending=True)].T, patches.mean(0)
 
 
+
+def patch_transforms(c: LatentCodecConfig) -> tuple[nn.Module, nn.Module]:
+    """The v1 transforms: a patch transform (a strided conv, initialised by
+    ``LatentCodec.init_transforms`` to the KLT of latent patches, so that g_s(g_a(x)) starts as
+    the best rank-M projection) followed by residual stacks that start as the identity. Training
+    then only has to learn the nonlinear part: on a CPU budget this converges far faster than
+    learning the transform pair from scratch. Its price is a rank cap and block seams."""
+    n, m, k = c.hidden, c.y_channels, c.patch
+    if m > c.latent_channels * k * k:
+        raise ValueError("y_channels must not exceed latent_channels x patch^2")
+    g_a = nn.Sequential(nn.Conv2d(c.latent_channels, m, k, stride=k), ResidualStack(m, n, blocks=2))
+    g_s = nn.Sequential(
+        ResidualStack(m, n, blocks=3),
+        nn.ConvTranspose2d(m, c.latent_channels, k, stride=k),
+        ResidualStack(c.latent_channels, c.refine_hidden, blocks=2),  # smooths patch seams
+    )  # fmt: skip
+    return g_a, g_s
+
+
+def conv_transforms(c: LatentCodecConfig) -> tuple[nn.Module, nn.Module]:
+    """The v2 transforms: every output depends on overlapping neighbourhoods (5×5 strided convs
+    down, conv + pixel shuffle up, residual blocks between), so nothing aligns to a grid."""
+    n, m = c.hidden, c.y_channels
+    stages = int(math.log2(c.patch))
+    if 2**stages != c.patch or stages < 1:
+        raise ValueError("the conv transform needs patch = 2, 4 or 8")
+    down: list[nn.Module] = [conv3(c.latent_channels, n), ResBlock(n)]
+    for i in range(stages):
+        down += [conv5(n, m if i == stages - 1 else n, stride=2)]
+        if i < stages - 1:
+            down += [ResBlock(n), ResBlock(n)]
+    up: list[nn.Module] = [conv3(m, n), ResBlock(n), ResBlock(n)]
+    for _ in range(stages):
+        up += [conv3(n, 4 * n), nn.PixelShuffle(2), ResBlock(n)]
+    up += [conv3(n, c.latent_channels)]
+    return nn.Sequential(*down), nn.Sequential(*up)
+
+
 def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -79,21 +121,13 @@ class LatentCodec(nn.Module):
         c = self.config = config or LatentCodecConfig()
         if sum(c.slices) != c.y_channels:
             raise ValueError("slices must add up to y_channels")
-        n, m, k = c.hidden, c.y_channels, c.patch
-        if m > c.latent_channels * k * k:
-            raise ValueError("y_channels must not exceed latent_channels x patch^2")
-        # A patch transform (a strided conv, initialised by init_transforms() to the KLT of
-        # latent patches, so that g_s(g_a(x)) starts as the best rank-M projection) followed by
-        # residual stacks that start as the identity. Training then only has to learn the
-        # nonlinear part: on a CPU budget this converges far faster than learning the transform
-        # pair from scratch. Patches of 4 latents (32 pixels) give y a coarse enough grid to
-        # code an image's layout in a few hundred bytes, which the ultra-low rates need.
-        self.g_a = nn.Sequential(nn.Conv2d(c.latent_channels, m, k, stride=k), ResidualStack(m, n, blocks=2))
-        self.g_s = nn.Sequential(
-            ResidualStack(m, n, blocks=3),
-            nn.ConvTranspose2d(m, c.latent_channels, k, stride=k),
-            ResidualStack(c.latent_channels, c.refine_hidden, blocks=2),  # smooths patch seams
-        )  # fmt: skip
+        n, m = c.hidden, c.y_channels
+        if c.transform == "patch":
+            self.g_a, self.g_s = patch_transforms(c)
+        elif c.transform == "conv":
+            self.g_a, self.g_s = conv_transforms(c)
+        else:
+            raise ValueError(f"unknown transform {c.transform!r} (expected 'patch' or 'conv')")
         self.h_a = nn.Sequential(conv3(m, n), nn.ReLU(), conv5(n, n, stride=2), nn.ReLU(), conv5(n, c.z_channels, 2))
         # Entropy-parameter networks: Conv2d, ReLU and PixelShuffle only (see codec.fixed_point).
         self.h_s = nn.Sequential(
@@ -134,6 +168,8 @@ class LatentCodec(nn.Module):
         conditioned on, as in ELIC's uneven grouping.
         """
         c = self.config
+        if c.transform != "patch":
+            raise ValueError("init_transforms sets the patch transform; this codec has none")
         k, m = c.patch, c.y_channels
         components, mean = patch_klt(latents, k)
         basis = components[:m]  # (m, C*k*k), orthonormal rows

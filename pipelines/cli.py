@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -401,40 +402,27 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("detail-gains", help="measure a release's per-rate detail gain table (its own --help lists the flags)")
     tsub.add_parser("decoder", help="fine-tune the taef2 decoder on decoded latents (its own --help lists the flags)")
     tsub.add_parser("decoder-calibrate", help="set a fine-tuned decoder's per-rate blend on held-out photos (its own --help)")
+    tsub.add_parser("perceptual-codec", help="train the v2 latent codec and its decoder on pixels with LPIPS, CPU or GPU (its own --help)")
     return parser
+
+
+# train subcommand -> (module, function taking argv and prog)
+TRAINERS = {
+    "latent-codec": ("codec.train_latent_codec", "main"),
+    "cdm": ("codec.train_cdm", "main"),
+    "decoder": ("codec.train_decoder", "main"),
+    "decoder-calibrate": ("codec.train_decoder", "calibrate_main"),
+    "detail-gains": ("codec.cdm.gain_table", "main"),
+    "cdm-calibrate": ("codec.cdm.calibrate", "main"),
+    "perceptual-codec": ("training.perceptual_codec", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["train", "latent-codec"]:  # the trainers own all of their flags, --help included
-        from codec.train_latent_codec import main as train
-
-        train(argv[2:], prog="resulic train latent-codec")
-        return 0
-    if argv[:2] == ["train", "cdm"]:
-        from codec.train_cdm import main as train_cdm
-
-        train_cdm(argv[2:], prog="resulic train cdm")
-        return 0
-    if argv[:2] == ["train", "decoder"]:
-        from codec.train_decoder import main as train_decoder
-
-        train_decoder(argv[2:], prog="resulic train decoder")
-        return 0
-    if argv[:2] == ["train", "decoder-calibrate"]:
-        from codec.train_decoder import calibrate_main
-
-        calibrate_main(argv[2:], prog="resulic train decoder-calibrate")
-        return 0
-    if argv[:2] == ["train", "detail-gains"]:
-        from codec.cdm.gain_table import main as detail_gains
-
-        detail_gains(argv[2:], prog="resulic train detail-gains")
-        return 0
-    if argv[:2] == ["train", "cdm-calibrate"]:
-        from codec.cdm.calibrate import main as calibrate
-
-        calibrate(argv[2:], prog="resulic train cdm-calibrate")
+    if argv[:1] == ["train"] and len(argv) > 1 and argv[1] in TRAINERS:  # trainers own their flags, --help too
+        module, func = TRAINERS[argv[1]]
+        getattr(importlib.import_module(module), func)(argv[2:], prog=f"resulic train {argv[1]}")
         return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)

@@ -69,3 +69,30 @@ def test_klt_init_makes_the_transform_pair_the_best_projection():
     assert (rec - x).pow(2).mean() < 0.25 * (x - x.mean()).pow(2).mean()
     w = model.g_a[0].weight.reshape(model.config.y_channels, -1).double()
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=torch.float64), atol=1e-4)
+
+
+def test_conv_transform_codes_and_has_no_block_grid():
+    torch.manual_seed(0)
+    cfg = LatentCodecConfig(latent_channels=8, transform="conv", hidden=32, y_channels=32, z_channels=16,
+                            slices=[8, 24], param_hidden=32)  # fmt: skip
+    model = LatentCodec(cfg)
+    model.load_frozen(model.freeze())
+    model.eval()
+    latent = torch.randn(1, 8, 32, 32)
+    analysed = model.analyse(latent)
+    assert analysed["y"].shape == (1, 32, 8, 8)
+    strings, y_hat_enc = model.code_latent(analysed, 20)
+    y_hat = model.decompress_symbols(strings, analysed["z_strings"], analysed["z_shape"], 20)
+    assert torch.equal(y_hat, y_hat_enc)
+    # One y element reaches latents beyond its own 4×4 patch: the synthesis overlaps patches.
+    y = torch.zeros(1, 32, 8, 8, requires_grad=True)
+    model.g_s(y)[0, :, 13, 13].sum().backward()  # latent (13, 13) lies in patch (3, 3)
+    reached = y.grad.abs().sum(1)[0] > 0
+    assert reached[3, 3] and reached[2:5, 2:5].sum() == 9
+
+
+def test_unknown_transform_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown transform"):
+        LatentCodec(LatentCodecConfig(transform="wavelet"))

@@ -1,0 +1,216 @@
+"""`resulic train perceptual-codec`: the v2 latent codec and its pixel decoder, trained together.
+
+The v1 codec learned its transforms against latent and pixel MSE with TAEF2's decoder frozen:
+its restorations were blurred, blocky at the 4×4 patch grid and capped at 23.9 dB. Here the
+codec has overlapping conv transforms (``transform="conv"``) and is trained end to end on
+pixels, with the decoder (TAEF2's architecture, initialised from TAEF2) fine-tuned beside it:
+
+    loss = bpp + λ(rate) · 255² · (MSE + w_lpips · LPIPS + w_latent · D_latent)
+
+- LPIPS (AlexNet, the published weights, ``evaluation.perceptual``) is the perceptual term,
+  as in HiFiC and ResULIC. DISTS is never trained on: it stays the honest judge.
+- D_latent is the latent MSE weighted per channel by its cost in image MSE through TAEF2's
+  own decoder. It keeps the decoded latent a TAEF2 latent, which the diffusion decoder and
+  the caption's latent-only reconstruction read.
+- One model serves every rate: the rate is drawn uniformly over the rate points per crop.
+
+The same command runs on a CPU (resumable, in the background) and on one GPU (``--device
+cuda``: bfloat16 autocast for the autoencoder, decoder and LPIPS; the entropy model stays in
+float32), with the photos held on the device. ``--minutes`` bounds a run by wall time (a GPU
+burst), and the learning-rate decay follows whichever of steps and time runs out first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from codec.autoencoder import TAEF2
+from codec.latent_codec import LatentCodec, LatentCodecConfig
+from codec.train_latent_codec import bits_per_pixel, save_weights
+from codec.training_data import save_checkpoint
+from evaluation.perceptual import LPIPS, default_weights_dir
+from training.photo_crops import PhotoCrops
+
+V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
+                 slices=[16, 16, 32, 64, 192], param_hidden=128)  # fmt: skip
+DEFAULT_DATA = ["../shared/datasets/photos-train-v2", "../shared/datasets/photos-train"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def channel_sensitivity(ae: TAEF2, latent: torch.Tensor, sigma: float = 0.3) -> torch.Tensor:
+    """Image MSE per unit of latent MSE, per latent channel, through TAEF2's decoder."""
+    base = ae.decode(latent)
+    gen = torch.Generator(device=latent.device).manual_seed(0)
+    out = torch.zeros(latent.shape[1], device=latent.device)
+    for c in range(latent.shape[1]):
+        noisy = latent.clone()
+        noisy[:, c] += sigma * torch.randn(noisy[:, c].shape, generator=gen, device=latent.device)
+        out[c] = F.mse_loss(ae.decode(noisy), base) * latent.shape[1] / sigma**2
+    return out
+
+
+def export(codec: LatentCodec, decoder: torch.nn.Module, out: Path, meta: dict) -> None:
+    """The release files: the latent codec (float16 + frozen tables) and the decoder (float32)."""
+    cpu_codec = copy.deepcopy(codec).cpu().float()
+    save_weights(cpu_codec, out / "latent_codec.safetensors", meta)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()}
+    save_file(state, str(out / "decoder.safetensors"), metadata=meta)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="photo folders (never an evaluation set)")
+    p.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side on load")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.6], help="relative scales of each photo")
+    p.add_argument("--out", default="runs/perceptual-codec")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="crop side in pixels, a multiple of 128")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--decoder-lr", type=float, default=5e-5)
+    p.add_argument("--gain-lr-factor", type=float, default=10.0)
+    p.add_argument("--density-lr-factor", type=float, default=10.0)
+    p.add_argument("--lpips-weight", type=float, default=0.01, help="LPIPS in image-MSE units")
+    p.add_argument("--latent-weight", type=float, default=0.1, help="weighted latent MSE, in image-MSE units")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
+    p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = build_parser(prog).parse_args(argv)
+    if args.crop % 128:
+        raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
+    device = resolve_device(args.device)
+    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    ae = TAEF2.from_pretrained(args.weights_dir).to(device)
+    lpips = LPIPS.from_dir(args.metric_weights or default_weights_dir()).to(device)
+    data = PhotoCrops(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
+    codec = LatentCodec(LatentCodecConfig(**V2_CONFIG)).to(device)
+    decoder = copy.deepcopy(ae.decoder).requires_grad_(True).train()
+    print(f"{len(data)} photo scales on {device}; codec {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M "
+          f"parameters; bf16 {bf16}", flush=True)  # fmt: skip
+
+    quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
+    density = [p for n, p in codec.named_parameters() if n.startswith("entropy_bottleneck.") and not n.endswith("quantiles")]
+    special = {id(p) for p in quantiles + density} | {id(codec.log_gain)}
+    # The gains and the hyperprior's density get larger steps (see codec.train_latent_codec).
+    opt = torch.optim.Adam(
+        [{"params": [p for p in codec.parameters() if id(p) not in special], "lr_factor": 1.0},
+         {"params": [codec.log_gain], "lr_factor": args.gain_lr_factor},
+         {"params": density, "lr_factor": args.density_lr_factor},
+         {"params": list(decoder.parameters()), "lr_factor": args.decoder_lr / args.lr}],
+        lr=args.lr,
+    )  # fmt: skip
+    aux_opt = torch.optim.Adam(quantiles, lr=1e-3)
+
+    ckpt_path = out / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        codec.load_state_dict(ckpt["codec"], strict=False)
+        decoder.load_state_dict(ckpt["decoder"])
+        opt.load_state_dict(ckpt["opt"])
+        aux_opt.load_state_dict(ckpt["aux_opt"])
+        step, elapsed, sens = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt["sensitivity"].to(device)
+        print(f"resumed at step {step}", flush=True)
+    else:
+        with autocast():
+            sens = channel_sensitivity(ae, ae.encode(data.batch(8)).float()).float()
+        (out / "config.json").write_text(json.dumps({"codec": codec.config.to_dict(), "args": vars(args)}, indent=1))
+
+    def checkpoint() -> None:
+        state = {"codec": codec.state_dict(), "decoder": decoder.state_dict(), "opt": opt.state_dict(),
+                 "aux_opt": aux_opt.state_dict(), "step": step, "elapsed": elapsed, "sensitivity": sens}  # fmt: skip
+        save_checkpoint(state, ckpt_path)
+        export(codec, decoder, out, {"step": str(step), "trainer": "training.perceptual_codec"})
+
+    log = open(out / "train.log", "a")
+    k = codec.config.num_rate_points
+    budget = args.minutes * 60 if args.minutes else math.inf
+    t_start = time.time() - elapsed
+    while step < args.steps and elapsed < budget:
+        progress = max(step / args.steps, elapsed / budget)
+        lr = args.lr * (0.1 if progress > 0.85 else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_factor"]
+        x = data.batch(args.batch)
+        with torch.no_grad(), autocast():
+            lat = ae.encode(x).float()
+        rate = torch.rand(args.batch, device=device) * (k - 1)
+        res = codec(lat, rate)
+        with autocast():
+            x_hat = decoder(res["latent_hat"]).float()
+            lp = lpips(x_hat.clamp(0, 1), x).float()
+        mse = (x_hat - x).pow(2).mean((1, 2, 3))
+        d_lat = ((res["latent_hat"] - lat).pow(2).mean((2, 3)) * sens).mean(1)
+        bpp = bits_per_pixel(res["likelihoods"], args.crop**2)
+        d = mse + args.lpips_weight * lp + args.latent_weight * d_lat
+        loss = (bpp + codec.lambdas(rate) * 255**2 * d).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        aux_loss = codec.entropy_bottleneck.loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_opt.step()
+        step += 1
+        elapsed = time.time() - t_start
+        if step % args.log_every == 0:
+            lo, hi = rate < 1, rate > k - 2
+            rec = {
+                "step": step, "loss": round(loss.item(), 4), "bpp": round(bpp.mean().item(), 4),
+                "psnr": round(-10 * math.log10(max(mse.mean().item(), 1e-10)), 2), "lpips": round(lp.mean().item(), 4),
+                "psnr_latent": round(-10 * math.log10(max(d_lat.mean().item(), 1e-10)), 2),
+                "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
+                "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
+                "aux": round(aux_loss.item(), 2), "lr": lr, "sec": round(elapsed, 1),
+            }  # fmt: skip
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % args.save_every == 0:
+            checkpoint()
+    if step % args.save_every:
+        checkpoint()
+    print(f"stopped at step {step} after {elapsed:.0f} s; exports in {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

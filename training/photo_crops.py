@@ -1,0 +1,75 @@
+"""Training photos held in memory (on the training device), cut into random crops.
+
+The perceptual trainer runs the frozen autoencoder's encoder on every crop instead of reading
+cached latents: on a GPU that costs less than moving latents, and it lets every crop come
+from any position and flip. Photos are downscaled once on load so that their long side is at
+most ``max_side`` (Kodak-like scale: 768), at one or more relative scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_photo(path: Path, max_side: int, scale: float = 1.0) -> torch.Tensor:
+    """(3, H, W) uint8, long side at most ``max_side * scale`` (Lanczos)."""
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    f = min(1.0, max_side / max(img.size)) * scale
+    if f < 1.0:
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class PhotoCrops:
+    """Random (crop × crop) RGB crops in [0, 1] with horizontal flips, from photos on ``device``."""
+
+    def __init__(
+        self,
+        folders: Sequence[str | Path],
+        crop: int,
+        max_side: int = 768,
+        scales: Sequence[float] = (1.0, 0.6),
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        paths = [p for f in folders for p in list_images(f)]
+        if not paths:
+            raise ValueError(f"no photos in {', '.join(map(str, folders))}")
+        photos = (load_photo(p, max_side, s) for p in paths for s in scales)
+        self.photos = [t.to(device) for t in photos if min(t.shape[1:]) >= crop]
+        if not self.photos:
+            raise ValueError(f"no photo is at least {crop} pixels on its short side")
+        self.crop = crop
+        self.device = torch.device(device)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.gen))
+
+    def batch(self, size: int) -> torch.Tensor:
+        c = self.crop
+        out = []
+        for _ in range(size):
+            t = self.photos[self._randint(len(self.photos))]
+            i, j = self._randint(t.shape[1] - c + 1), self._randint(t.shape[2] - c + 1)
+            x = t[:, i : i + c, j : j + c]
+            out.append(x.flip(-1) if self._randint(2) else x)
+        return torch.stack(out).float().div_(255)

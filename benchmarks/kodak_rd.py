@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 import codec  # noqa: E402
 from codec.api import _Analysed, _assemble, rate_to_level  # noqa: E402
 from codec.images import load_image, pad, to_tensor  # noqa: E402
-from codec.metrics import bd_rate, ms_ssim, pareto_front, psnr  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
+from evaluation.metrics import bd_rate, ms_ssim, pareto_front, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
 AVIF_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60)

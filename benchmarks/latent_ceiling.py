@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 import codec  # noqa: E402
 from codec.images import load_image, pad, to_image, to_tensor  # noqa: E402
 from codec.latent_codec import latent_patches, patch_klt  # noqa: E402
-from codec.metrics import ms_ssim, psnr  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
+from evaluation.metrics import ms_ssim, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
 

@@ -14,7 +14,7 @@ frozen TAEF2 decoder (a central window) and a texture term. An MSE optimum is th
 mean, which is blurry by construction: at N_r = 800 it is little more than ẑ, whose texture
 ratio on Kodak is 0.13-0.19. The texture term asks for the original's amount of detail where
 the original has it: the squared log ratio of local high-frequency energy maps (the squared
-Laplacian of the luma that ``codec.metrics`` reports, averaged over ``--texture-pool`` pixel
+Laplacian of the luma that ``codec.texture`` measures, averaged over ``--texture-pool`` pixel
 cells, plus a floor so that flat cells do not count), weighted by the batch's own image MSE so
 that the trade of fidelity for texture is the same at every rate. The noise in z_n is the
 randomness the model draws texture from. This is this project's choice (the paper relies on
@@ -40,7 +40,7 @@ import torch
 from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n_r_for_level
 from codec.fixed_point import from_fixed
-from codec.metrics import luma_laplacian
+from codec.texture import luma_laplacian
 from codec.presets import load_preset
 from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 

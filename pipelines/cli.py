@@ -91,7 +91,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     import codec
     from codec.images import load_image
-    from codec.metrics import ms_ssim, psnr
+    from evaluation.metrics import ms_ssim, psnr
 
     path = Path(args.input)
     try:

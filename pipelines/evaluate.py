@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from codec.baselines import QUALITIES, SCALES, Classical, available
-from codec.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
+from evaluation.baselines import QUALITIES, SCALES, Classical, available
+from evaluation.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
 from pipelines.peak_memory import PeakMemory
 
 # -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates);

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import codec
 from codec.api import parse
-from codec.metrics import psnr
+from evaluation.metrics import psnr
 from tests.conftest import photo
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -13,7 +13,7 @@ from torchvision.transforms.functional import gaussian_blur as tv_gaussian_blur
 from codec.autoencoder import LAST_STAGE, TAEF2
 from codec.cdm.detail import choose_gains, decode_restored, gain_of, gaussian_blur, gaussian_kernel, split_images
 from codec.images import to_tensor
-from codec.metrics import hf_energy_tensor
+from codec.texture import hf_energy_tensor
 from tests.conftest import photo
 
 
@@ -157,8 +157,8 @@ def test_the_shipped_model_keeps_each_images_budget():
     it: on this crop 0.02 of the original's texture, against 0.002 plain)."""
     import codec
     from codec.api import DETAIL_BUDGET_DB
-    from codec.metrics import hf_energy_ratio, psnr
     from codec.presets import load_preset
+    from evaluation.metrics import hf_energy_ratio, psnr
 
     p = load_preset()
     assert p.cdm is not None and p.cdm.config.detail_sigma is not None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec.baselines import Classical, available
+from evaluation.baselines import Classical, available
 from pipelines.evaluate import bd_rates, evaluate, expand_codecs, summarise
 from tests.conftest import photo
 

@@ -16,7 +16,7 @@ import torch
 import codec
 from codec.cdm.detail import gain_of
 from codec.cdm.gain_table import interpolate, measure, table_codes
-from codec.metrics import hf_energy_ratio, psnr
+from evaluation.metrics import hf_energy_ratio, psnr
 from tests.conftest import photo
 
 ROOT = Path(__file__).resolve().parent.parent

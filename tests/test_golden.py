@@ -13,8 +13,8 @@ import pytest
 
 import codec
 from codec.bitstream import Bitstream
-from codec.metrics import psnr
 from codec.presets import releases
+from evaluation.metrics import psnr
 from tests.conftest import photo
 from tests.make_golden import DATA, symbols_digest
 

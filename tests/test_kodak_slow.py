@@ -4,7 +4,7 @@ import pytest
 
 import codec
 from codec.images import load_image
-from codec.metrics import psnr
+from evaluation.metrics import psnr
 from tests.conftest import KODAK
 
 pytestmark = pytest.mark.slow

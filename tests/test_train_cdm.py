@@ -36,7 +36,7 @@ def test_a_few_steps_then_resume(tmp_path):
 def test_energy_map_finds_where_the_detail_is():
     import torch
 
-    from codec.metrics import hf_energy_tensor
+    from codec.texture import hf_energy_tensor
     from codec.train_cdm import energy_map
 
     x = torch.full((1, 3, 34, 66), 0.5)

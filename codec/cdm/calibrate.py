@@ -41,7 +41,7 @@ from codec.cdm.detail import decode_restored
 from codec.cdm.model import CDMDenoiser
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import cdm_decode_latent
-from codec.metrics import hf_energy_tensor
+from codec.texture import hf_energy_tensor
 from codec.presets import load_preset
 from codec.train_cdm import decoded_latent
 from codec.training_data import CropSampler, cache_from_specs

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from codec.autoencoder import TAEF2
-from codec.metrics import hf_energy_tensor
+from codec.texture import hf_energy_tensor
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Image quality measures on 8-bit RGB images (the figures every benchmark reports)."""
+"""Image quality measures on 8-bit RGB images (the figures every benchmark reports).
+
+Nothing here runs to encode or decode: the encoder's texture measure is ``codec.texture``,
+which ``hf_energy`` reports on a whole image."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
 from codec.images import to_tensor
+from codec.texture import hf_energy_tensor
 
 
 def _pair(a: Image.Image, b: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,19 +72,6 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
     grid = np.linspace(lo, hi, 1001)
     diff = PchipInterpolator(qt, rt)(grid) - PchipInterpolator(qa, ra)(grid)
     return float((np.exp(np.trapz(diff, grid) / (hi - lo)) - 1) * 100)
-
-
-def luma_laplacian(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, H-2, W-2): the Laplacian of the luma (BT.601, 0-255).
-    Differentiable, so the CDM trainer's texture term measures what the benchmarks report."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
-    y = (x * w).sum(1) * 255
-    return y[:, 1:-1, :-2] + y[:, 1:-1, 2:] + y[:, :-2, 1:-1] + y[:, 2:, 1:-1] - 4 * y[:, 1:-1, 1:-1]
-
-
-def hf_energy_tensor(x: torch.Tensor) -> torch.Tensor:
-    """Per item of a (B, 3, H, W) RGB batch in [0, 1]: the mean squared Laplacian of the luma."""
-    return luma_laplacian(x).pow(2).mean((1, 2))
 
 
 def hf_energy(image: Image.Image) -> float:

@@ -3,7 +3,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from codec.metrics import ms_ssim, psnr
+from evaluation.metrics import ms_ssim, psnr
 from tests.conftest import photo
 
 
@@ -24,7 +24,7 @@ def test_ms_ssim_full_and_small_images():
 
 
 def test_bd_rate_hand_computed_cases():
-    from codec.metrics import bd_rate
+    from evaluation.metrics import bd_rate
 
     anchor = [(0.01, 20.0), (0.02, 22.0), (0.05, 24.5), (0.1, 26.0)]
     assert abs(bd_rate(anchor, [(r * 0.8, q) for r, q in anchor]) - (-20.0)) < 1e-9
@@ -38,7 +38,7 @@ def test_bd_rate_hand_computed_cases():
 def test_hf_energy_ratio():
     from PIL import ImageFilter
 
-    from codec.metrics import hf_energy, hf_energy_ratio
+    from evaluation.metrics import hf_energy, hf_energy_ratio
     from tests.conftest import photo
 
     img = photo(96, 64)
@@ -50,6 +50,6 @@ def test_hf_energy_ratio():
 
 
 def test_pareto_front():
-    from codec.metrics import pareto_front
+    from evaluation.metrics import pareto_front
 
     assert pareto_front([(3, 12.0), (1, 10.0), (2, 9.0), (4, 11.0)]) == [(1, 10.0), (3, 12.0)]

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import codec  # noqa: E402
 from codec.images import load_image  # noqa: E402
-from codec.training_data import list_images  # noqa: E402
 from evaluation.metrics import ms_ssim, psnr  # noqa: E402
+from training.data import list_images  # noqa: E402
 
 
 def main() -> None:

@@ -152,7 +152,7 @@ DETAIL_MAX_CODE = 96  # gain_of(96) = 4
 # - "search" (the default): per image, by decoding it as a CDM decoder will; each image gets the
 #   most texture within the limits above. Two decodes more per image: on 2 CPU threads a Kodak
 #   encode takes 3.6 times the autoencoder's own encode;
-# - "table": the release's per-level code (``codec.cdm.gain_table``), no decode, for throughput:
+# - "table": the release's per-level code (``training.detail_gains``), no decode, for throughput:
 #   an encode then costs about what the autoencoder's encoder does. The limits hold on the mean
 #   over photos, not per photo;
 # - a number: that gain for every image (the nearest head code).

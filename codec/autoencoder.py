@@ -135,7 +135,7 @@ class TAEF2(nn.Module):
 
     def with_decoder(self, path: str | os.PathLike) -> "TAEF2":
         """This autoencoder's encoder (shared) with another decoder of the same network, from a
-        safetensors file: one fine-tuned on decoded latents (``codec.train_decoder``).
+        safetensors file: one fine-tuned on decoded latents (``training.decoder``).
         ``weights_sha256`` becomes that file's SHA-256."""
         path = Path(path)
         if not path.is_file():

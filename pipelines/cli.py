@@ -408,12 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # train subcommand -> (module, function taking argv and prog)
 TRAINERS = {
-    "latent-codec": ("codec.train_latent_codec", "main"),
-    "cdm": ("codec.train_cdm", "main"),
-    "decoder": ("codec.train_decoder", "main"),
-    "decoder-calibrate": ("codec.train_decoder", "calibrate_main"),
-    "detail-gains": ("codec.cdm.gain_table", "main"),
-    "cdm-calibrate": ("codec.cdm.calibrate", "main"),
+    "latent-codec": ("training.latent_codec", "main"),
+    "cdm": ("training.cdm", "main"),
+    "decoder": ("training.decoder", "main"),
+    "decoder-calibrate": ("training.decoder_calibrate", "main"),
+    "detail-gains": ("training.detail_gains", "main"),
+    "cdm-calibrate": ("training.cdm_calibrate", "main"),
     "perceptual-codec": ("training.perceptual_codec", "main"),
 }
 

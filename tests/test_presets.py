@@ -149,8 +149,8 @@ def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(preset):
     import torch
 
     from codec.images import to_tensor
-    from codec.train_cdm import decoded_latent
     from tests.conftest import photo
+    from training.cdm import decoded_latent
 
     assert preset.decoder_finetune is not None and preset.decoder_blend is not None
     x = torch.cat([to_tensor(photo(256, 256, n)) for n in ("kodim05.png", "kodim21.png")])

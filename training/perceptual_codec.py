@@ -36,9 +36,9 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from codec.train_latent_codec import bits_per_pixel, save_weights
-from codec.training_data import save_checkpoint
 from evaluation.perceptual import LPIPS, default_weights_dir
+from training.data import save_checkpoint
+from training.latent_codec import bits_per_pixel, save_weights
 from training.photo_crops import PhotoCrops
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     quantiles = [p for n, p in codec.named_parameters() if n.endswith("quantiles")]
     density = [p for n, p in codec.named_parameters() if n.startswith("entropy_bottleneck.") and not n.endswith("quantiles")]
     special = {id(p) for p in quantiles + density} | {id(codec.log_gain)}
-    # The gains and the hyperprior's density get larger steps (see codec.train_latent_codec).
+    # The gains and the hyperprior's density get larger steps (see training.latent_codec).
     opt = torch.optim.Adam(
         [{"params": [p for p in codec.parameters() if id(p) not in special], "lr_factor": 1.0},
          {"params": [codec.log_gain], "lr_factor": args.gain_lr_factor},

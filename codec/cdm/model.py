@@ -43,7 +43,7 @@ class CDMConfig:
     prediction_type: str = "sample"  # the clean latent, as ẑ + correction (the only kind this code runs)
     # Per rate level: how much of the restoration is kept, ẑ + s·(restored − ẑ) (empty: s = 1).
     # Set by ``resulic train cdm-calibrate`` on training photos, so that what the added texture
-    # costs in PSNR stays within a budget at every rate (codec.cdm.calibrate says why).
+    # costs in PSNR stays within a budget at every rate (training.cdm_calibrate says why).
     blend: list[float] = field(default_factory=list)
     # Gaussian σ in pixels: keep only the restoration's detail above it, on the plain decode's
     # lower frequencies (``codec.cdm.detail``); None: decode the restored latent as it is (v1).

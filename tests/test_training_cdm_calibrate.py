@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from codec.cdm.calibrate import GRID, largest_within, main
 from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.sampler import cdm_decode_latent
+from training.cdm_calibrate import GRID, largest_within, main
 
 
 def test_largest_blend_within_the_limits():

@@ -41,10 +41,10 @@ from codec.cdm.detail import decode_restored
 from codec.cdm.model import CDMDenoiser
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import cdm_decode_latent
-from codec.texture import hf_energy_tensor
 from codec.presets import load_preset
-from codec.train_cdm import decoded_latent
-from codec.training_data import CropSampler, cache_from_specs
+from codec.texture import hf_energy_tensor
+from training.cdm import decoded_latent
+from training.data import CropSampler, cache_from_specs
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 BORDER = 8  # pixels of each crop left out of the measures (the decoder sees no context there)

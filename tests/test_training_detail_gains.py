@@ -1,4 +1,4 @@
-"""The per-level detail gain table (codec.cdm.gain_table): its rule, its measurement against the
+"""The per-level detail gain table (training.detail_gains): its rule, its measurement against the
 real decoder, and the command that writes it."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 
 import codec
 from codec.cdm.detail import gain_of
-from codec.cdm.gain_table import interpolate, measure, table_codes
 from evaluation.metrics import hf_energy_ratio, psnr
 from tests.conftest import photo
+from training.detail_gains import interpolate, measure, table_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 

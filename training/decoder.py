@@ -12,7 +12,7 @@ loss spends the decoder on the low rates: after 500 steps it gained 0.8-1.1 dB b
 on held-out photos and lost 0.2-0.55 dB above level 64. ``--loss db`` (the mean of each crop's
 10·log10(MSE)) weighs the rates alike, but on the held-out photos it lost more at the high
 rates, not less: it overfits the few training photos there. What the release does instead is
-blend the weights per rate level toward TAEF2's own (``calibrate_main``, below). The
+blend the weights per rate level toward TAEF2's own (``training.decoder_calibrate``). The
 architecture is unchanged, so decoding costs the same. The latent codec and the encoder stay
 frozen: streams already written decode with either decoder.
 
@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 from safetensors.torch import save_file
 
 from codec.presets import load_preset
-from codec.train_cdm import decoded_latent
-from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.cdm import decoded_latent
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the decoder see no context there
 
@@ -127,80 +126,3 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-@torch.no_grad()
-def measure_blends(preset, tuned, items: list[dict], levels: list[int], grid: list[float]) -> list[list[float]]:
-    """Mean PSNR over ``items`` (cached latent + image crops) of every blend on ``grid``, per level."""
-    decoders = [preset.autoencoder.blended(tuned, alpha) for alpha in grid]
-    out = []
-    for level in levels:
-        row = []
-        z_hats = [decoded_latent(preset, it["latent"][None], level) for it in items]
-        for dec in decoders:
-            psnr = [float(-10 * (dec.decode(z) - it["x"]).pow(2).mean().log10()) for z, it in zip(z_hats, items)]
-            row.append(sum(psnr) / len(psnr))
-        out.append(row)
-        print(json.dumps({"level": level, "psnr": [round(v, 3) for v in row]}), flush=True)
-    return out
-
-
-def blend_table(levels: list[int], grid: list[float], psnr: list[list[float]], num_levels: int) -> list[float]:
-    """Per level, the blend of the best mean PSNR at the measured levels, linearly in between."""
-    import numpy as np
-
-    best = [grid[int(np.argmax(row))] for row in psnr]
-    return [round(float(a), 4) for a in np.interp(np.arange(num_levels), levels, best)]
-
-
-def calibrate_main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    """``resulic train decoder-calibrate``: how far toward the fine-tune each rate level goes.
-
-    A fine-tune on a few dozen photos generalises at low rates and overfits at high ones, so
-    the blend is measured on photos it never trained on, through the exact codec, and written
-    with the weights into a new file (its metadata ``blend``) that a release can name."""
-    p = argparse.ArgumentParser(prog=prog, description=calibrate_main.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("decoder", help="a decoder.safetensors written by `resulic train decoder`")
-    p.add_argument("out", help="the calibrated decoder file to write")
-    p.add_argument("--data", required=True, help="a folder of held-out photos (never the training photos), FOLDER[:SCALE]")
-    p.add_argument("--cache", default=".cache/latents")
-    p.add_argument("--images", type=int, default=10)
-    p.add_argument("--crop", type=int, nargs=2, default=(48, 64), help="central latent crop, rows and columns")
-    p.add_argument("--every", type=int, default=8, help="measure every this many levels (and the top one)")
-    p.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
-    args = p.parse_args(argv)
-    if any(c % 16 for c in args.crop):
-        p.error("--crop sides must be multiples of 16 (the latent codec's hyperprior stride)")
-    torch.set_num_threads(args.threads)
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    preset = load_preset("taef2", weights_dir=args.weights_dir)
-    tuned = preset.autoencoder.with_decoder(args.decoder)
-    folder = Path(args.data.partition(":")[0])
-    files = [f for f in cache_from_specs([args.data], Path(args.cache), preset.autoencoder) if f.name.startswith(f"{folder.name}-")]
-    items = []
-    for f in files[: args.images]:
-        it = load_file(str(f))
-        (h, w), (ch, cw) = it["latent"].shape[1:], args.crop
-        if h < ch or w < cw:
-            continue
-        i, j = (h - ch) // 2, (w - cw) // 2
-        x = it["image"][8 * i : 8 * (i + ch), 8 * j : 8 * (j + cw)].permute(2, 0, 1)[None].float() / 255
-        items.append({"latent": it["latent"][:, i : i + ch, j : j + cw], "x": x})
-    if not items:
-        p.error(f"no cached photo of {folder} is as large as the crop")
-    n = preset.num_levels
-    levels = sorted(set(range(0, n, args.every)) | {n - 1})
-    psnr = measure_blends(preset, tuned, items, levels, args.grid)
-    table = blend_table(levels, args.grid, psnr, n)
-    with safe_open(args.decoder, "pt") as f:
-        meta = dict(f.metadata() or {})
-    meta.update(blend=json.dumps(table), calibration=json.dumps(
-        {"data": args.data, "images": len(items), "crop": list(args.crop), "levels": levels, "grid": args.grid,
-         "psnr": [[round(v, 3) for v in row] for row in psnr]}))  # fmt: skip
-    save_file(load_file(args.decoder), args.out, metadata=meta)
-    print(json.dumps({"blend": table}))

@@ -5,8 +5,8 @@ from PIL import Image
 
 from codec.latent_codec import LEVELS_PER_POINT, LatentCodecConfig
 from codec.presets import load_latent_codec
-from codec.train_latent_codec import main
 from tests.conftest import photo
+from training.latent_codec import main
 
 
 def test_train_resume_and_export(tmp_path):
@@ -29,7 +29,7 @@ def test_train_resume_and_export(tmp_path):
 def test_extend_gains_continues_the_top_step():
     import torch
 
-    from codec.train_latent_codec import extend_gains
+    from training.latent_codec import extend_gains
 
     g = torch.tensor([[0.0, 1.0], [0.5, 1.2], [1.0, 1.6]])
     out = extend_gains(g, 5)

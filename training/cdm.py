@@ -1,6 +1,6 @@
 """Train the CDM denoiser for a preset on CPU: ``resulic train cdm``.
 
-Data: the cached TAEF2 latents of the training photos (``codec.training_data``), random aligned
+Data: the cached TAEF2 latents of the training photos (``training.data``), random aligned
 (latent, image) crops. For each batch a rate level is drawn, ẑ is made by the preset's own
 latent codec at that level (the exact symbols a decoder recovers), N_r follows the rate table,
 and the step n is drawn uniformly from 1..N_r: the model only ever sees the part of the
@@ -40,9 +40,9 @@ import torch
 from codec.cdm.model import CDMConfig, CDMDenoiser
 from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n_r_for_level
 from codec.fixed_point import from_fixed
-from codec.texture import luma_laplacian
 from codec.presets import load_preset
-from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from codec.texture import luma_laplacian
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from codec.training_data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 
 
 @torch.no_grad()

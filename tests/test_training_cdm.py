@@ -5,7 +5,7 @@ import json
 import pytest
 
 from codec.cdm.model import CDMDenoiser
-from codec.train_cdm import main
+from training.cdm import main
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -37,7 +37,7 @@ def test_energy_map_finds_where_the_detail_is():
     import torch
 
     from codec.texture import hf_energy_tensor
-    from codec.train_cdm import energy_map
+    from training.cdm import energy_map
 
     x = torch.full((1, 3, 34, 66), 0.5)
     x[..., 34:] = (torch.arange(32 * 34).reshape(34, 32) % 2).float()  # a fine pattern on the right half only

@@ -38,7 +38,7 @@ from codec.images import load_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
 from codec.resample import SCALES
-from codec.training_data import list_images
+from training.data import list_images
 
 
 def measure(preset: Preset, images: list, levels: list[int], max_code: int,

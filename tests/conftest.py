@@ -25,6 +25,15 @@ def preset():
     return load_preset("taef2")
 
 
+@pytest.fixture(scope="session")
+def cdm_preset():
+    """The newest released model with a CDM denoiser and the encoder rules measured for it
+    (detail gain table, scale thresholds, blended decoder): what the CDM tests exercise."""
+    from codec.presets import load_preset, releases
+
+    return load_preset("taef2", model_id=[e for e in releases("taef2") if e.get("cdm")][-1]["model_id"])
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch threads, then restore the count (thread count is part of

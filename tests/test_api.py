@@ -164,7 +164,7 @@ def test_parse_detail_gain():
         parse_detail_gain("lots")
 
 
-def test_detail_gain_modes(preset, monkeypatch):
+def test_detail_gain_modes(cdm_preset, monkeypatch):
     """search (the default) decodes; the table takes the release's code (no decode at encode);
     a number is fixed. The modes change nothing but the head's detail gain."""
     import codec.api as api
@@ -172,13 +172,13 @@ def test_detail_gain_modes(preset, monkeypatch):
 
     img = photo(96, 64)
     level = 2 * 8
-    table = codec.encode(img, rate=2, preset=preset, detail_gain="table")
+    table = codec.encode(img, rate=2, preset=cdm_preset, detail_gain="table")
     head = Bitstream.from_bytes(table).header
-    assert head.detail_gain == preset.detail_gains[head.scale][level]
-    fixed = codec.encode(img, rate=2, preset=preset, detail_gain=gain_of(head.detail_gain))
+    assert head.detail_gain == cdm_preset.detail_gains[head.scale][level]
+    fixed = codec.encode(img, rate=2, preset=cdm_preset, detail_gain=gain_of(head.detail_gain))
     assert fixed == table
-    searched = Bitstream.from_bytes(codec.encode(img, rate=2, preset=preset))
-    assert codec.encode(img, rate=2, preset=preset, detail_gain="search") == searched.to_bytes()
+    searched = Bitstream.from_bytes(codec.encode(img, rate=2, preset=cdm_preset))
+    assert codec.encode(img, rate=2, preset=cdm_preset, detail_gain="search") == searched.to_bytes()
     t = Bitstream.from_bytes(table)
     assert (searched.latent, searched.hyper_latent, searched.text) == (t.latent, t.hyper_latent, t.text)
     assert 0 <= searched.header.detail_gain <= api.DETAIL_MAX_CODE
@@ -186,26 +186,26 @@ def test_detail_gain_modes(preset, monkeypatch):
     calls = []
     real = api.cdm_decode_latent
     monkeypatch.setattr(api, "cdm_decode_latent", lambda *a, **k: calls.append(1) or real(*a, **k))
-    codec.encode(img, rate=2, preset=preset, detail_gain="table")
+    codec.encode(img, rate=2, preset=cdm_preset, detail_gain="table")
     assert calls == []
-    codec.encode(img, rate=2, preset=preset, detail_gain="search")
+    codec.encode(img, rate=2, preset=cdm_preset, detail_gain="search")
     assert calls == [1]
     with pytest.raises(ValueError, match="unknown detail gain"):
-        codec.encode(img, rate=2, preset=preset, detail_gain="more")
+        codec.encode(img, rate=2, preset=cdm_preset, detail_gain="more")
 
 
-def test_detail_gain_needs_a_model_that_writes_one(preset):
+def test_detail_gain_needs_a_model_that_writes_one(cdm_preset):
     """A model without a table refuses "table"; a model without detail transfer writes no gain
     and refuses a fixed one."""
     from dataclasses import replace
 
     from codec.presets import load_preset
 
-    untabled = replace(preset, detail_gains=None, _plain={})
+    untabled = replace(cdm_preset, detail_gains=None, _plain={})
     img = photo(64, 64)
     with pytest.raises(ValueError, match="no detail gain table"):
         codec.encode(img, rate=1, preset=untabled, detail_gain="table")
-    one_scale = replace(preset, detail_gains={1: preset.detail_gains[1]}, _plain={})
+    one_scale = replace(cdm_preset, detail_gains={1: cdm_preset.detail_gains[1]}, _plain={})
     with pytest.raises(ValueError, match="no detail gain table for scale 2"):
         codec.encode(img, rate=1, preset=one_scale, detail_gain="table", scale=2)
     old = load_preset("taef2", model_id="e102cc3de58bc279")  # before the CDM
@@ -214,41 +214,41 @@ def test_detail_gain_needs_a_model_that_writes_one(preset):
         codec.encode(img, rate=1, preset=old, detail_gain=1.0)
 
 
-def test_a_stream_coded_smaller_decodes_at_full_size(preset):
+def test_a_stream_coded_smaller_decodes_at_full_size(cdm_preset):
     from codec.resample import shrink
 
     img = photo(200, 136)
-    stream = codec.encode(img, rate=4, preset=preset, scale=2, detail_gain=1.0)
+    stream = codec.encode(img, rate=4, preset=cdm_preset, scale=2, detail_gain=1.0)
     meta = codec.info(stream)
     assert (meta["width"], meta["height"], meta["scale"]) == (200, 136, 2)
-    plain = codec.decode(stream, decoder="plain", preset=preset)
-    cdm = codec.decode(stream, preset=preset)
+    plain = codec.decode(stream, decoder="plain", preset=cdm_preset)
+    cdm = codec.decode(stream, preset=cdm_preset)
     assert plain.size == cdm.size == (200, 136)
     # the same symbols as coding the shrunk image, upsampled by the spec's filter
-    small = codec.encode(shrink(img, 2), rate=4, preset=preset, scale=1, detail_gain=1.0)
+    small = codec.encode(shrink(img, 2), rate=4, preset=cdm_preset, scale=1, detail_gain=1.0)
     assert Bitstream.from_bytes(small).latent == Bitstream.from_bytes(stream).latent
     from codec.resample import upsample
 
-    want = upsample(to_tensor(codec.decode(small, decoder="plain", preset=preset)), 200, 136).clamp(0, 1)
+    want = upsample(to_tensor(codec.decode(small, decoder="plain", preset=cdm_preset)), 200, 136).clamp(0, 1)
     assert psnr_arrays(plain, Image.fromarray((want[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))) > 45
     with pytest.raises(ValueError, match="unknown scale"):
-        codec.encode(img, rate=4, preset=preset, scale=3)
+        codec.encode(img, rate=4, preset=cdm_preset, scale=3)
 
 
-def test_auto_scale_follows_the_stream_size(preset):
+def test_auto_scale_follows_the_stream_size(cdm_preset):
     """auto: a small budget codes a smaller image; a large one the full image; with a rate, the
     size of that rate at full size (the choice is per image, the same in a batch as alone)."""
     from codec.api import scale_for_bpp
 
-    assert preset.scale_below_bpp == {2: 0.06, 4: 0.012}
-    assert [scale_for_bpp(preset, b) for b in (0.005, 0.02, 0.1)] == [4, 2, 1]
+    assert cdm_preset.scale_below_bpp == {2: 0.06, 4: 0.012}
+    assert [scale_for_bpp(cdm_preset, b) for b in (0.005, 0.02, 0.1)] == [4, 2, 1]
     img = photo(512, 320, "kodim05.png")
-    low = codec.info(codec.encode(img, target_bpp=0.01, preset=preset, detail_gain=1.0, scale="auto"))
-    high = codec.info(codec.encode(img, target_bpp=0.3, preset=preset, detail_gain=1.0, scale="auto"))
+    low = codec.info(codec.encode(img, target_bpp=0.01, preset=cdm_preset, detail_gain=1.0, scale="auto"))
+    high = codec.info(codec.encode(img, target_bpp=0.3, preset=cdm_preset, detail_gain=1.0, scale="auto"))
     assert (low["scale"], high["scale"]) == (4, 1) and low["bpp"] <= 0.01
-    full = codec.encode(img, rate=3, preset=preset, detail_gain=1.0)  # full size: the default
-    auto = codec.encode(img, rate=3, preset=preset, detail_gain=1.0, scale="auto")
+    full = codec.encode(img, rate=3, preset=cdm_preset, detail_gain=1.0)  # full size: the default
+    auto = codec.encode(img, rate=3, preset=cdm_preset, detail_gain=1.0, scale="auto")
     b = codec.info(full)["bpp"]
-    assert codec.info(auto)["scale"] == scale_for_bpp(preset, b) != 1 and codec.info(auto)["bpp"] <= b
-    pair = codec.encode_batch([img, photo(512, 320)], rate=3, preset=preset, detail_gain=1.0, scale="auto")
+    assert codec.info(auto)["scale"] == scale_for_bpp(cdm_preset, b) != 1 and codec.info(auto)["bpp"] <= b
+    pair = codec.encode_batch([img, photo(512, 320)], rate=3, preset=cdm_preset, detail_gain=1.0, scale="auto")
     assert pair[0] == auto

@@ -148,7 +148,7 @@ def test_the_api_decodes_with_the_configs_detail_transfer(tmp_path, monkeypatch)
     assert np.array_equal(got, np.asarray(want)) and not np.array_equal(got, np.asarray(whole))
 
 
-def test_the_shipped_model_keeps_each_images_budget():
+def test_the_shipped_model_keeps_each_images_budget(cdm_preset):
     """The shipped CDM (detail transfer) on Kodak crops with the encoder's search (the default):
     its choice holds as decoded, within the PSNR budget of the plain decode and at most the
     original's texture, at full size and coded smaller (where the search measures after the
@@ -157,14 +157,13 @@ def test_the_shipped_model_keeps_each_images_budget():
     it: on this crop 0.02 of the original's texture, against 0.002 plain)."""
     import codec
     from codec.api import DETAIL_BUDGET_DB
-    from codec.presets import load_preset
     from evaluation.metrics import hf_energy_ratio, psnr
 
-    p = load_preset()
+    p = cdm_preset
     assert p.cdm is not None and p.cdm.config.detail_sigma is not None
     for name, rate, scale, least in (("kodim05.png", 0, 1, 0.5), ("kodim23.png", 6, 1, 0.5), ("kodim05.png", 0, 4, 0.01)):
         img = photo(256, 192, name)
-        stream = codec.encode(img, rate=rate, scale=scale)
+        stream = codec.encode(img, rate=rate, scale=scale, preset=p)
         plain, cdm = codec.decode(stream, decoder="plain"), codec.decode(stream)
         assert psnr(img, plain) - psnr(img, cdm) <= DETAIL_BUDGET_DB + 0.01
         assert hf_energy_ratio(img, plain) + least < hf_energy_ratio(img, cdm) <= 1.0 + 1e-3

@@ -143,7 +143,7 @@ def _parts_without_decoder(p) -> list[str]:
             *([p.cdm.weights_sha256] if p.cdm else [])]  # fmt: skip
 
 
-def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(preset):
+def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(cdm_preset):
     """The release's plain decoder (a fine-tune, blended per level) against TAEF2's decoder on
     the same ẑ of Kodak crops (Kodak: evaluation only, never training or calibration)."""
     import torch
@@ -152,29 +152,29 @@ def test_the_shipped_plain_decoder_beats_taef2s_own_on_decoded_latents(preset):
     from tests.conftest import photo
     from training.cdm import decoded_latent
 
-    assert preset.decoder_finetune is not None and preset.decoder_blend is not None
+    assert cdm_preset.decoder_finetune is not None and cdm_preset.decoder_blend is not None
     x = torch.cat([to_tensor(photo(256, 256, n)) for n in ("kodim05.png", "kodim21.png")])
     with torch.no_grad():
-        z0 = preset.autoencoder.encode(x)
-        for level in (0, 32, preset.num_levels - 1):
-            z_hat = decoded_latent(preset, z0, level)
+        z0 = cdm_preset.autoencoder.encode(x)
+        for level in (0, 32, cdm_preset.num_levels - 1):
+            z_hat = decoded_latent(cdm_preset, z0, level)
             db = lambda ae: float((-10 * (ae.decode(z_hat) - x).pow(2).mean((1, 2, 3)).log10()).mean())  # noqa: E731
-            assert db(preset.plain(level)) > db(preset.autoencoder), level
+            assert db(cdm_preset.plain(level)) > db(cdm_preset.autoencoder), level
 
 
-def test_a_detail_gain_table_belongs_to_its_releases_own_files(preset):
-    """The newest release's table is loaded with its own files; an override is a new model,
+def test_a_detail_gain_table_belongs_to_its_releases_own_files(cdm_preset):
+    """A release's table is loaded with its own files; an override is a new model,
     measured by nobody, so it gets no table; a table of the wrong length is refused."""
     import json
 
     from codec.presets import detail_gain_table, release
 
-    e = release("taef2")
-    assert preset.detail_gains is not None and set(preset.detail_gains) == {1, 2, 4}
-    for codes in preset.detail_gains.values():
-        assert len(codes) == preset.num_levels and all(0 <= c <= 127 for c in codes)
+    e = release("taef2", cdm_preset.model_id.hex())
+    assert cdm_preset.detail_gains is not None and set(cdm_preset.detail_gains) == {1, 2, 4}
+    for codes in cdm_preset.detail_gains.values():
+        assert len(codes) == cdm_preset.num_levels and all(0 <= c <= 127 for c in codes)
     table = json.loads((WEIGHTS_DIR / e["detail_gains"]).read_text())
-    assert table["model_id"] == e["model_id"] == preset.model_id.hex()
-    assert detail_gain_table(e, preset.num_levels) == preset.detail_gains
+    assert table["model_id"] == e["model_id"] == cdm_preset.model_id.hex()
+    assert detail_gain_table(e, cdm_preset.num_levels) == cdm_preset.detail_gains
     with pytest.raises(ValueError, match="levels"):
-        detail_gain_table(e, preset.num_levels + 1)
+        detail_gain_table(e, cdm_preset.num_levels + 1)

@@ -34,6 +34,16 @@ def cdm_preset():
     return load_preset("taef2", model_id=[e for e in releases("taef2") if e.get("cdm")][-1]["model_id"])
 
 
+@pytest.fixture
+def train_photos(tmp_path) -> Path:
+    """A folder of two small photos of different sizes, for the trainers' tiny real runs."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    photo(256, 192).save(data / "a.png")
+    photo(200, 208, "kodim05.png").save(data / "b.png")
+    return data
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch threads, then restore the count (thread count is part of

@@ -5,15 +5,11 @@ from PIL import Image
 
 from codec.latent_codec import LEVELS_PER_POINT, LatentCodecConfig
 from codec.presets import load_latent_codec
-from tests.conftest import photo
 from training.latent_codec import main
 
 
-def test_train_resume_and_export(tmp_path):
-    data = tmp_path / "photos"
-    data.mkdir()
-    photo(256, 192).save(data / "a.png")
-    photo(200, 208, "kodim05.png").save(data / "b.png")
+def test_train_resume_and_export(tmp_path, train_photos):
+    data = train_photos
     out = tmp_path / "run"
     args = ["--data", str(data), "--cache", str(tmp_path / "cache"), "--out", str(out), "--batch", "2",
             "--crop", "16", "--image-window", "8", "--image-loss-from", "1", "--save-every", "2", "--threads", "2"]  # fmt: skip

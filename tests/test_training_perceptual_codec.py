@@ -8,17 +8,13 @@ import torch
 
 from codec.autoencoder import TAEF2
 from codec.presets import load_latent_codec
-from tests.conftest import photo
 from training.perceptual_codec import main
 
 PERCEPTUAL = Path(__file__).resolve().parents[2] / "shared" / "weights" / "perceptual"
 
 
-def test_train_resume_and_export(tmp_path):
-    data = tmp_path / "photos"
-    data.mkdir()
-    photo(256, 192).save(data / "a.png")
-    photo(200, 208, "kodim05.png").save(data / "b.png")
+def test_train_resume_and_export(tmp_path, train_photos):
+    data = train_photos
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), "--batch", "2", "--crop", "128", "--scales", "1",
             "--save-every", "100", "--log-every", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL)]  # fmt: skip

@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import codec  # noqa: E402
-from codec.api import parse, parse_detail_gain  # noqa: E402
+from codec.api import parse  # noqa: E402
 from codec.images import pad, to_tensor  # noqa: E402
 from codec.presets import CDM_ENV, load_preset  # noqa: E402
+from codec.settings import parse_detail_gain  # noqa: E402
 from evaluation.metrics import hf_energy_ratio, ms_ssim, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import codec  # noqa: E402
-from codec.api import _Analysed, _assemble, rate_to_level  # noqa: E402
+from codec.encoder import _Analysed, _assemble  # noqa: E402
 from codec.images import load_image, pad, to_tensor  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
+from codec.settings import rate_to_level  # noqa: E402
 from evaluation.metrics import bd_rate, ms_ssim, pareto_front, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"

@@ -34,8 +34,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codec.api import encode_with_symbols, verify  # noqa: E402
+from codec.encoder import encode_with_symbols, verify  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
+from codec.settings import EncodeSettings  # noqa: E402
 from pipelines.compress import compress  # noqa: E402
 from pipelines.peak_memory import PeakMemory  # noqa: E402
 from pipelines.ray_runtime import ensure_ray  # noqa: E402
@@ -62,11 +63,12 @@ def raw_throughput(paths: list[Path], rate: float, batch: int) -> float:
     preset = load_preset("taef2")
     torch.set_num_threads(os.cpu_count() or 1)
     images = [Image.open(p).convert("RGB") for p in paths[:batch]]
-    encode_with_symbols(images[:1], rate=rate, preset=preset)  # warm-up
+    settings = EncodeSettings(rate=rate)
+    encode_with_symbols(images[:1], settings, preset=preset)  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(paths), batch):
         images = [Image.open(p).convert("RGB") for p in paths[i : i + batch]]
-        for stream, y_hat in encode_with_symbols(images, rate=rate, preset=preset):
+        for stream, y_hat in encode_with_symbols(images, settings, preset=preset):
             verify(stream, y_hat, preset)
     return len(paths) / (time.perf_counter() - t0)
 
@@ -105,7 +107,8 @@ def main() -> None:
     # 2. the pipeline on N photos: throughput over the whole job (Ray already up), peak memory
     for n in args.sizes:
         with PeakMemory(args.memory_every, tree=True) as mem:
-            s = compress(str(sets[n]), str(work / f"n{n}-archive"), rate=args.rate, batch_size=args.batch_size)
+            s = compress(str(sets[n]), str(work / f"n{n}-archive"), settings=EncodeSettings(rate=args.rate),
+                         batch_size=args.batch_size)
         assert s["written"] == n, s
         pipe = n / s["wall_seconds"]
         rows.append(("pipeline", f"{n} photos", f"{pipe:.2f} img/s (job wall {s['wall_seconds']:.0f} s), "
@@ -114,7 +117,8 @@ def main() -> None:
     # 3. a rerun with nothing to do: the fixed cost of a job (a nightly run over an unchanged bucket)
     n = min(args.sizes)
     t0 = time.perf_counter()
-    s = compress(str(sets[n]), str(work / f"n{n}-archive"), rate=args.rate, batch_size=args.batch_size)
+    s = compress(str(sets[n]), str(work / f"n{n}-archive"), settings=EncodeSettings(rate=args.rate),
+                 batch_size=args.batch_size)
     assert s["written"] == 0 and s["unchanged"] == n, s
     rows.append(("rerun, no change", f"{n} photos", f"{time.perf_counter() - t0:.1f} s", ""))
 

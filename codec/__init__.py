@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 
 _PUBLIC = {
     "encode": "codec.api", "encode_batch": "codec.api", "decode": "codec.api", "decode_batch": "codec.api",
-    "info": "codec.api", "read_text": "codec.api", "load_preset": "codec.presets",
+    "info": "codec.api", "read_text": "codec.api", "EncodeSettings": "codec.api", "load_preset": "codec.presets",
     "BitstreamError": "codec.bitstream", "ImageError": "codec.images",
 }  # fmt: skip
 __all__ = list(_PUBLIC)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch
@@ -24,6 +24,9 @@ from operators.decode import pixels_to_array
 from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
+if TYPE_CHECKING:
+    from codec.settings import EncodeSettings
+
 
 SECTION_TYPES = {"bits_header": pa.int64(), "bits_hyper": pa.int64(), "bits_latent": pa.int64(),
                  "bits_text": pa.int64(), "bpp": pa.float64()}  # fmt: skip
@@ -32,7 +35,7 @@ SECTION_TYPES = {"bits_header": pa.int64(), "bits_hyper": pa.int64(), "bits_late
 def section_columns(stream: bytes | None, meta: dict | None = None) -> dict[str, int | float | None]:
     """A stream's size by section in bits, and its bpp (all None without a stream); ``meta`` is
     its ``codec.info`` when the caller already has it."""
-    from codec.api import info
+    from codec.parsing import info
 
     if not stream:
         return dict.fromkeys(SECTION_TYPES)
@@ -49,16 +52,13 @@ def _device() -> str:
 
 
 class Encoder:
-    """Holds one preset on the actor's device. Configuration travels as plain values."""
+    """Holds one preset on the actor's device. Configuration travels as plain values and the
+    encoder's choices as one (picklable) ``EncodeSettings``."""
 
     def __init__(
         self,
         preset: str = "taef2",
-        rate: float | None = None,
-        target_bpp: float | None = None,
-        detail_gain: str | float = "search",
-        scale: int | str = 1,
-        refine_steps: int = 0,
+        settings: EncodeSettings | None = None,
         threads: int | None = None,
         env: dict[str, str] | None = None,
         reconstruct: bool = False,
@@ -67,18 +67,18 @@ class Encoder:
         if threads:
             torch.set_num_threads(threads)
         from codec.presets import load_preset
+        from codec.settings import EncodeSettings
 
         self.preset = load_preset(preset).to(_device())
-        self.rate, self.target_bpp, self.reconstruct = rate, target_bpp, reconstruct
-        self.detail_gain, self.scale, self.refine_steps = detail_gain, scale, refine_steps
+        self.settings, self.reconstruct = settings or EncodeSettings(), reconstruct
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
-        from codec.api import encode_with_symbols, reconstruct, verify
         from codec.bitstream import Bitstream
+        from codec.decoding import reconstruct
+        from codec.encoder import encode_with_symbols, verify
 
         t0 = time.perf_counter()
-        pairs = encode_with_symbols(images, rate=self.rate, target_bpp=self.target_bpp, preset=self.preset,
-                                    detail_gain=self.detail_gain, scale=self.scale, refine_steps=self.refine_steps)
+        pairs = encode_with_symbols(images, self.settings, preset=self.preset)
         t_enc = (time.perf_counter() - t0) / len(images)
         out = []
         for stream, y_hat in pairs:
@@ -94,7 +94,7 @@ class Encoder:
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from codec.api import info
+        from codec.parsing import info
 
         rows = batch.select(["status", "error", "pixels", "width", "height"]).to_pylist()
         results: dict[int, tuple[bytes, float, float, bytes | None] | str] = {}

@@ -9,6 +9,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from codec.settings import EncodeSettings
 
 
 def _add_weights_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +28,7 @@ def _add_decoder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _detail_gain(value: str) -> str | float:
-    from codec.api import parse_detail_gain
+    from codec.settings import parse_detail_gain
 
     try:
         return parse_detail_gain(value)
@@ -73,13 +77,20 @@ def _apply_weights_args(args: argparse.Namespace) -> None:
         os.environ["RESULIC_LATENT_CODEC"] = args.latent_codec
 
 
+def _encode_settings(args: argparse.Namespace) -> EncodeSettings:
+    """The encoder's choices from the flags (``encode`` has the prompt optimisation's, ``compress`` not)."""
+    from codec.settings import EncodeSettings
+
+    return EncodeSettings(rate=args.rate, target_bpp=args.target_bpp, detail_gain=args.detail_gain, scale=args.scale,
+                          refine_steps=args.refine_steps, pfo_steps=getattr(args, "pfo_steps", 0),
+                          pfo_seconds=getattr(args, "pfo_seconds", None))  # fmt: skip
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     import codec
 
     t = time.perf_counter()
-    data = codec.encode(Path(args.input), rate=args.rate, target_bpp=args.target_bpp, preset=args.preset, text=args.text,
-                        pfo_steps=args.pfo_steps, pfo_seconds=args.pfo_seconds, detail_gain=args.detail_gain,
-                        scale=args.scale, refine_steps=args.refine_steps)  # fmt: skip
+    data = codec.encode(Path(args.input), settings=_encode_settings(args), preset=args.preset, text=args.text)
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
@@ -171,8 +182,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from pipelines.compress import compress, format_table
 
     summary = compress(
-        args.source, args.archive, preset=args.preset, rate=args.rate, target_bpp=args.target_bpp,
-        detail_gain=args.detail_gain, scale=args.scale, refine_steps=args.refine_steps, workers=args.workers, batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
+        args.source, args.archive, preset=args.preset, settings=_encode_settings(args), workers=args.workers,
+        batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
         storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
         captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
     )  # fmt: skip

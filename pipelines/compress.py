@@ -13,12 +13,14 @@ import datetime as dt
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.compute as pc
 import ray
 
 from codec.semantic.captioners import CaptionConfig
+from codec.settings import EncodeSettings, detail_mode
 from operators.archive import Archive
 from operators.caption import Captioner
 from operators.decode import decode_images
@@ -48,11 +50,7 @@ def compress(
     archive: str,
     *,
     preset: str = "taef2",
-    rate: float | None = None,
-    target_bpp: float | None = None,
-    detail_gain: str | float = "search",
-    scale: int | str = 1,
-    refine_steps: int = 0,
+    settings: EncodeSettings = EncodeSettings(),
     workers: int | None = None,
     batch_size: int = 4,
     gpus_per_worker: float | None = None,
@@ -63,17 +61,15 @@ def compress(
     caption_workers: int | None = None,
     caption_gpus_per_worker: float | None = None,
 ) -> dict:
-    """Run one job; returns its summary (also written to the archive's ``_jobs/``)."""
+    """Run one job with the encoder's choices ``settings``; returns its summary (also written to
+    the archive's ``_jobs/``)."""
     t0 = time.time()
-    from codec.api import check_refine_steps, check_scale, detail_mode
     from codec.presets import load_preset
 
     p = load_preset(preset)  # fail fast on the driver: missing weights, unknown preset
-    detail_mode(p, detail_gain)  # and on a detail gain the model cannot write
-    check_scale(scale)
-    check_refine_steps(refine_steps)
-    if rate is None and target_bpp is None:
-        rate = p.default_rate
+    detail_mode(p, settings.detail_gain)  # and on a detail gain the model cannot write
+    if settings.rate is None and settings.target_bpp is None:
+        settings = replace(settings, rate=p.default_rate)
     src = Source.parse(source, storage_options)
     src.check()
     ensure_ray()
@@ -102,8 +98,7 @@ def compress(
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
     ds = ds.map_batches(
         Encoder,
-        fn_constructor_kwargs={"preset": preset, "rate": rate, "target_bpp": target_bpp, "detail_gain": detail_gain, "scale": scale,
-                               "refine_steps": refine_steps, "threads": plan.threads_per_actor,
+        fn_constructor_kwargs={"preset": preset, "settings": settings, "threads": plan.threads_per_actor,
                                "env": worker_env(), "reconstruct": two_pools},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
@@ -124,13 +119,13 @@ def compress(
         )
     if captions.backend != "none":
         ds = ds.map_batches(attach_residual, fn_kwargs={"preset": preset, "max_words": captions.max_residual_words,
-                                                        "target_bpp": target_bpp}, **light)  # fmt: skip
+                                                        "target_bpp": settings.target_bpp}, **light)  # fmt: skip
     sink = ArchiveDatasink(archive, so, job_id, min_rows=rows_per_file)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
     arc.refresh_index()
-    summary = summarise(sink, job_id, source, archive, meta, rate, target_bpp, time.time() - t0)
+    summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
     summary["captioner"] = captions.backend
-    summary["detail_gain"], summary["scale"], summary["refine_steps"] = detail_gain, scale, refine_steps
+    summary["detail_gain"], summary["scale"], summary["refine_steps"] = settings.detail_gain, settings.scale, settings.refine_steps
     arc.write_job_summary(job_id, summary)
     return summary
 
@@ -145,14 +140,14 @@ def caption_env(captions: CaptionConfig) -> dict[str, str]:
 
 
 def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,
-              rate: float | None, target_bpp: float | None, wall: float) -> dict:  # fmt: skip
+              settings: EncodeSettings, wall: float) -> dict:  # fmt: skip
     tallies = sink.result.write_returns if sink.result else []
     total = {k: sum(t.get(k, 0) for t in tallies)
              for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
     failures = [f for t in tallies for f in t["failures"]]
     return {
         "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
-        "rate": rate, "target_bpp": target_bpp,
+        "rate": settings.rate, "target_bpp": settings.target_bpp,
         "written": total["written"], "unchanged": total["unchanged"], "failed": total["failed"],
         "failures": sorted(failures, key=lambda f: f["source"]),
         "bytes_in": total["bytes_in"], "bytes_out": total["bytes_out"],

@@ -144,30 +144,22 @@ def test_same_input_same_stream(preset):
     assert codec.encode(img, rate=3, preset=preset) == codec.encode(img, rate=3, preset=preset)
 
 
-def test_detail_gain_codes_round_trip():
-    from codec.api import gain_code
-    from codec.cdm.detail import gain_of
-
-    assert [gain_code(gain_of(c)) for c in range(128)] == list(range(128))
-    assert gain_code(1.0) == 64 and gain_code(0.01) == 0
-    for bad in (-0.1, 16.0):
-        with pytest.raises(ValueError, match="outside"):
-            gain_code(bad)
-
-
-def test_parse_detail_gain():
-    from codec.api import parse_detail_gain
-
-    assert parse_detail_gain("search") == "search" and parse_detail_gain("table") == "table"
-    assert parse_detail_gain("0.5") == 0.5
-    with pytest.raises(ValueError, match="search, table.*'lots'"):
-        parse_detail_gain("lots")
+def test_settings_and_keywords_are_the_same_choices(preset):
+    """``settings=EncodeSettings(...)`` and the keywords of its fields encode alike; a call gives one or the other."""
+    img = photo(64, 48)
+    settings = codec.EncodeSettings(rate=2, detail_gain="search")
+    assert codec.encode(img, settings=settings, preset=preset) == codec.encode(img, rate=2, preset=preset)
+    assert codec.encode_batch([img], settings=settings, preset=preset) == codec.encode_batch([img], rate=2, preset=preset)
+    with pytest.raises(ValueError, match="not both"):
+        codec.encode(img, settings=settings, rate=3, preset=preset)
+    with pytest.raises(ValueError, match="one image"):
+        codec.encode_batch([img], settings=codec.EncodeSettings(rate=2, pfo_steps=2), preset=preset)
 
 
 def test_detail_gain_modes(cdm_preset, monkeypatch):
     """search (the default) decodes; the table takes the release's code (no decode at encode);
     a number is fixed. The modes change nothing but the head's detail gain."""
-    import codec.api as api
+    import codec.gain_choice as gain_choice
     from codec.cdm.detail import gain_of
 
     img = photo(96, 64)
@@ -181,11 +173,11 @@ def test_detail_gain_modes(cdm_preset, monkeypatch):
     assert codec.encode(img, rate=2, preset=cdm_preset, detail_gain="search") == searched.to_bytes()
     t = Bitstream.from_bytes(table)
     assert (searched.latent, searched.hyper_latent, searched.text) == (t.latent, t.hyper_latent, t.text)
-    assert 0 <= searched.header.detail_gain <= api.DETAIL_MAX_CODE
+    assert 0 <= searched.header.detail_gain <= gain_choice.DETAIL_MAX_CODE
     # the table mode never runs the denoiser; the search does
     calls = []
-    real = api.cdm_decode_latent
-    monkeypatch.setattr(api, "cdm_decode_latent", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = gain_choice.cdm_decode_latent
+    monkeypatch.setattr(gain_choice, "cdm_decode_latent", lambda *a, **k: calls.append(1) or real(*a, **k))
     codec.encode(img, rate=2, preset=cdm_preset, detail_gain="table")
     assert calls == []
     codec.encode(img, rate=2, preset=cdm_preset, detail_gain="search")
@@ -238,7 +230,7 @@ def test_a_stream_coded_smaller_decodes_at_full_size(cdm_preset):
 def test_auto_scale_follows_the_stream_size(cdm_preset):
     """auto: a small budget codes a smaller image; a large one the full image; with a rate, the
     size of that rate at full size (the choice is per image, the same in a batch as alone)."""
-    from codec.api import scale_for_bpp
+    from codec.settings import scale_for_bpp
 
     assert cdm_preset.scale_below_bpp == {2: 0.06, 4: 0.012}
     assert [scale_for_bpp(cdm_preset, b) for b in (0.005, 0.02, 0.1)] == [4, 2, 1]

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from codec.semantic.captioners import CaptionConfig
+from codec.settings import EncodeSettings
 from conftest import png_bytes
 from operators.caption import Captioner
 from operators.decode import decode_images
@@ -20,7 +21,7 @@ def encoded(images: dict[str, Image.Image], captions: dict[str, str] | None = No
                       "error": pa.array([None] * len(images), pa.string()),
                       "caption": pa.array([captions.get(k) for k in images], pa.string()),
                       "data": pa.array([png_bytes(im) for im in images.values()], pa.large_binary())})  # fmt: skip
-    return Encoder(rate=2, reconstruct=True)(decode_images(batch))
+    return Encoder(settings=EncodeSettings(rate=2), reconstruct=True)(decode_images(batch))
 
 
 @pytest.fixture(scope="module")

@@ -156,7 +156,7 @@ def test_the_shipped_model_keeps_each_images_budget(cdm_preset):
     coded at a quarter of the size gets little within the budget (its detail is upsampled with
     it: on this crop 0.02 of the original's texture, against 0.002 plain)."""
     import codec
-    from codec.api import DETAIL_BUDGET_DB
+    from codec.gain_choice import DETAIL_BUDGET_DB
     from evaluation.metrics import hf_energy_ratio, psnr
 
     p = cdm_preset

@@ -2,11 +2,12 @@ import pytest
 import torch
 
 import codec
-from codec.api import rate_to_level
 from codec.bitstream import Bitstream
+from codec.encoder import encode_with_symbols
 from codec.fixed_point import from_fixed
 from codec.images import pad, to_tensor
 from codec.latent_refine import MARGIN, refine_y, window_mask
+from codec.settings import EncodeSettings, rate_to_level
 from tests.conftest import photo
 
 
@@ -55,7 +56,7 @@ def test_refinement_lowers_the_real_rate_distortion_cost(cdm_preset):
 def test_refined_streams_are_ordinary_streams(cdm_preset):
     image = photo(96, 64)
     plain = codec.encode(image, rate=5, preset=cdm_preset, detail_gain="table")
-    (stream, y_hat), = codec.api.encode_with_symbols([image], rate=5, preset=cdm_preset, detail_gain="table", refine_steps=4)
+    (stream, y_hat), = encode_with_symbols([image], EncodeSettings(rate=5, detail_gain="table", refine_steps=4), preset=cdm_preset)
     codec.api.verify(stream, y_hat, cdm_preset)
     a, b = Bitstream.from_bytes(plain).header, Bitstream.from_bytes(stream).header
     assert (b.model_id, b.rate_level, b.width, b.height) == (a.model_id, a.rate_level, a.width, a.height)

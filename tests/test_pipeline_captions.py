@@ -12,6 +12,7 @@ from PIL import Image
 
 import codec
 from codec.semantic.captioners import CaptionConfig
+from codec.settings import EncodeSettings
 from conftest import photo
 from pipelines.compress import compress
 from tests.chat_server import API_KEY, ChatServer
@@ -40,7 +41,7 @@ def check_streams(rows):
 
 def test_known_captions_from_xmp_and_exif(ray_local, tmp_path):
     src, arc = folder(tmp_path / "src"), str(tmp_path / "arc")
-    s = compress(str(src), arc, rate=2, batch_size=2, captions=CaptionConfig(backend="known"))
+    s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=CaptionConfig(backend="known"))
     assert (s["written"], s["failed"], s["captioner"]) == (4, 0, "known") and s["text_bits"] > 0
     rows = _archived(arc)
     check_streams(rows)
@@ -55,7 +56,7 @@ def test_chat_endpoint_captions_in_their_own_actor_pool(ray_local, tmp_path, mon
     src, arc = folder(tmp_path / "src"), str(tmp_path / "arc")
     with ChatServer() as server:
         cfg = CaptionConfig(backend="openai", endpoint=server.url, model="m", api_key_env="RESULIC_TEST_KEY")
-        s = compress(str(src), arc, rate=2, batch_size=2, captions=cfg)
+        s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=cfg)
         auth = {r["auth"] for r in server.requests}
     assert (s["written"], s["failed"]) == (4, 0)
     assert auth == {f"Bearer {API_KEY}"}  # the key reached the actors
@@ -76,10 +77,10 @@ def test_chat_endpoint_captions_in_their_own_actor_pool(ray_local, tmp_path, mon
 def test_endpoint_down_fails_rows_and_the_rerun_retries_them(ray_local, tmp_path):
     src, arc = folder(tmp_path / "src"), str(tmp_path / "arc")
     down = CaptionConfig(backend="openai", endpoint="http://127.0.0.1:9/v1", model="m", retries=0, timeout=2)
-    s = compress(str(src), arc, rate=2, batch_size=2, captions=down)
+    s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=down)
     assert s["written"] == 0 and s["failed"] == 4
     assert all(f["reason"].startswith("captioning failed") for f in s["failures"])
-    s = compress(str(src), arc, rate=2, batch_size=2, captions=CaptionConfig(backend="known"))
+    s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=CaptionConfig(backend="known"))
     assert (s["written"], s["failed"]) == (4, 0)
 
 
@@ -87,7 +88,7 @@ def test_local_vision_language_model(ray_local, tmp_path):
     vlm = make_tiny_vlm(tmp_path / "vlm")
     src, arc = folder(tmp_path / "src"), str(tmp_path / "arc")
     cfg = CaptionConfig(backend="transformers", model=str(vlm), max_new_tokens=8)
-    s = compress(str(src), arc, rate=2, batch_size=2, captions=cfg)
+    s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=cfg)
     assert (s["written"], s["failed"]) == (4, 0)
     rows = _archived(arc)
     check_streams(rows)

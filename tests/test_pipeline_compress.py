@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import codec
+from codec.settings import EncodeSettings
 from conftest import photo, photo_folder, png_bytes, write_shard
 from operators.archive import Archive
 from pipelines.catalog import archive_info, list_assets
@@ -51,7 +52,7 @@ def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
     (src / "notes.txt").write_text("not listed: no image suffix")
     arc = str(tmp_path / "arc")
 
-    s = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200)
     assert (s["written"], s["unchanged"], s["failed"]) == (4, 0, 4)
     reasons = {f["source"].rsplit("/", 1)[-1]: f["reason"] for f in s["failures"]}
     assert reasons["empty.png"] == "empty file"
@@ -83,13 +84,13 @@ def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
     assert (Path(arc) / "_jobs" / f"{s['job_id']}.json").exists()
 
     # the same job again writes nothing; failures are tried again and reported again
-    s2 = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    s2 = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200)
     assert (s2["written"], s2["unchanged"], s2["failed"]) == (0, 4, 4)
     assert s2["bytes_in"] == 0
 
     # one file changed, one added: only those are written
     photo_folder(src, {"a.png": (80, 64), "new/e.png": (64, 64)})
-    s3 = compress(str(src), arc, rate=2, batch_size=2, rows_per_file=3, max_pixels=200 * 200)
+    s3 = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200)
     assert (s3["written"], s3["unchanged"], s3["failed"]) == (2, 3, 4)
     rows = _archived(arc)
     assert rows["a.png"]["width"] == 80 and "new/e.png" in rows
@@ -111,13 +112,13 @@ def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
         w.writerow([str(src / "y.png"), "cats/y.png", ""])
         w.writerow([str(src / "gone.png"), "cats/gone.png", ""])
     arc = str(tmp_path / "arc")
-    s = compress(str(manifest), arc, rate=1)
+    s = compress(str(manifest), arc, settings=EncodeSettings(rate=1))
     assert (s["written"], s["failed"]) == (2, 1)
     assert s["failures"] == [{"source": str(src / "gone.png"), "reason": "I/O error: file not found"}]
     rows = _archived(arc)
     _check_written(rows, ["cats/x.png", "cats/y.png"])
     assert rows["cats/x.png"]["caption"] == "a red door" and rows["cats/y.png"]["caption"] is None
-    assert compress(str(manifest), arc, rate=1)["unchanged"] == 2
+    assert compress(str(manifest), arc, settings=EncodeSettings(rate=1))["unchanged"] == 2
 
 
 def test_webdataset_shards(ray_local, tmp_path):
@@ -125,7 +126,7 @@ def test_webdataset_shards(ray_local, tmp_path):
     write_shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
     write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})
     arc = str(tmp_path / "arc")
-    s = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1, detail_gain=2.0)
+    s = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1, detail_gain=2.0))
     assert (s["written"], s["failed"], s["detail_gain"]) == (3, 1, 2.0)
     assert s["failures"][0]["source"].endswith("train-001.tar#0004.png")
     rows = _archived(arc)
@@ -135,7 +136,7 @@ def test_webdataset_shards(ray_local, tmp_path):
     assert {codec.info(r["bitstream"])["diffusion"]["detail_gain"] for r in written} == {2.0}
     r = restore(arc, str(tmp_path / "out"), keys=["train-000/0002.png"])
     assert r["restored"] == 1 and Path(r["paths"][0]).name == "0002.png"
-    again = compress(str(tmp_path / "train-{000..001}.tar"), arc, rate=1)
+    again = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1))
     assert (again["written"], again["unchanged"]) == (0, 3)
 
 
@@ -149,7 +150,7 @@ def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):
         fs.put_file(str(p), f"photos-bucket/in/{p.relative_to(src)}")
     fs.pipe_file("photos-bucket/in/2025/bad.png", b"nope")
 
-    s = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", rate=2)
+    s = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", settings=EncodeSettings(rate=2))
     assert (s["written"], s["failed"]) == (3, 1)
     assert s["failures"][0]["source"] == "s3://photos-bucket/in/2025/bad.png"
     assert fs.exists("photos-bucket/archive/_archive.json") and fs.exists("photos-bucket/archive/_index/index.parquet")
@@ -158,7 +159,7 @@ def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):
     _check_written(rows, ["2024/a.png", "2024/b.jpg", "2025/c.png"])
     assert rows["2024/a.png"]["source_uri"] == "s3://photos-bucket/in/2024/a.png"
 
-    again = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", rate=2)
+    again = compress("s3://photos-bucket/in", "s3://photos-bucket/archive", settings=EncodeSettings(rate=2))
     assert (again["written"], again["unchanged"]) == (0, 3)
 
     # a few keys without Ray, to local files; everything with Ray, back into the bucket

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import codec
+from codec.settings import EncodeSettings
 from conftest import ROOT, photo_folder, torch_threads
 from operators.archive import Archive
 from operators.sink import finalise_rows
@@ -30,7 +31,7 @@ def archive(ray_local, tmp_path_factory):
     src = photo_folder(root / "src", {"a.png": (64, 64), "sub/b.jpg": (96, 64), "sub/c.png": (64, 96)})
     (src / "sub" / "bad.png").write_bytes(b"nope")
     arc = root / "arc"
-    compress(str(src), str(arc), rate=2)
+    compress(str(src), str(arc), settings=EncodeSettings(rate=2))
     return arc
 
 

@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.api import DETAIL_BUDGET_DB, DETAIL_MAX_CODE, DETAIL_MAX_TEXTURE, cdm_split, encode_with_symbols
 from codec.bitstream import Bitstream
 from codec.cdm.detail import gain_curves
+from codec.encoder import encode_with_symbols
+from codec.gain_choice import DETAIL_BUDGET_DB, DETAIL_MAX_CODE, DETAIL_MAX_TEXTURE, cdm_split
 from codec.images import load_image, to_tensor
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
 from codec.resample import SCALES
+from codec.settings import EncodeSettings
 from training.data import list_images
 
 
@@ -49,8 +51,8 @@ def measure(preset: Preset, images: list, levels: list[int], max_code: int,
     for im in images:
         rows_c, rows_t = [], []
         for level in levels:
-            (stream, y_hat), = encode_with_symbols([im], rate=level / LEVELS_PER_POINT, preset=preset, detail_gain=1.0,
-                                                   scale=scale)  # fmt: skip
+            settings = EncodeSettings(rate=level / LEVELS_PER_POINT, detail_gain=1.0, scale=scale)
+            (stream, y_hat), = encode_with_symbols([im], settings, preset=preset)
             h = Bitstream.from_bytes(stream).header
             split, plain, output = cdm_split(preset, y_hat[None], h, [h.diffusion_seed], [""])
             c, t = gain_curves(split, to_tensor(im), plain, max_code, output)

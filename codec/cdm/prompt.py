@@ -16,6 +16,7 @@ import torch
 from codec.cdm.detail import decode_restored
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import DEFAULT_STEPS, denoise, stream_noise
+from codec.parsing import parse
 from codec.presets import Preset
 
 
@@ -52,8 +53,6 @@ class CDMPromptDecoder:
 
     def condition(self, stream: bytes) -> CDMCondition:
         """Everything but the prompt, from a freshly made stream."""
-        from codec.api import parse
-
         s, p = parse(stream, self.preset)
         h = s.header
         w, ht = h.coded_size  # rendered at the coded size (the stream's scale)

@@ -1,0 +1,122 @@
+"""The encoder's choices, one frozen ``EncodeSettings``: rate or byte budget, coded size, latent
+refinement, detail gain and prompt optimisation.
+
+The object checks on its own what it can when it is made, so a pipeline refuses bad choices on
+its driver before any work, then carries the one object to its encoder actors. What depends on
+a model is checked against its preset: a rate beyond its levels (:func:`rate_to_level`), a
+detail gain it cannot write (:func:`detail_mode`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from codec.cdm.detail import UNIT_GAIN_CODE, gain_of
+from codec.latent_codec import LEVELS_PER_POINT
+from codec.presets import Preset
+from codec.resample import SCALES
+
+# How the encoder sets the detail gain (only models whose CDM has detail transfer write one):
+# - "search" (the default): per image, by decoding it as a CDM decoder will; each image gets the
+#   most texture within the limits of ``codec.gain_choice``. Two decodes more per image: on 2
+#   CPU threads a Kodak encode takes 3.6 times the autoencoder's own encode;
+# - "table": the release's per-level code (``training.detail_gains``), no decode, for throughput:
+#   an encode then costs about what the autoencoder's encoder does. The limits hold on the mean
+#   over photos, not per photo;
+# - a number: that gain for every image (the nearest head code).
+DETAIL_GAIN_MODES = ("search", "table")
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How to encode, the same for every image of a call or a job.
+
+    ``rate``: in trained-point units (0 = lowest, K-1 = highest; fractions interpolate); or
+    ``target_bpp``: per image, the highest rate whose whole stream fits this many bits per
+    pixel (level 0 if none does); neither: the preset's default rate.
+    ``detail_gain``: how the CDM detail gain is set ("search", "table" or a gain; see
+    ``DETAIL_GAIN_MODES``).
+    ``scale``: code each image at 1/scale of its size (1, the default, 2 or 4), or "auto": the
+    release's choice for the stream's size (:func:`scale_for_bpp`); with ``rate``, the size
+    that rate gives at full size. The stream's head says the scale; a decoder upsamples. A
+    smaller coded image is more faithful at ultra-low rates (PSNR, MS-SSIM) but CDM restores
+    little texture on it, which is why full size stays the default.
+    ``refine_steps``: refine each image's latent for its stream by that many gradient steps
+    through the decoder (``codec.latent_refine``; 0: none). Smaller streams for the same
+    fidelity, at about 0.7 s a step on 2 CPU threads for a Kodak image.
+    ``pfo_steps``, ``pfo_seconds``: with a text and a text-conditioned CDM, first refine the
+    text's tokens against the decoder (perceptual fidelity optimisation, PEZ) within that time;
+    one image at a time (``codec.encoder.encode``).
+    """
+
+    rate: float | None = None
+    target_bpp: float | None = None
+    detail_gain: str | float = "search"
+    scale: int | str = 1
+    refine_steps: int = 0
+    pfo_steps: int = 0
+    pfo_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.target_bpp is not None:
+            raise ValueError("give either rate or target_bpp, not both")
+        if self.target_bpp is not None and self.target_bpp <= 0:
+            raise ValueError("target_bpp must be positive")
+        if self.scale != "auto" and self.scale not in SCALES:
+            raise ValueError(f"unknown scale {self.scale!r} (one of auto, {', '.join(map(str, SCALES))})")
+        steps = self.refine_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"refine_steps must be a whole number >= 0, got {steps!r}")
+        _check_detail_gain(self.detail_gain)
+
+
+def _check_detail_gain(detail_gain: str | float) -> None:
+    if isinstance(detail_gain, str) and detail_gain not in DETAIL_GAIN_MODES:
+        raise ValueError(f"unknown detail gain {detail_gain!r} (a number, or one of {', '.join(DETAIL_GAIN_MODES)})")
+
+
+def rate_to_level(preset: Preset, rate: float) -> int:
+    """A rate in trained-point units (0 = lowest, K-1 = highest; fractions interpolate) -> level."""
+    level = round(rate * LEVELS_PER_POINT)
+    if not 0 <= level < preset.num_levels:
+        top = (preset.num_levels - 1) / LEVELS_PER_POINT
+        raise ValueError(f"rate {rate} is outside [0, {top:g}] for preset {preset.name}")
+    return level
+
+
+def scale_for_bpp(p: Preset, bpp: float) -> int:
+    """The coded-size factor for a stream of ``bpp`` (the release's measured thresholds): the
+    largest scale whose threshold lies above it, else 1."""
+    return max([s for s, below in (p.scale_below_bpp or {}).items() if bpp < below], default=1)
+
+
+def parse_detail_gain(text: str) -> str | float:
+    """A detail gain as written on a command line: a mode name or a number (``detail_mode``
+    checks it against a model)."""
+    if text in DETAIL_GAIN_MODES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {text!r}") from None
+
+
+def gain_code(gain: float) -> int:
+    """The head code nearest to a detail gain (0 … 15.2; ``gain_of`` is its inverse)."""
+    if not 0 <= gain <= gain_of(127):
+        raise ValueError(f"detail gain {gain} is outside [0, {gain_of(127):.2f}]")
+    return 0 if gain < gain_of(1) / 2 else max(1, min(127, round(UNIT_GAIN_CODE + 16 * math.log2(gain))))
+
+
+def detail_mode(p: Preset, detail_gain: str | float) -> str | int | None:
+    """``detail_gain`` checked for this model: "search", "table", a head code, or None (the model
+    writes no gain)."""
+    _check_detail_gain(detail_gain)
+    if p.cdm is None or p.cdm.config.detail_sigma is None:
+        if detail_gain == "search":  # the default: nothing to search for
+            return None
+        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail transfer: its streams carry no detail gain")
+    if detail_gain == "table" and p.detail_gains is None:
+        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail gain table: use 'search' or a number")
+    return detail_gain if isinstance(detail_gain, str) else gain_code(float(detail_gain))

@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES,
                    help="the coded-size factors to measure (a stream coded smaller has its own codes)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-id", help="the released model to measure (hex; default: the newest)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    preset = load_preset()
+    preset = load_preset(model_id=args.model_id)
     if preset.cdm is None or preset.cdm.config.detail_sigma is None:
         p.error("the preset's model has no CDM with detail transfer: it writes no detail gain")
     files = list_images(Path(args.data))[: args.images]

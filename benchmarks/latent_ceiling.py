@@ -35,6 +35,8 @@ import codec  # noqa: E402
 from codec.images import load_image, pad, to_image, to_tensor  # noqa: E402
 from codec.latent_codec import latent_patches, patch_klt  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
+
+V1_MODEL = "3fdbdd9a667f77da"
 from evaluation.metrics import ms_ssim, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
@@ -51,7 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    p = load_preset()
+    # the patch-transform model (v1), whose ceiling this measures: the newest release with a CDM
+    p = load_preset(model_id=V1_MODEL)
     top = p.num_levels - 1
     rows: dict[str, list[tuple[float, float, float]]] = {}
 
@@ -69,8 +72,8 @@ def main() -> None:
             z_inf = p.latent_codec.g_s(p.latent_codec.g_a(latent))
             add("codec, y unquantised, TAEF2 decoder", img, crop(p.autoencoder.decode(z_inf), img))
             add("codec, y unquantised, plain decoder", img, crop(p.plain(top).decode(z_inf), img))
-        stream = codec.encode(img, rate=p.latent_codec.config.num_rate_points - 1, detail_gain="table")
-        add("codec, top level (plain decode)", img, codec.decode(stream, decoder="plain"), 8 * len(stream) / (w * h))
+        stream = codec.encode(img, rate=p.latent_codec.config.num_rate_points - 1, detail_gain="table", preset=p)
+        add("codec, top level (plain decode)", img, codec.decode(stream, decoder="plain", preset=p), 8 * len(stream) / (w * h))
         images.append(img)
         latents.append(latent[0])
         print(f"{path.name}: " + ", ".join(f"{k} {v[-1][1]:.2f} dB" for k, v in rows.items()), flush=True)

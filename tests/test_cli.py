@@ -15,8 +15,8 @@ RESULIC = [sys.executable, "-m", "pipelines.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+def run(*args, check=True, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **(env or {})}
     res = subprocess.run([*RESULIC, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)  # a Ray job on a loaded 2-core machine can pass 300 s
     if check and res.returncode:
         raise AssertionError(res.stderr)
@@ -45,22 +45,29 @@ def test_text_rides_in_its_own_section(tmp_path):
     assert 'text "white lighthouse, red boat"' in run("decode", stream, tmp_path / "o.png").stdout
 
 
+# The default model has no CDM: the detail gain and refinement flags are checked on the
+# patch-transform latent codec with the shipped CDM and decoder (an override: a new model id).
+V1 = {"RESULIC_LATENT_CODEC": str(ROOT / "codec/weights/latent_codec_taef2.safetensors"),
+      "RESULIC_CDM": str(ROOT / "codec/weights/cdm_taef2_v2"),
+      "RESULIC_DECODER": str(ROOT / "codec/weights/decoder_taef2_v1/decoder.safetensors")}  # fmt: skip
+
+
 def test_detail_gain_flag(tmp_path):
     src, stream = tmp_path / "in.png", tmp_path / "x.rsl"
     photo(96, 64).save(src)
-    run("encode", src, stream, "--rate", "2", "--detail-gain", "0.5")
+    run("encode", src, stream, "--rate", "2", "--detail-gain", "0.5", env=V1)
     assert json.loads(run("info", stream, "--json").stdout)["diffusion"]["detail_gain"] == 0.5
-    res = run("encode", src, stream, "--detail-gain", "lots", check=False)
+    res = run("encode", src, stream, "--detail-gain", "lots", check=False, env=V1)
     assert res.returncode == 2 and "--detail-gain" in res.stderr and "search, table" in res.stderr
-    res = run("encode", src, stream, "--detail-gain", "99", check=False)
+    res = run("encode", src, stream, "--detail-gain", "99", check=False, env=V1)
     assert res.returncode != 0 and "detail gain 99.0 is outside" in res.stderr.strip().splitlines()[-1]
 
 
 def test_refine_flag(tmp_path):
     src, plain, refined = tmp_path / "in.png", tmp_path / "p.rsl", tmp_path / "r.rsl"
     photo(96, 64).save(src)
-    run("encode", src, plain, "--rate", "4", "--detail-gain", "table")
-    run("encode", src, refined, "--rate", "4", "--detail-gain", "table", "--refine", "3")
+    run("encode", src, plain, "--rate", "4", "--detail-gain", "1", env=V1)
+    run("encode", src, refined, "--rate", "4", "--detail-gain", "1", "--refine", "3", env=V1)
     assert refined.read_bytes() != plain.read_bytes()
     assert json.loads(run("info", refined, "--json").stdout)["rate"] == 4.0
     res = run("encode", src, refined, "--refine", "-2", check=False)

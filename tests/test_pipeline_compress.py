@@ -121,7 +121,9 @@ def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
     assert compress(str(manifest), arc, settings=EncodeSettings(rate=1))["unchanged"] == 2
 
 
-def test_webdataset_shards(ray_local, tmp_path):
+def test_webdataset_shards(ray_local, tmp_path, monkeypatch):
+    # a fixed detail gain needs a CDM: the shipped one over the default latent codec (a new model id)
+    monkeypatch.setenv("RESULIC_CDM", str(Path(__file__).resolve().parents[1] / "codec/weights/cdm_taef2_v2"))
     img = png_bytes(photo(64, 64))
     write_shard(tmp_path / "train-000.tar", {"0001.png": img, "0001.txt": b"caption", "0002.png": png_bytes(photo(96, 64))})
     write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0004.png": b"\x89PNG broken"})

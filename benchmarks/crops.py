@@ -15,44 +15,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 import codec
 from evaluation.baselines import QUALITIES, SCALES, Classical
 from evaluation.metrics import psnr
-from evaluation.perceptual import DISTS, LPIPS, default_weights_dir
+from evaluation.perceptual import default_weights_dir
+from pipelines.perceptual import pair_metrics
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
 CROP = 320  # crop side in pixels
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+def avif_files(img: Image.Image) -> list[tuple[bytes, int, str]]:
+    """Every AVIF setting of the image, once: (file, downscale, label)."""
+    return [(Classical("avif", scale).encode(img, q), scale, f"q={q} at 1/{scale}")
+            for scale in SCALES for q in QUALITIES["avif"]]  # fmt: skip
 
 
-def avif_within(img: Image.Image, nbytes: int) -> tuple[bytes, Image.Image, str]:
-    """AVIF's highest-PSNR setting whose file fits in ``nbytes``; when none fits, its smallest
-    file (labelled as larger, so the comparison favours AVIF)."""
-    best, smallest = None, None
-    for scale in SCALES:
-        c = Classical("avif", scale)
-        for q in QUALITIES["avif"]:
-            data = c.encode(img, q)
-            label = f"q={q} at 1/{scale}"
-            if smallest is None or len(data) < len(smallest[0]):
-                smallest = (data, label + ", the smallest AVIF, larger")
-            if len(data) > nbytes:
-                continue
-            out = c.decode(data, img.size)
-            score = psnr(img, out)
-            if best is None or score > best[0]:
-                best = (score, data, out, label)
-    if best is not None:
-        return best[1:]
-    data, label = smallest
-    return data, Classical("avif", int(label.split("1/")[1].split(",")[0])).decode(data, img.size), label
+def avif_within(img: Image.Image, files: list[tuple[bytes, int, str]], nbytes: int) -> tuple[bytes, Image.Image, str]:
+    """Of ``files``, the highest-PSNR one no larger than ``nbytes``; when none fits, the smallest
+    (labelled as larger, so the comparison favours AVIF)."""
+    fitting = [(data, Classical("avif", scale).decode(data, img.size), label)
+               for data, scale, label in files if len(data) <= nbytes]  # fmt: skip
+    if fitting:
+        return max(fitting, key=lambda f: psnr(img, f[1]))
+    data, scale, label = min(files, key=lambda f: len(f[0]))
+    return data, Classical("avif", scale).decode(data, img.size), label + ", the smallest AVIF, larger"
 
 
 def panel(crops: list[Image.Image], labels: list[str]) -> Image.Image:
@@ -76,12 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lpips, dists = LPIPS.from_dir(default_weights_dir()), DISTS.from_dir(default_weights_dir())
+    weights = str(default_weights_dir())
 
     def scores(ref: Image.Image, img: Image.Image, nbytes: int) -> str:
         with torch.no_grad():
-            x, y = to_tensor(ref), to_tensor(img)
-            lp, ds = float(lpips(y, x)), float(dists(y, x))
+            (lp,), (ds,) = (pair_metrics(m, weights, ref, [img]) for m in ("lpips", "dists"))
         bpp = 8 * nbytes / (ref.width * ref.height)
         return f"{bpp:.4f} bpp {psnr(ref, img):.2f} dB LPIPS {lp:.3f} DISTS {ds:.3f}"
 
@@ -89,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for name in args.images:
         ref = Image.open(Path(args.dataset) / f"{name}.png").convert("RGB")
+        files = avif_files(ref)
         box = ((ref.width - CROP) // 2, (ref.height - CROP) // 2, (ref.width + CROP) // 2, (ref.height + CROP) // 2)
         for target in args.bpp:
             stream = codec.encode(ref, target_bpp=target)
             ours = codec.decode(stream)
-            avif = avif_within(ref, len(stream))
+            avif = avif_within(ref, files, len(stream))
             ours_s = scores(ref, ours, len(stream))
             avif_s = f"{avif[2]}: {scores(ref, avif[1], len(avif[0]))}"
             file = out_dir / f"{name}_{target:g}bpp.png"

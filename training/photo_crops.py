@@ -15,14 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+from training.data import list_images
 
-
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"training data folder not found: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_photo(path: Path, max_side: int, scale: float = 1.0) -> torch.Tensor:
@@ -47,7 +41,10 @@ class PhotoCrops:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        paths = [p for f in folders for p in list_images(f)]
+        missing = [str(f) for f in folders if not Path(f).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"training data folder not found: {', '.join(missing)}")
+        paths = [p for f in folders for p in list_images(Path(f))]
         if not paths:
             raise ValueError(f"no photos in {', '.join(map(str, folders))}")
         photos = (load_photo(p, max_side, s) for p in paths for s in scales)

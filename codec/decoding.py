@@ -45,15 +45,17 @@ def _decoder_for(p: Preset, decoder: str) -> str:
 
 
 def decode_batch(
-    streams: list[bytes], *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS
+    streams: list[bytes], *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
+    device: str | torch.device | None = None,
 ) -> list[Image.Image]:
     """Decode streams; those of one size and level share one batched decoder pass.
 
     ``decoder``: "cdm" (compression-aware diffusion, ``steps`` denoiser evaluations from the
     stream's N_r with its seed), "plain" (the latent codec and the autoencoder only) or "auto"
-    (CDM when the stream's model has one).
+    (CDM when the stream's model has one). ``device``: where the models the streams name run
+    (``codec.device``; the CPU by default), unless ``preset`` is a loaded one.
     """
-    parsed = [parse(s, preset) for s in streams]
+    parsed = [parse(s, preset, device) for s in streams]
     out: list[Image.Image | None] = [None] * len(streams)
     groups: dict[tuple, list[int]] = {}
     for i, (s, p) in enumerate(parsed):
@@ -66,9 +68,10 @@ def decode_batch(
     return out  # type: ignore[return-value]
 
 
-def decode(data: bytes, *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS) -> Image.Image:
+def decode(data: bytes, *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
+           device: str | torch.device | None = None) -> Image.Image:  # fmt: skip
     """Restore an image from a bitstream; raises BitstreamError on a damaged or foreign stream."""
-    return decode_batch([data], preset=preset, decoder=decoder, steps=steps)[0]
+    return decode_batch([data], preset=preset, decoder=decoder, steps=steps, device=device)[0]
 
 
 def _decode_group(p: Preset, streams: list[Bitstream], decoder: str, steps: int) -> torch.Tensor:
@@ -96,7 +99,7 @@ def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps
     texts = [decode_text(s.text, p.text_model) for s in streams] if p.cdm.text_conditioned else None
     restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
     codes = [s.header.detail_gain for s in streams]
-    gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes])
+    gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes], device=latent.device)
     return decode_restored(p.autoencoder, p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)
 
 

@@ -182,16 +182,17 @@ def _encode_unchosen(images: list[ImageInput], s: EncodeSettings, preset: str | 
 
 
 def encode_with_symbols(images: list[ImageInput], settings: EncodeSettings = EncodeSettings(), *,
-                        preset: str | Preset = DEFAULT_PRESET,
-                        texts: list[str] | None = None) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
+                        preset: str | Preset = DEFAULT_PRESET, texts: list[str] | None = None,
+                        device: str | torch.device | None = None) -> list[tuple[bytes, torch.Tensor]]:  # fmt: skip
     """Each image's stream with the exact ``y_hat`` a decoder must recover from it (for :func:`verify`).
 
     ``texts`` (one per image, "" for none) go into the streams' text sections (the semantic
-    residual). Prompt optimisation is :func:`encode`'s, one image at a time.
+    residual). Prompt optimisation is :func:`encode`'s, one image at a time. ``device``: where a
+    preset given by name runs (``codec.device``; the CPU by default).
     """
     if settings.pfo_steps:
         raise ValueError("pfo_steps: prompt optimisation encodes one image with its text at a time (encode)")
-    p, pil, texts, pairs = _encode_unchosen(images, settings, preset, texts)
+    p, pil, texts, pairs = _encode_unchosen(images, settings, resolve_preset(preset, device), texts)
     return choose_detail_gains(p, pil, pairs, texts, settings.detail_gain)
 
 
@@ -233,16 +234,18 @@ def encode_batch(
     detail_gain: str | float = "search",
     scale: int | str = 1,
     refine_steps: int = 0,
+    device: str | torch.device | None = None,
 ) -> list[bytes]:
     """Encode images of one size together (the autoencoder and transforms run batched).
 
     The choices come as ``settings`` or as the keywords of its fields (:class:`EncodeSettings`
     says what each does). With ``verify_streams`` every stream is parsed and entropy-decoded
     once before it is returned (:class:`VerifyError` if it does not give back the encoder's
-    symbols).
+    symbols). ``device``: where a preset given by name runs (the CPU by default).
     """
     s = _settings(settings, rate=rate, target_bpp=target_bpp, detail_gain=detail_gain, scale=scale,
                   refine_steps=refine_steps)  # fmt: skip
+    preset = resolve_preset(preset, device)
     pairs = encode_with_symbols(images, s, preset=preset, texts=texts)
     if verify_streams:
         for (stream, y_hat), text in zip(pairs, texts or [""] * len(pairs)):
@@ -263,13 +266,16 @@ def encode(
     refine_steps: int = 0,
     pfo_steps: int = 0,
     pfo_seconds: float | None = None,
+    device: str | torch.device | None = None,
 ) -> bytes:
     """Compress one image (a PIL image, a path or encoded bytes), and optionally its residual text.
 
     The choices come as ``settings`` or as the keywords of its fields (:class:`EncodeSettings`
     says what each does). With ``pfo_steps`` (and a text-conditioned CDM in the preset) the
-    text's tokens are first refined against the decoder, within ``pfo_seconds``.
+    text's tokens are first refined against the decoder, within ``pfo_seconds``. ``device``:
+    where a preset given by name runs (the CPU by default).
     """
+    preset = resolve_preset(preset, device)
     s = _settings(settings, rate=rate, target_bpp=target_bpp, detail_gain=detail_gain, scale=scale,
                   refine_steps=refine_steps, pfo_steps=pfo_steps, pfo_seconds=pfo_seconds)  # fmt: skip
     plain = replace(s, pfo_steps=0, pfo_seconds=None)  # what is left once the text is chosen

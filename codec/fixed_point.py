@@ -37,52 +37,56 @@ def shift_floor(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.floor(x / float(2**bits))
 
 
-class FixedConv2d:
-    """A Conv2d with integer weights, run as im2col + matmul (no Winograd or FFT paths)."""
+class FixedConv2d(nn.Module):
+    """A Conv2d with integer weights, run as im2col + matmul (no Winograd or FFT paths).
+
+    The integer weights are buffers (they move with ``.to(device)``) but not state: they are
+    derived from the float network each time the tables are loaded. A float64 matmul of integers
+    below 2**53 is exact on any device, so CPU and GPU give the same result."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("fixed-point conv supports groups=1, dilation=1 only")
-        w = torch.round(conv.weight.detach().double() * 2**WEIGHT_BITS)
+        w = torch.round(conv.weight.detach().double().cpu() * 2**WEIGHT_BITS)
         if w.abs().max() > WEIGHT_LIMIT:
             raise ValueError(f"weight magnitude {w.abs().max().item() / 2**WEIGHT_BITS:.2f} exceeds fixed-point range")
         if w[0].numel() > MAX_FAN_IN:
             raise ValueError(f"fan-in {w[0].numel()} exceeds {MAX_FAN_IN}")
-        self.weight = w.reshape(w.shape[0], -1)
+        self.register_buffer("weight", w.reshape(w.shape[0], -1), persistent=False)
         self.kernel = conv.kernel_size
         self.stride = conv.stride
         self.padding = conv.padding
-        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        self.bias = torch.round(b * 2 ** (ACT_BITS + WEIGHT_BITS))[None, :, None]
+        b = conv.bias.detach().double().cpu() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        self.register_buffer("bias", torch.round(b * 2 ** (ACT_BITS + WEIGHT_BITS))[None, :, None], persistent=False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype != torch.float64:  # e.g. a .half() of the whole model: no longer exact
+            raise TypeError(f"fixed-point weights must stay float64, not {self.weight.dtype}")
         n, _, h, w = x.shape
         cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)
-        out = self.weight.to(x.device) @ cols + self.bias.to(x.device)
+        out = self.weight @ cols + self.bias
         oh = (h + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
         ow = (w + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
         out = shift_floor(out, WEIGHT_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
         return out.reshape(n, -1, oh, ow)
 
 
-class FixedSequential:
+class FixedSequential(nn.Sequential):
     """Integer twin of an ``nn.Sequential`` of Conv2d, ReLU and PixelShuffle layers."""
 
     def __init__(self, net: nn.Sequential) -> None:
-        self.layers = []
+        layers: list[nn.Module] = []
         for layer in net:
             if isinstance(layer, nn.Conv2d):
-                self.layers.append(FixedConv2d(layer))
-            elif isinstance(layer, nn.ReLU):
-                self.layers.append(torch.relu)
-            elif isinstance(layer, nn.PixelShuffle):
-                self.layers.append(layer)
+                layers.append(FixedConv2d(layer))
+            elif isinstance(layer, (nn.ReLU, nn.PixelShuffle)):
+                layers.append(layer)
             else:
                 raise TypeError(f"no exact fixed-point form for {type(layer).__name__}")
+        super().__init__(*layers)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float64:
             raise TypeError("fixed-point input must be integer-valued float64")
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return super().forward(x)

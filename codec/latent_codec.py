@@ -35,6 +35,23 @@ NUM_SCALES = 48
 LEVELS_PER_POINT = 8  # rate levels between two trained rate points
 
 
+class FrozenCoding(nn.Module):
+    """What coding reads at run time, frozen: the integer twins of the entropy-parameter
+    networks, the per-level gain tables (buffers: they move with ``.to(device)``; float64
+    holding integers, exact on any device) and the CDF tables as the Python lists rANS takes."""
+
+    def __init__(self, h_s: nn.Sequential, param_nets: nn.ModuleList, tables: dict[str, torch.Tensor],
+                 gaussian: GaussianConditional) -> None:  # fmt: skip
+        super().__init__()
+        self.h_s = FixedSequential(h_s)
+        self.params = nn.ModuleList(FixedSequential(net) for net in param_nets)
+        for name in ("gain", "inv_gain", "log2_gain"):
+            self.register_buffer(name, tables[f"frozen.{name}"].double().cpu(), persistent=False)
+        self.y_cdf = gaussian._quantized_cdf.tolist()
+        self.y_len = gaussian._cdf_length.reshape(-1).tolist()
+        self.y_off = gaussian._offset.reshape(-1).tolist()
+
+
 @dataclass
 class LatentCodecConfig:
     latent_channels: int = 32
@@ -153,7 +170,7 @@ class LatentCodec(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(c.z_channels)
         self.gaussian = GaussianConditional(None)
         self.scale_bound = LowerBound(2.0**SCALE_LOG2_MIN)
-        self._fixed: dict | None = None
+        self.coding: FrozenCoding | None = None  # set by load_frozen
 
     @property
     def stride(self) -> int:
@@ -256,31 +273,21 @@ class LatentCodec(nn.Module):
     def load_frozen(self, tables: dict[str, torch.Tensor]) -> None:
         """Install frozen tables (never recomputed from floats at decode time)."""
         eb, gc = self.entropy_bottleneck, self.gaussian
-        eb._quantized_cdf = tables["frozen.z_cdf"].int()
-        eb._cdf_length = tables["frozen.z_cdf_length"].int()
-        eb._offset = tables["frozen.z_offset"].int()
-        gc._quantized_cdf = tables["frozen.y_cdf"].int()
-        gc._cdf_length = tables["frozen.y_cdf_length"].int()
-        gc._offset = tables["frozen.y_offset"].int()
-        gc.scale_table = scale_table().float()
-        self._fixed = {
-            "h_s": FixedSequential(self.h_s),
-            "params": [FixedSequential(net) for net in self.param_nets],
-            "gain": tables["frozen.gain"].double(),
-            "inv_gain": tables["frozen.inv_gain"].double(),
-            "log2_gain": tables["frozen.log2_gain"].double(),
-            "z_cdf": eb._quantized_cdf.tolist(),
-            "z_len": eb._cdf_length.reshape(-1).tolist(),
-            "z_off": eb._offset.reshape(-1).tolist(),
-            "y_cdf": gc._quantized_cdf.tolist(),
-            "y_len": gc._cdf_length.reshape(-1).tolist(),
-            "y_off": gc._offset.reshape(-1).tolist(),
-        }
+        device = self.log_gain.device
+        # CompressAI registers these as buffers: assigning keeps them buffers (they move with .to())
+        eb._quantized_cdf = tables["frozen.z_cdf"].int().to(device)
+        eb._cdf_length = tables["frozen.z_cdf_length"].int().to(device)
+        eb._offset = tables["frozen.z_offset"].int().to(device)
+        gc._quantized_cdf = tables["frozen.y_cdf"].int().to(device)
+        gc._cdf_length = tables["frozen.y_cdf_length"].int().to(device)
+        gc._offset = tables["frozen.y_offset"].int().to(device)
+        gc.scale_table = scale_table().float().to(device)
+        self.coding = FrozenCoding(self.h_s, self.param_nets, tables, gc).to(device)
 
-    def _require_frozen(self) -> dict:
-        if self._fixed is None:
+    def _require_frozen(self) -> "FrozenCoding":
+        if self.coding is None:
             raise RuntimeError("latent codec has no frozen tables: load it from a preset or call load_frozen(freeze())")
-        return self._fixed
+        return self.coding
 
     # ----- coding ------------------------------------------------------------------------
     def _fixed_params(self, level: int, k: int, hyper_fx: torch.Tensor, done_fx: list[torch.Tensor]):
@@ -288,10 +295,10 @@ class LatentCodec(nn.Module):
         fx = self._require_frozen()
         start = sum(self.config.slices[:k])
         size = self.config.slices[k]
-        out = fx["params"][k](torch.cat([hyper_fx, *done_fx], dim=1))
+        out = fx.params[k](torch.cat([hyper_fx, *done_fx], dim=1))
         mu_fx, log2_sigma_fx = out[:, :size], out[:, size:]
-        gain = fx["gain"][level, start : start + size].to(out.device)[None, :, None, None]
-        log2_gain = fx["log2_gain"][level, start : start + size].to(out.device)[None, :, None, None]
+        gain = fx.gain[level, start : start + size][None, :, None, None]
+        log2_gain = fx.log2_gain[level, start : start + size][None, :, None, None]
         mu_r_fx = shift_floor(mu_fx * gain, GAIN_BITS)
         step = 2 ** ACT_BITS * SCALE_LOG2_STEP
         idx = torch.floor((log2_sigma_fx + log2_gain - SCALE_LOG2_MIN * 2**ACT_BITS + step / 2) / step)
@@ -300,7 +307,7 @@ class LatentCodec(nn.Module):
     def _unscale(self, level: int, k: int, y_hat_r_fx: torch.Tensor) -> torch.Tensor:
         fx = self._require_frozen()
         start = sum(self.config.slices[:k])
-        inv = fx["inv_gain"][level, start : start + self.config.slices[k]].to(y_hat_r_fx.device)
+        inv = fx.inv_gain[level, start : start + self.config.slices[k]]
         return shift_floor(y_hat_r_fx * inv[None, :, None, None], GAIN_BITS).clamp_(-(2.0**30), 2.0**30)
 
     @torch.no_grad()
@@ -315,7 +322,7 @@ class LatentCodec(nn.Module):
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        return {"y": y, "z_strings": z_strings, "z_shape": tuple(z.shape[-2:]), "hyper_fx": fx["h_s"](to_fixed(z_hat))}
+        return {"y": y, "z_strings": z_strings, "z_shape": tuple(z.shape[-2:]), "hyper_fx": fx.h_s(to_fixed(z_hat))}
 
     @torch.no_grad()
     def code_latent(self, analysed: dict, level: int) -> tuple[list[bytes], torch.Tensor]:
@@ -323,7 +330,7 @@ class LatentCodec(nn.Module):
         ``y_hat`` a decoder must recover from them (what verify-after-encode compares)."""
         fx = self._require_frozen()
         y, hyper_fx = analysed["y"], analysed["hyper_fx"]
-        gain = fx["gain"][level].float()[None, :, None, None] / 2**GAIN_BITS
+        gain = fx.gain[level].float()[None, :, None, None] / 2**GAIN_BITS
         y_r = y * gain
         encoders = [BufferedRansEncoder() for _ in range(y.shape[0])]
         done_fx: list[torch.Tensor] = []
@@ -334,7 +341,7 @@ class LatentCodec(nn.Module):
             for b, enc in enumerate(encoders):
                 enc.encode_with_indexes(
                     symbols[b].int().reshape(-1).tolist(), idx[b].reshape(-1).tolist(),
-                    fx["y_cdf"], fx["y_len"], fx["y_off"],
+                    fx.y_cdf, fx.y_len, fx.y_off,
                 )  # fmt: skip
             done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
             start += size
@@ -357,7 +364,7 @@ class LatentCodec(nn.Module):
         """
         fx = self._require_frozen()
         z_hat = self.entropy_bottleneck.decompress(list(z_strings), z_shape)
-        hyper_fx = fx["h_s"](to_fixed(z_hat))
+        hyper_fx = fx.h_s(to_fixed(z_hat))
         decoders = []
         for s in y_strings:
             decoders.append(RansDecoder())
@@ -366,10 +373,10 @@ class LatentCodec(nn.Module):
         for k, _ in enumerate(self.config.slices):
             mu_r_fx, idx = self._fixed_params(level, k, hyper_fx, done_fx)
             values = [
-                dec.decode_stream(idx[b].reshape(-1).tolist(), fx["y_cdf"], fx["y_len"], fx["y_off"])
+                dec.decode_stream(idx[b].reshape(-1).tolist(), fx.y_cdf, fx.y_len, fx.y_off)
                 for b, dec in enumerate(decoders)
             ]
-            symbols = torch.tensor(values, dtype=torch.float64).reshape(idx.shape)
+            symbols = torch.tensor(values, dtype=torch.float64, device=mu_r_fx.device).reshape(idx.shape)
             done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
         return torch.cat(done_fx, dim=1)
 

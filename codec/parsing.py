@@ -7,6 +7,8 @@ start from :func:`parse`.
 
 from __future__ import annotations
 
+import torch
+
 from codec.bitstream import Bitstream, BitstreamError
 from codec.cdm.detail import gain_of
 from codec.latent_codec import LEVELS_PER_POINT
@@ -14,24 +16,26 @@ from codec.presets import Preset, load_preset
 from codec.text_coding import decode_text
 
 
-def resolve_preset(preset: str | Preset) -> Preset:
-    """A preset by name, or one the caller already holds (loaded once, perhaps on a GPU)."""
-    return preset if isinstance(preset, Preset) else load_preset(preset)
+def resolve_preset(preset: str | Preset, device: str | torch.device | None = None) -> Preset:
+    """A preset by name, loaded on ``device``, or one the caller already holds (on its own device)."""
+    return preset if isinstance(preset, Preset) else load_preset(preset, device=device)
 
 
-def parse(data: bytes, preset: str | Preset | None = None) -> tuple[Bitstream, Preset]:
-    """Parse and check a stream against the weights it names (any released model of its preset)."""
+def parse(data: bytes, preset: str | Preset | None = None,
+          device: str | torch.device | None = None) -> tuple[Bitstream, Preset]:  # fmt: skip
+    """Parse and check a stream against the weights it names (any released model of its preset),
+    loaded on ``device`` unless ``preset`` is a loaded one."""
     stream = Bitstream.from_bytes(data)
     name, model_id = stream.header.preset, stream.header.model_id
     if isinstance(preset, Preset) and preset.name != name:
         raise BitstreamError(f"bitstream was made with preset {name!r}, not {preset.name!r}")
     try:
-        p = resolve_preset(preset or name)
+        p = resolve_preset(preset or name, device)
     except KeyError as e:
         raise BitstreamError(f"bitstream names preset {name!r}, which this decoder does not have") from e
     if model_id != p.model_id and not isinstance(preset, Preset):
         try:
-            p = load_preset(name, model_id=model_id.hex())
+            p = load_preset(name, model_id=model_id.hex(), device=device)
         except KeyError:
             pass  # not a released model: refused below
     if model_id != p.model_id:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from codec.autoencoder import TAEF2, file_sha256
 from codec.bitstream import MODEL_ID_BYTES
 from codec.cdm.model import CDMDenoiser
+from codec.device import resolve_device
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from codec.text_model import TextModel
 
@@ -205,16 +206,20 @@ def load_preset(
     weights_dir: str | None = None,
     latent_codec_path: str | None = None,
     model_id: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Preset:
-    """Load (once per process) the named preset: its newest release (or the latent codec file
-    given, or in ``$RESULIC_LATENT_CODEC``), or with ``model_id`` (hex) that released model."""
+    """Load (once per process and device) the named preset: its newest release (or the latent
+    codec file given, or in ``$RESULIC_LATENT_CODEC``), or with ``model_id`` (hex) that released
+    model; on ``device`` (``codec.device.resolve_device``: the CPU by default)."""
+    dev = resolve_device(device)
     if name not in REGISTRY:
         raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(REGISTRY))})")
     key = (name, str(weights_dir or os.environ.get("RESULIC_TAEF2_DIR", "")),
            "" if model_id else str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")),
            "" if model_id else os.environ.get(CDM_ENV, ""), "" if model_id else os.environ.get(DECODER_ENV, ""),
-           model_id or "")  # fmt: skip
+           model_id or "", str(dev))  # fmt: skip
     with _lock:
         if key not in _cache:
-            _cache[key] = REGISTRY[name](weights_dir, latent_codec_path, model_id)
+            p = REGISTRY[name](weights_dir, latent_codec_path, model_id)
+            _cache[key] = p if dev.type == "cpu" else p.to(dev)
         return _cache[key]

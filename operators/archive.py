@@ -10,8 +10,8 @@ as unchanged on the rerun. Ray Data's checkpointing (alpha in 2.60) filters on a
 it keeps in files of its own; it cannot tell a changed source file from an unchanged one,
 and the archive would then have two sources of truth.
 
-One writer at a time per archive is assumed (the nightly job); concurrent jobs would each
-clean the other's staging files.
+One writer at a time per archive: concurrent jobs would each clean the other's staging files,
+so ``compress`` holds the archive's lease (``operators.lease``) while it writes.
 """
 
 from __future__ import annotations

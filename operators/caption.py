@@ -19,6 +19,7 @@ from codec.semantic.captioners import CaptionConfig, CaptionError, make_captione
 from codec.semantic.captions import clean_caption, is_refusal
 from codec.semantic.residual import clean_residual, residual_prompt
 from operators.decode import pixels_to_array
+from operators.failures import SystemicError, systemic_reason
 from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
@@ -43,6 +44,8 @@ class Captioner:
                 try:
                     out.append(fn([item])[0])
                 except Exception as e:  # noqa: BLE001
+                    if (why := systemic_reason(e)) is not None:
+                        raise SystemicError(f"captioning: {why}") from e
                     out.append(CaptionError(f"{type(e).__name__}: {e}".split("\n")[0][:200]))
             return out
 
@@ -58,6 +61,9 @@ class Captioner:
 
         answers = self._each(self.backend.caption, [image(i, "pixels") for i in need_original] +
                              [image(i, "recon_pixels") for i in todo])  # fmt: skip
+        for a in answers:
+            if isinstance(a, CaptionError) and a.systemic:  # every image would fail alike: stop the job
+                raise SystemicError(f"captioning: {a}")
         original = dict(zip(need_original, answers[: len(need_original)]))
         recon = dict(zip(todo, answers[len(need_original) :]))
         n = len(rows)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from operators.decode import pixels_to_array
+from operators.failures import SystemicError, systemic_reason
 from operators.sources import _with
 from schemas.archive import STATUS_FAILED
 
@@ -47,12 +48,15 @@ def section_columns(stream: bytes | None, meta: dict | None = None) -> dict[str,
             "bits_text": 8 * sec.get("text", 0), "bpp": meta["bpp"]}  # fmt: skip
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _node_id() -> str | None:
+    """The Ray node this actor runs on (the job summary counts assets per node); None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class Encoder:
-    """Holds one preset on the actor's device. Configuration travels as plain values and the
+    """Holds one preset on ``device`` (``codec.device``). Configuration travels as plain values and the
     encoder's choices as one (picklable) ``EncodeSettings``."""
 
     def __init__(
@@ -62,6 +66,7 @@ class Encoder:
         threads: int | None = None,
         env: dict[str, str] | None = None,
         reconstruct: bool = False,
+        device: str = "auto",
     ) -> None:
         os.environ.update(env or {})  # weight paths chosen on the driver
         if threads:
@@ -69,8 +74,9 @@ class Encoder:
         from codec.presets import load_preset
         from codec.settings import EncodeSettings
 
-        self.preset = load_preset(preset).to(_device())
+        self.preset = load_preset(preset, device=device)  # "auto": the GPU Ray gave this actor, if any
         self.settings, self.reconstruct = settings or EncodeSettings(), reconstruct
+        self.node = _node_id()
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
         from codec.bitstream import Bitstream
@@ -112,10 +118,12 @@ class Encoder:
                     try:
                         results[i] = self._encode([im])[0]
                     except Exception as e:  # noqa: BLE001
+                        if (why := systemic_reason(e)) is not None:  # not this image's fault: stop the job
+                            raise SystemicError(f"encoder: {why}") from e
                         results[i] = f"encode failed: {type(e).__name__}: {e}".split("\n")[0]
         cols: dict[str, list[Any]] = {k: [] for k in (
             "status", "error", "bitstream", "preset", "model_id", "rate_level", "seconds_encode", "seconds_verify",
-            "recon_pixels", *SECTION_TYPES)}  # fmt: skip
+            "recon_pixels", "encoder_node", *SECTION_TYPES)}  # fmt: skip
         for i, r in enumerate(rows):
             res = results.get(i)
             stream = res[0] if isinstance(res, tuple) else None
@@ -131,6 +139,7 @@ class Encoder:
             cols["seconds_encode"].append(res[1] if isinstance(res, tuple) else None)
             cols["seconds_verify"].append(res[2] if isinstance(res, tuple) else None)
             cols["recon_pixels"].append(res[3] if isinstance(res, tuple) else None)
+            cols["encoder_node"].append(self.node if res is not None else None)
         types = {"bitstream": pa.large_binary(), "rate_level": pa.int32(), "seconds_encode": pa.float64(),
                  "seconds_verify": pa.float64(), "recon_pixels": pa.large_binary(), **SECTION_TYPES}  # fmt: skip
         if not self.reconstruct:

@@ -68,18 +68,22 @@ def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str
 
 
 class Restorer:
-    """Holds a preset; decodes streams and writes image files under ``dest``."""
+    """Decodes streams on ``device`` (the models each stream names, loaded there once) and writes
+    image files under ``dest``."""
 
     def __init__(self, dest: str, fmt: str, storage_options: dict[str, Any] | None = None,
                  threads: int | None = None, env: dict[str, str] | None = None,
-                 decoder: str = "auto", steps: int | None = None) -> None:  # fmt: skip
+                 decoder: str = "auto", steps: int | None = None, device: str = "auto") -> None:  # fmt: skip
         os.environ.update(env or {})
         if threads:
             torch.set_num_threads(threads)
         self.fs, self.root = url_to_fs(dest, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.dest, self.fmt = dest, fmt
-        self.decode_args = {"decoder": decoder, **({"steps": steps} if steps else {})}
+        from codec.device import resolve_device
+
+        # resolved once: "cuda" on a machine without one fails here, before any asset
+        self.decode_args = {"decoder": decoder, "device": resolve_device(device), **({"steps": steps} if steps else {})}
 
     def restore_one(self, key: str, status: str, stream: bytes | None) -> tuple[str | None, str | None]:
         """Returns (written path, error)."""

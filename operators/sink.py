@@ -48,7 +48,7 @@ class ArchiveDatasink(Datasink[dict]):
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
         tally = {"written": 0, "unchanged": 0, "failed": 0, "failures": [], "bytes_in": 0, "bytes_out": 0,
-                 "pixels": 0, "bits_text": 0, "files": []}  # fmt: skip
+                 "pixels": 0, "bits_text": 0, "files": [], "nodes": {}}  # fmt: skip
         if not tables:
             return tally
         table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id,
@@ -56,6 +56,9 @@ class ArchiveDatasink(Datasink[dict]):
         unchanged = pc.equal(table.column("status"), STATUS_UNCHANGED)
         tally["unchanged"] = pc.sum(unchanged).as_py() or 0
         kept = table.filter(pc.invert(unchanged))
+        if "encoder_node" in kept.column_names:  # not archived: which nodes did the work, for the summary
+            for node in kept.column("encoder_node").drop_null().to_pylist():
+                tally["nodes"][node] = tally["nodes"].get(node, 0) + 1
         arc = Archive(self.url, self.storage_options)
         # min_rows is also the most a file holds: each file commits its rows as soon as it lands
         for start in range(0, kept.num_rows, self.min_rows):

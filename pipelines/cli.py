@@ -90,7 +90,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import codec
 
     t = time.perf_counter()
-    data = codec.encode(Path(args.input), settings=_encode_settings(args), preset=args.preset, text=args.text)
+    data = codec.encode(Path(args.input), settings=_encode_settings(args), preset=args.preset, text=args.text,
+                        device=args.device)  # fmt: skip
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
@@ -111,7 +112,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: cannot read file ({e.strerror or e})") from e
     t = time.perf_counter()
     try:
-        image = codec.decode(data, decoder=args.decoder, **({"steps": args.steps} if args.steps else {}))
+        image = codec.decode(data, decoder=args.decoder, device=args.device, **({"steps": args.steps} if args.steps else {}))
     except codec.BitstreamError as e:
         raise codec.BitstreamError(f"{path}: {e}") from e
     image.save(args.output)
@@ -180,32 +181,49 @@ def _caption_config(args: argparse.Namespace):
 def cmd_compress(args: argparse.Namespace) -> int:
     captions = _caption_config(args)  # a bad combination fails before Ray starts
     from pipelines.compress import compress, format_table
+    from pipelines.terminal import JobProgress
 
-    summary = compress(
-        args.source, args.archive, preset=args.preset, settings=_encode_settings(args), workers=args.workers,
-        batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
-        storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
-        captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
-    )  # fmt: skip
+    log = _quiet_ray(args)
+    bar = JobProgress()
+    try:
+        summary = compress(
+            args.source, args.archive, preset=args.preset, settings=_encode_settings(args), workers=args.workers,
+            batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
+            storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
+            captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
+            device=args.device, max_failure_rate=args.max_failure_rate, break_lease=args.break_lease, progress=bar,
+        )  # fmt: skip
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(summary))
     else:
-        print(format_table(summary))
+        print(format_table(summary) + (f"\nRay's logs: {log}" if log else ""))
     nothing_read = summary["written"] + summary["unchanged"] == 0 and summary["failed"] > 0
-    return 1 if nothing_read or (args.fail_on_error and summary["failed"]) else 0
+    return 1 if summary["aborted"] or nothing_read or (args.fail_on_error and summary["failed"]) else 0
+
+
+def _quiet_ray(args: argparse.Namespace):
+    """Unless --verbose: Ray's logs to a file (its path returned), not the terminal."""
+    if args.verbose:
+        return None
+    from pipelines.terminal import ray_logs_to_file
+
+    return ray_logs_to_file()
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from pipelines.restore import restore
 
+    log = _quiet_ray(args)
     summary = restore(args.archive, args.dest, keys=args.key, all_keys=args.all, prefix=args.prefix, fmt=args.format,
                       workers=args.workers, storage_options=_storage_options(args), decoder=args.decoder,
-                      steps=args.steps)  # fmt: skip
+                      steps=args.steps, device=args.device)  # fmt: skip
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"restored {summary['restored']}, failed {summary['failed']} into {summary['dest']} "
-              f"({summary['wall_seconds']:.2f} s)")  # fmt: skip
+              f"({summary['wall_seconds']:.2f} s)" + (f"; Ray's logs: {log}" if log else ""))  # fmt: skip
         for f in summary["failures"]:
             print(f"FAILED {f['key']}: {f['reason']}")
     return 1 if summary["failed"] else 0
@@ -270,7 +288,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's own logs, plan and progress bars on the terminal (default: to a log file)")  # fmt: skip
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", type=_device_name,
+                   help="where the networks run: auto (a GPU when there is one; default), cpu, cuda, cuda:N; "
+                        "streams decode to the same symbols on any device")  # fmt: skip
+
+
+def _device_name(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from operators.failures import MAX_FAILURE_RATE, MIN_FAILURES
     parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -289,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale_arg(p)
     _add_refine_arg(p)
     _add_weights_args(p)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="restore an image from a bitstream")
@@ -297,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="original image: also print PSNR and MS-SSIM against it")
     _add_decoder_args(p)
     _add_weights_args(p)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("info", help="describe a bitstream (without decoding it) or an archive")
@@ -323,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="assets per committed data file: smaller files lose less work to a crash")
     p.add_argument("--max-pixels", type=int, help="refuse larger images as 'too large' (default: $RESULIC_MAX_PIXELS or 256 Mpx)")
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any asset failed")
+    p.add_argument("--max-failure-rate", type=float, default=MAX_FAILURE_RATE,
+                   help=f"stop the job and exit 1 once at least {MIN_FAILURES} assets failed and failures pass this "
+                        f"share of the assets processed (default {MAX_FAILURE_RATE}; 1 never stops); a systemic error "
+                        "(GPU fault, endpoint refusing, missing model file) stops the job at once")  # fmt: skip
+    p.add_argument("--break-lease", action="store_true",
+                   help="take the archive's writer lease from the job that holds it (only when that job is known "
+                        "to be dead; an expired lease is taken without this)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     s = p.add_argument_group("semantic residual text")
     s.add_argument("--captioner", choices=["none", "known", "transformers", "openai"], default="none",
@@ -339,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--caption-gpus-per-worker", type=float, help="GPUs per captioning actor (default 0.5 with GPUs)")
     _add_weights_args(p)
     _add_storage_args(p)
+    _add_device_arg(p)
+    _add_verbose_arg(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("restore", help="restore assets from an archive into DEST")
@@ -353,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoder_args(p)
     _add_weights_args(p)
     _add_storage_args(p)
+    _add_device_arg(p)
+    _add_verbose_arg(p)
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("ls", help="list an archive's assets")
@@ -455,8 +504,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from codec.weights_fetch import FetchError
     from evaluation.weights import WeightsError
     from operators.archive import ArchiveError
+    from operators.lease import LeaseHeld
 
-    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, FileNotFoundError, KeyError, ValueError,
+    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, LeaseHeld, FileNotFoundError, KeyError, ValueError,
             OSError)  # fmt: skip
 
 

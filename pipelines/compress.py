@@ -9,13 +9,17 @@ as written, unchanged or failed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import os
+import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
@@ -25,11 +29,13 @@ from operators.archive import Archive
 from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
+from operators.failures import MAX_FAILURE_RATE, FailureMonitor, check_failures, count_listed, stop_reason
+from operators.lease import ArchiveLease
 from operators.residual import attach_residual
 from operators.sink import ArchiveDatasink
 from operators.sources import ListingDatasource, Source, expand_shards, fetch, mark_unchanged
-from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
-from schemas.archive import STATUS_WRITTEN
+from pipelines.ray_runtime import PoolPlan, ensure_ray, gpus_for, plan_pool, worker_env
+from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
 
 
 def _versions() -> dict[str, str]:
@@ -60,9 +66,20 @@ def compress(
     captions: CaptionConfig | None = None,
     caption_workers: int | None = None,
     caption_gpus_per_worker: float | None = None,
+    device: str = "auto",
+    max_failure_rate: float = MAX_FAILURE_RATE,
+    break_lease: bool = False,
+    progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run one job with the encoder's choices ``settings``; returns its summary (also written to
-    the archive's ``_jobs/``)."""
+    the archive's ``_jobs/``). ``device``: where the encoder actors run (``codec.device``; "auto":
+    a GPU when Ray gives the actor one). The job stops early (summary ``aborted`` set) on a
+    systemic error or when failures pass ``max_failure_rate`` (``operators.failures``). The job
+    holds the archive's writer lease (``operators.lease``) from before it cleans staging to its
+    summary; ``break_lease`` takes it from a live holder known to be dead. ``progress`` is called
+    about twice a second with the running counts (``FailureMonitor.state``)."""
+    if not 0 <= max_failure_rate <= 1:
+        raise ValueError(f"--max-failure-rate must lie in [0, 1], not {max_failure_rate}")
     t0 = time.time()
     from codec.presets import load_preset
 
@@ -77,15 +94,78 @@ def compress(
     arc = Archive(archive, storage_options)
     meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                        "created_by": _versions()})  # fmt: skip
-    arc.clean_staging()
-    index = arc.refresh_index()
-    archived = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN)).select(
-        ["key", "source_fingerprint", "source_sha256"]
-    )
-    captions = captions or CaptionConfig()
-    two_pools = captions.captions_reconstructions
-    plan = plan_pool(workers, gpus_per_worker, share=0.5 if two_pools else 1.0)
-    so = src.storage_options
+    monitor = ray.remote(num_cpus=0)(FailureMonitor).remote(max_failure_rate)
+    # one writer per archive: a second job is refused here; losing the lease stops this job
+    lease = ArchiveLease(arc, job_id, on_lost=lambda why: ray.get(monitor.stop.remote(why)))
+    lease.acquire(force=break_lease)
+    try:
+        arc.clean_staging()
+        index = arc.refresh_index()
+        archived = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN)).select(
+            ["key", "source_fingerprint", "source_sha256"]
+        )
+        captions = captions or CaptionConfig()
+        two_pools = captions.captions_reconstructions
+        plan = plan_pool(workers, gpus_for(device, gpus_per_worker), share=0.5 if two_pools else 1.0)
+        ds = build_pipeline(src, archived, preset, settings, plan, device, captions, monitor, batch_size=batch_size,
+                            max_pixels=max_pixels, caption_workers=caption_workers,
+                            caption_gpus_per_worker=caption_gpus_per_worker)  # fmt: skip
+        sink = ArchiveDatasink(archive, src.storage_options, job_id, min_rows=rows_per_file)
+        aborted = None
+        reporter = ProgressReporter(monitor, progress) if progress else contextlib.nullcontext()
+        try:
+            with reporter:
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+        except Exception as e:  # noqa: BLE001 - only the policy's own stops are summarised; others propagate
+            if (aborted := stop_reason(e)) is None:
+                raise
+        finally:
+            # Ray Data frees a failed execution's actor pools (and the CPUs and GPUs they hold)
+            # by dropping its references: they live until the reference cycle is collected, and
+            # the caller's next job would wait for them. (A logging handler that retains records,
+            # such as pytest's capture, keeps them alive regardless: see pyproject's addopts.)
+            del ds
+            gc.collect()
+        index = arc.refresh_index()
+        summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
+        if aborted:
+            summary.update(aborted_counts(index, job_id))
+        summary["aborted"], summary["first_reasons"] = aborted, ray.get(monitor.state.remote())["reasons"]
+        summary["captioner"] = captions.backend
+        summary["detail_gain"], summary["scale"], summary["refine_steps"] = settings.detail_gain, settings.scale, settings.refine_steps
+        arc.write_job_summary(job_id, summary)
+        return summary
+    finally:
+        lease.release()
+
+
+class ProgressReporter:
+    """A driver thread that hands the monitor's counts to ``callback`` while the job runs."""
+
+    def __init__(self, monitor: Any, callback: Callable[[dict], None], interval: float = 0.5) -> None:
+        self.monitor, self.callback, self.interval = monitor, callback, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.callback(ray.get(self.monitor.state.remote()))
+
+    def __enter__(self) -> "ProgressReporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.callback(ray.get(self.monitor.state.remote()))
+
+
+def build_pipeline(src: Source, archived: pa.Table, preset: str, settings: EncodeSettings, plan: PoolPlan, device: str,
+                   captions: CaptionConfig, monitor: Any, *, batch_size: int, max_pixels: int | None,
+                   caption_workers: int | None, caption_gpus_per_worker: float | None) -> ray.data.Dataset:  # fmt: skip
+    """The job as one chain: list, skip what is archived, fetch, decode, encode, caption, check."""
+    so, two_pools = src.storage_options, captions.captions_reconstructions
     light = {"batch_format": "pyarrow", "num_cpus": 0.5}
     ds = ray.data.read_datasource(ListingDatasource(src), num_cpus=0.5)
     ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_fingerprint"}, **light)
@@ -94,12 +174,13 @@ def compress(
     else:
         ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=batch_size, **light)
     ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_sha256"}, **light)
+    ds = ds.map_batches(count_listed, fn_kwargs={"monitor": monitor}, **light)
     limit = {"max_pixels": max_pixels} if max_pixels else {}
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "settings": settings, "threads": plan.threads_per_actor,
-                               "env": worker_env(), "reconstruct": two_pools},  # fmt: skip
+                               "env": worker_env(), "reconstruct": two_pools, "device": device},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -120,14 +201,8 @@ def compress(
     if captions.backend != "none":
         ds = ds.map_batches(attach_residual, fn_kwargs={"preset": preset, "max_words": captions.max_residual_words,
                                                         "target_bpp": settings.target_bpp}, **light)  # fmt: skip
-    sink = ArchiveDatasink(archive, so, job_id, min_rows=rows_per_file)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
-    arc.refresh_index()
-    summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
-    summary["captioner"] = captions.backend
-    summary["detail_gain"], summary["scale"], summary["refine_steps"] = settings.detail_gain, settings.scale, settings.refine_steps
-    arc.write_job_summary(job_id, summary)
-    return summary
+    ds = ds.map_batches(check_failures, fn_kwargs={"monitor": monitor}, **light)
+    return ds
 
 
 def caption_env(captions: CaptionConfig) -> dict[str, str]:
@@ -145,6 +220,10 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
     total = {k: sum(t.get(k, 0) for t in tallies)
              for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
     failures = [f for t in tallies for f in t["failures"]]
+    nodes: dict[str, int] = {}
+    for t in tallies:
+        for node, n in t.get("nodes", {}).items():
+            nodes[node] = nodes.get(node, 0) + n
     return {
         "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
         "rate": settings.rate, "target_bpp": settings.target_bpp,
@@ -156,7 +235,18 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
         "wall_seconds": round(wall, 3),
         "images_per_second": round(total["written"] / wall, 4) if wall > 0 else None,
         "files": sorted(f for t in tallies for f in t["files"]),
+        "encoder_nodes": dict(sorted(nodes.items())),
     }  # fmt: skip
+
+
+def aborted_counts(index: pa.Table, job_id: str) -> dict:
+    """What a stopped job committed before it stopped (its sink never reported), from the index:
+    data files are named after their job."""
+    mine = index.filter(pc.match_substring(index.column("file"), f"/{job_id}-"))
+    status = mine.column("status").to_pylist()
+    failed = [{"source": u, "reason": "see the archive row"} for u, st in zip(mine.column("source_uri").to_pylist(), status)
+              if st == STATUS_FAILED]  # fmt: skip
+    return {"written": status.count(STATUS_WRITTEN), "failed": len(failed), "failures": failed}
 
 
 def format_table(summary: dict) -> str:
@@ -169,6 +259,8 @@ def format_table(summary: dict) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines += [f"FAILED {f['source']}: {f['reason']}" for f in summary["failures"]]
+    if summary.get("aborted"):
+        lines.append(f"STOPPED: {summary['aborted']} (committed rows stay; the next run takes the rest)")
     return "\n".join(lines)
 
 

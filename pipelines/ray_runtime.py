@@ -54,8 +54,25 @@ class PoolPlan:
     threads_per_actor: int
 
 
+def gpus_for(device: str, gpus_per_worker: float | None) -> float | None:
+    """What each model actor asks Ray for, given ``--device``: "cpu" never a GPU; "cuda" (or
+    "cuda:N") one GPU unless told otherwise; "auto" what :func:`plan_pool` gives (a GPU share
+    when the cluster has GPUs)."""
+    if device == "cpu":
+        if gpus_per_worker:
+            raise ValueError(f"--device cpu with --gpus-per-worker {gpus_per_worker:g}: choose one")
+        return 0.0
+    if device.startswith("cuda") and gpus_per_worker is None:
+        return 1.0
+    return gpus_per_worker
+
+
 def plan_pool(workers: int | None, gpus_per_worker: float | None, share: float = 1.0) -> PoolPlan:
     """How many model-holding actors, and what each asks for.
+
+    Given ``workers`` and ``gpus_per_worker``, the pool is what they say, whatever the cluster
+    has at the moment (an autoscaler brings GPU nodes up from zero for the pending actors);
+    otherwise it is sized from the cluster's resources now.
 
     On CPUs, actors together ask for at most all CPUs but one, so the read and decode tasks
     always have a CPU: an actor pool that takes every CPU starves the read stage and the job
@@ -76,8 +93,11 @@ def plan_for(cpus: float, gpus: float, workers: int | None, gpus_per_worker: flo
     if gpus_per_worker is None:
         gpus_per_worker = share if gpus >= 1 else 0.0
     if gpus_per_worker > 0:
-        if gpus < gpus_per_worker:
-            raise ValueError(f"--gpus-per-worker {gpus_per_worker} but the cluster has {gpus:g} GPUs")
+        # With --workers the pool asks for what the job needs, not what the cluster has now: an
+        # autoscaling cluster whose GPU group stands at zero starts GPU nodes for the request.
+        if workers is None and gpus < gpus_per_worker:
+            raise ValueError(f"--gpus-per-worker {gpus_per_worker:g} but the cluster has {gpus:g} GPUs now; pass "
+                             "--workers N to ask for N GPU actors (an autoscaling cluster starts GPU nodes for them)")  # fmt: skip
         n = workers or max(1, int(gpus * share // gpus_per_worker))
         return PoolPlan(n, min(1.0, max(0.25, share * (cpus - 1) / n)), gpus_per_worker, max(1, int(cpus // n)))
     n = workers or max(1, int(share * cpus))

@@ -15,7 +15,7 @@ import ray
 
 from operators.archive import Archive
 from operators.restore import Restorer, load_bitstreams
-from pipelines.ray_runtime import ensure_ray, plan_pool, worker_env
+from pipelines.ray_runtime import ensure_ray, gpus_for, plan_pool, worker_env
 
 RESTORE_BLOCK = 8
 
@@ -32,15 +32,17 @@ def restore(
     storage_options: dict[str, Any] | None = None,
     decoder: str = "auto",
     steps: int | None = None,
+    device: str = "auto",
 ) -> dict:
-    """``decoder``: "auto" (CDM when an asset's model has one, else plain), "cdm" or "plain"."""
+    """``decoder``: "auto" (CDM when an asset's model has one, else plain), "cdm" or "plain".
+    ``device``: where decoding runs (``codec.device``; "auto": a GPU when there is one)."""
     t0 = time.time()
     arc = Archive(archive, storage_options)
     arc.meta()  # refuses foreign archives and unknown versions
     results: list[dict] = []
     if keys:
         found = {r["key"]: r for r in arc.lookup(keys).to_pylist()}
-        restorer = Restorer(dest, fmt, storage_options, decoder=decoder, steps=steps)
+        restorer = Restorer(dest, fmt, storage_options, decoder=decoder, steps=steps, device=device)
         for key in keys:
             entry = found.get(key)
             if entry is None:
@@ -55,7 +57,7 @@ def restore(
             index = index.filter(pc.starts_with(index.column("key"), prefix))
         if index.num_rows:
             ensure_ray()
-            plan = plan_pool(workers, None)
+            plan = plan_pool(workers, gpus_for(device, None))
             # blocks of RESTORE_BLOCK keys: a block goes to one actor, so small blocks spread a
             # small job over the pool, and a job never starts more actors than it has blocks.
             # Each block reads its own row groups, so a full row group (ROW_GROUP_ROWS = 32) is
@@ -68,7 +70,7 @@ def restore(
                 Restorer,
                 fn_constructor_kwargs={"dest": dest, "fmt": fmt, "storage_options": storage_options,
                                        "threads": plan.threads_per_actor, "env": worker_env(),
-                                       "decoder": decoder, "steps": steps},  # fmt: skip
+                                       "decoder": decoder, "steps": steps, "device": device},  # fmt: skip
                 compute=ray.data.ActorPoolStrategy(size=min(plan.actors, len(blocks))),
                 batch_size=4,
                 batch_format="pyarrow",

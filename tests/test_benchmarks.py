@@ -47,3 +47,23 @@ def test_kodak_rd_prints_rate_points_and_times():
     assert [p[0] for p in points] == ["0", "8"]
     (_, bpp0, psnr0, *_), (_, bpp8, psnr8, *_) = points
     assert float(bpp0) < float(bpp8) and float(psnr0) < float(psnr8)
+
+
+def test_speed_prints_the_ratio_to_the_autoencoder():
+    out = run("speed.py", str(KODAK), "--images", "1", "--repeats", "1")
+    (cells,) = [c for name, c in table(out).items() if name.endswith(".png")]
+    ae_enc, enc, ratio = (float(c) for c in cells[1:4])
+    assert 0 < ae_enc < enc and abs(ratio - enc / ae_enc) < 0.02  # encoding includes the autoencoder
+    assert re.search(r"mean ratio to the autoencoder: encode [\d.]+x, decode [\d.]+x", out)
+
+
+def test_gpu_benchmark_runs_on_the_cpu_and_says_what_is_pending():
+    out = run("gpu.py", str(KODAK), "--images", "2", "--batch", "2")
+    rows = table(out)
+    assert float(rows["cpu"][0]) > 0 and float(rows["cpu"][1]) > 0
+    import torch
+
+    if torch.cuda.is_available():
+        assert rows["cuda"][0] != "pending" and "NO" not in out
+    else:
+        assert rows["cuda"][0].startswith("pending")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -16,19 +19,52 @@ def _resulic_args(command: list[str]) -> list[str]:
     return command[command.index("resulic") + 1 :]
 
 
-def test_nightly_job_runs_a_valid_compress():
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _token_auth(container: dict) -> bool:
+    env = _env(container)
+    return env.get("RAY_AUTH_MODE") == "token" and env["RAY_AUTH_TOKEN"]["secretKeyRef"]["name"] == "resulic-ray-auth"
+
+
+def test_nightly_job_submits_once_with_the_token_and_a_valid_compress():
     job = yaml.safe_load((ROOT / "infra" / "kuberay" / "nightly.yaml").read_text())
-    assert job["spec"]["concurrencyPolicy"] == "Forbid"  # one writer per archive
-    command = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    args = build_parser().parse_args(_resulic_args(command))
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert _token_auth(container) and _env(container)["RAY_ADDRESS"].endswith(":8265")
+    args = build_parser().parse_args(_resulic_args(container["args"]))
     assert args.command == "compress" and args.source.startswith("s3://") and args.json
+    # the pool is the job's ask: GPU actors the autoscaler can start nodes for
+    assert args.workers and args.gpus_per_worker and args.device == "cuda" and args.max_failure_rate < 1
+    # idempotent submission: one id per night, a retried pod follows the existing job
+    script = (ROOT / container["command"][0].removeprefix("/opt/resulic/")).read_text()
+    assert 'id="resulic-nightly-$(date -u +%Y-%m-%d)"' in script
+    assert 'ray job submit --submission-id "$id"' in script and 'ray job logs --follow "$id"' in script
+    assert os.access(ROOT / "infra" / "submit_nightly.sh", os.X_OK)
+    # the network policy lets exactly these pods reach the job server
+    policy = yaml.safe_load((ROOT / "infra" / "kuberay" / "networkpolicy.yaml").read_text())
+    submitter = next(r for r in policy["spec"]["ingress"] if r.get("ports"))
+    assert submitter["from"][0]["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
+    assert submitter["ports"] == [{"port": 8265, "protocol": "TCP"}]
 
 
-def test_raycluster_gpu_group():
+def test_submit_script_is_valid_shell():
+    subprocess.run(["sh", "-n", str(ROOT / "infra" / "submit_nightly.sh")], check=True)
+
+
+def test_raycluster_gpu_group_from_zero_and_token_auth_everywhere():
     rc = yaml.safe_load((ROOT / "infra" / "kuberay" / "raycluster.yaml").read_text())
     assert rc["kind"] == "RayCluster" and rc["spec"]["rayVersion"] == __import__("ray").__version__
     gpu = rc["spec"]["workerGroupSpecs"][0]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["minReplicas"] == 0 and gpu["replicas"] == 0 and rc["spec"]["enableInTreeAutoscaling"]
+    head = rc["spec"]["headGroupSpec"]
+    # the dashboard (Ray's job server) is on loopback, or every Ray process demands the token
+    if head["rayStartParams"].get("dashboard-host") != "127.0.0.1":
+        assert _token_auth(head["template"]["spec"]["containers"][0])
+        assert _token_auth(gpu["template"]["spec"]["containers"][0])
+        assert _token_auth(rc["spec"]["autoscalerOptions"])
 
 
 def test_cluster_launcher_config():
@@ -38,10 +74,18 @@ def test_cluster_launcher_config():
     assert "--dashboard-host=127.0.0.1" in head  # no open dashboard port
     fetch = next(c for c in cfg["setup_commands"] if "resulic weights" in c)
     assert build_parser().parse_args(_resulic_args(shlex.split(fetch))).command == "weights"
+    # the checkout is mounted without a virtual environment, caches or git history
+    assert ".venv" in cfg["rsync_exclude"] and ".gitignore" in cfg["rsync_filter"]
+    assert "[cluster]" in " ".join(cfg["setup_commands"])  # ray[default]: the job server
 
 
-def test_dockerfile_copies_what_the_package_needs():
-    lines = (ROOT / "infra" / "Dockerfile").read_text().splitlines()
-    copied = {line.split()[1] for line in lines if line.startswith("COPY")}
-    packages = {"codec", "operators", "pipelines", "schemas"}
+def test_dockerfile_copies_what_the_package_needs_and_installs_the_job_server():
+    text = (ROOT / "infra" / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in text.splitlines() if line.startswith("COPY")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages <= copied and all((ROOT / p).is_dir() for p in packages)
+    assert "infra" in copied  # submit_nightly.sh
+    # `ray job submit` needs the dashboard's job server: ray[default], through the cluster extra
+    assert any(d.startswith("ray[default]") for d in pyproject["project"]["optional-dependencies"]["cluster"])
+    assert 'pip install --no-cache-dir ".[cluster]"' in text

@@ -39,7 +39,7 @@ def test_compress_decompress_gives_encoder_symbols_at_every_level():
         y_hat = model.decompress_symbols(strings, analysed["z_strings"], analysed["z_shape"], level)
         assert torch.equal(y_hat, y_hat_enc)  # what verify-after-encode relies on
         # the decoded y_hat is within half a quantisation step (in the scaled domain) of y
-        gain = model._fixed["gain"][level].float()[None, :, None, None] / 2**12
+        gain = model.coding.gain[level].float()[None, :, None, None] / 2**12
         err = (y_hat.float() / 2**ACT_BITS - analysed["y"]) * gain
         assert err.abs().max() <= 0.5 + 1e-3
         assert model.decompress(strings, analysed["z_strings"], analysed["z_shape"], level).shape == latent.shape

@@ -74,12 +74,13 @@ def test_chat_endpoint_captions_in_their_own_actor_pool(ray_local, tmp_path, mon
     assert API_KEY not in json.dumps(s)
 
 
-def test_endpoint_down_fails_rows_and_the_rerun_retries_them(ray_local, tmp_path):
+def test_endpoint_down_stops_the_job_and_the_rerun_does_the_rest(ray_local, tmp_path):
     src, arc = folder(tmp_path / "src"), str(tmp_path / "arc")
     down = CaptionConfig(backend="openai", endpoint="http://127.0.0.1:9/v1", model="m", retries=0, timeout=2)
     s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=down)
-    assert s["written"] == 0 and s["failed"] == 4
-    assert all(f["reason"].startswith("captioning failed") for f in s["failures"])
+    # a refused endpoint fails every image alike: a systemic stop, not four row failures
+    assert s["aborted"].startswith("SystemicError: captioning: caption endpoint failed") and "ConnectionError" in s["aborted"]
+    assert s["written"] == 0
     s = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, captions=CaptionConfig(backend="known"))
     assert (s["written"], s["failed"]) == (4, 0)
 

@@ -17,7 +17,7 @@ def test_shipped_weights_are_small_and_frozen():
     path = WEIGHTS_DIR / "latent_codec_taef2.safetensors"
     assert path.stat().st_size < 16 * 2**20
     model = load_latent_codec(path)
-    assert model._fixed is not None  # coding tables come from the file, not recomputed
+    assert model.coding is not None  # coding tables come from the file, not recomputed
 
 
 def test_missing_latent_codec_file(tmp_path):

@@ -36,5 +36,11 @@ def test_gpu_pool_one_actor_per_gpu_and_refuses_missing_gpus() -> None:
     assert plan.actors == 4 and plan.gpus_per_actor == 1.0 and plan.threads_per_actor == 4
     shared = plan_for(16, 4, None, None, share=0.5)
     assert shared.actors == 4 and shared.gpus_per_actor == 0.5
-    with pytest.raises(ValueError, match="--gpus-per-worker 2"):
+    with pytest.raises(ValueError, match="--gpus-per-worker 2 .* pass --workers N"):
         plan_for(16, 1, None, 2.0)
+
+
+def test_gpu_pool_sized_from_the_request_not_the_cluster_now() -> None:
+    """A cluster whose GPU group autoscales from zero has no GPU yet: the job's ask stands."""
+    plan = plan_for(4, 0, 3, 1.0)
+    assert plan.actors == 3 and plan.gpus_per_actor == 1.0

@@ -27,7 +27,16 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class CaptionError(RuntimeError):
-    """A caption could not be had (after retries); the message is safe to record."""
+    """A caption could not be had (after retries); the message is safe to record. ``systemic``:
+    the endpoint itself is unusable (refused connections, credentials, a wrong URL), so every
+    other image would fail the same way."""
+
+    def __init__(self, message: str, systemic: bool = False) -> None:
+        super().__init__(message)
+        self.systemic = systemic
+
+
+SYSTEMIC_STATUS = {401, 403, 404}  # credentials or URL: the same answer for every image
 
 
 @dataclass
@@ -132,7 +141,7 @@ class ChatCaptioner:
 
         body = {"model": self.config.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.config.max_new_tokens, "temperature": 0}  # fmt: skip
-        delay, last = self.config.backoff, ""
+        delay, last, refused = self.config.backoff, "", False
         for attempt in range(self.config.retries + 1):
             if attempt:
                 time.sleep(delay)
@@ -141,7 +150,9 @@ class ChatCaptioner:
                 r = self.session.post(self.url, json=body, timeout=self.config.timeout)
             except requests.RequestException as e:
                 last = f"{type(e).__name__}"  # the exception text may quote the request: keep it out
+                refused = isinstance(e, requests.ConnectionError) and not isinstance(e, requests.Timeout)
                 continue
+            refused = False
             if r.status_code in RETRY_STATUS:
                 last = f"HTTP {r.status_code}"
                 after = r.headers.get("Retry-After", "")
@@ -149,12 +160,12 @@ class ChatCaptioner:
                     delay = max(delay, min(float(after), 60.0))
                 continue
             if r.status_code != 200:
-                raise CaptionError(f"caption endpoint answered HTTP {r.status_code}")
+                raise CaptionError(f"caption endpoint answered HTTP {r.status_code}", r.status_code in SYSTEMIC_STATUS)
             try:
                 return r.json()["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 raise CaptionError("caption endpoint answered without choices[0].message.content") from e
-        raise CaptionError(f"caption endpoint failed after {self.config.retries + 1} attempts ({last})")
+        raise CaptionError(f"caption endpoint failed after {self.config.retries + 1} attempts ({last})", refused)
 
     def _map(self, contents: list[list[dict]]) -> list[str | CaptionError]:
         def one(content: list[dict]) -> str | CaptionError:

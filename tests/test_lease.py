@@ -1,0 +1,112 @@
+"""One writer per archive: the lease is created atomically (a local hard link, a conditional put
+on the moto S3 server), refused to a second writer with its holder named, taken over once
+expired, lost to a takeover (the holder is told), and refused by a second `resulic compress`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT, photo_folder
+from operators.archive import Archive
+from operators.lease import ArchiveLease, LeaseHeld
+
+
+@pytest.fixture(params=["local", "s3"])
+def archive(request, tmp_path):
+    if request.param == "local":
+        return Archive(str(tmp_path / "arc"))
+    request.getfixturevalue("s3_server")
+    import s3fs
+
+    bucket = f"lease-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    return Archive(f"s3://{bucket}/arc")
+
+
+def test_second_writer_is_refused_naming_the_holder(archive):
+    first = ArchiveLease(archive, "job-a")
+    first.acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=r"another job writes this archive: job job-a on .* \(pid \d+\)"):
+            ArchiveLease(archive, "job-b").acquire()
+        assert archive_holder(archive) == "job-a"
+    finally:
+        first.release()
+    with ArchiveLease(archive, "job-b"):  # released: the next job takes it
+        assert archive_holder(archive) == "job-b"
+    assert ArchiveLease(archive, "x").holder() is None
+
+
+def test_the_create_is_atomic(archive):
+    """Writers racing for the same lease number: exactly one create succeeds."""
+    lease = ArchiveLease(archive, "probe")
+    wins: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        wins.append(ArchiveLease(archive, f"racer-{i}")._create(7))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 5 + [True]
+    assert lease._read(7).job_id.startswith("racer-")
+
+
+def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(archive):
+    lost: list[str] = []
+    stale = ArchiveLease(archive, "stale", ttl=0.5, on_lost=lost.append)
+    stale.acquire()
+    stale._stop.set()  # the holder stalls: no renewal
+    stale._thread.join()
+    time.sleep(0.6)
+    with ArchiveLease(archive, "fresh") as fresh:
+        assert fresh.number == stale.number + 1
+        assert stale.renew() is False  # it wakes up: a higher lease exists
+        assert lost and "taken over by job fresh" in lost[0]
+        stale.release()  # does not remove the new holder's lease
+        assert archive_holder(archive) == "fresh"
+
+
+def test_a_live_lease_is_renewed_and_can_be_broken(archive):
+    holder = ArchiveLease(archive, "long", ttl=30)
+    holder.acquire()
+    before = holder._read(holder.number).expires
+    assert holder.renew() and holder._read(holder.number).expires >= before
+    breaker = ArchiveLease(archive, "operator")
+    breaker.acquire(force=True)  # --break-lease
+    assert archive_holder(archive) == "operator" and holder.renew() is False
+    breaker.release()
+    holder.release()
+
+
+def archive_holder(archive) -> str | None:
+    info = ArchiveLease(archive, "reader").holder()
+    return info.job_id if info else None
+
+
+def test_compress_refuses_an_archive_another_job_writes(tmp_path):
+    src = photo_folder(tmp_path / "src", {"a.png": (64, 48)})
+    arc = Archive(str(tmp_path / "arc"))
+    other = ArchiveLease(arc, "nightly-elsewhere")
+    other.acquire()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        res = subprocess.run([sys.executable, "-m", "pipelines.cli", "compress", str(src), str(tmp_path / "arc")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert res.returncode != 0
+        assert "another job writes this archive: job nightly-elsewhere" in res.stderr
+        assert not (tmp_path / "arc" / "data").exists()  # nothing written, staging untouched
+    finally:
+        other.release()
+    assert other.holder() is None

@@ -9,7 +9,8 @@ writer takes the lease by **creating** the next number, a create that fails when
 exists: ``os.link`` of a written temporary file on local disks (atomic, and the lease is never
 seen half-written), a conditional put (``If-None-Match: *``) on S3. Of two writers racing for
 the same number exactly one wins. A live lease is renewed by its holder (its expiry moved on)
-every ``ttl / 3``; an expired one (a killed job) is taken over by creating the next number, so
+every ``ttl / 3``; an expired one (a killed job), or one whose holder process is gone from this
+host, is taken over by creating the next number, so
 a stalled holder that wakes up sees a higher number on its next renewal and knows it lost the
 archive (``on_lost`` is called; ``compress`` then stops the job). Only atomic create, overwrite,
 list and delete are needed. On stores whose create is not atomic (fsspec's generic fallback:
@@ -47,6 +48,20 @@ class LeaseInfo:
 
     def describe(self) -> str:
         return f"job {self.job_id} on {self.host} (pid {self.pid}), lease valid until {self.expires:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _dead_here(info: LeaseInfo) -> bool:
+    """The holder ran on this host and its process is gone (a killed job, here): its lease is
+    void at once. Another host's holder is only judged by its expiry."""
+    if info.host != socket.gethostname():
+        return False
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _now() -> dt.datetime:
@@ -124,7 +139,7 @@ class ArchiveLease:
         numbers = self._numbers()
         top = numbers[-1] if numbers else 0
         current = self._read(top) if numbers else None
-        if current is not None and current.expires > _now() and not force:
+        if current is not None and current.expires > _now() and not force and not _dead_here(current):
             raise LeaseHeld(f"{self.archive.url}: another job writes this archive: {current.describe()}. "
                             "Wait for it, or if it is dead, let the lease expire or pass --break-lease")  # fmt: skip
         if not self._create(top + 1):

@@ -12,6 +12,7 @@ from conftest import png_bytes
 from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
+from operators.failures import SystemicError
 from tests.chat_server import API_KEY, ChatServer
 
 
@@ -62,7 +63,22 @@ def test_model_residual_asks_the_model(batch, monkeypatch):
     assert len(prompts) == 2 and all("Original:" in p for p in prompts)  # not for the refused one
 
 
-def test_an_unreachable_endpoint_fails_rows_with_a_reason(batch):
+def test_an_unreachable_endpoint_stops_the_job(batch):
+    """Refused connections fail every image alike: a systemic error, not a row failure each."""
     cfg = CaptionConfig(backend="openai", endpoint="http://127.0.0.1:9/v1", model="m", retries=0, timeout=2)
-    rows = Captioner(cfg.to_dict())(batch).to_pylist()
-    assert all(r["status"] == "failed" and r["error"].startswith("captioning failed: caption endpoint failed") for r in rows)
+    with pytest.raises(SystemicError, match=r"captioning: caption endpoint failed after 1 attempts \(ConnectionError\)"):
+        Captioner(cfg.to_dict())(batch)
+
+
+def test_a_refused_key_stops_the_job_a_failing_server_fails_rows(batch, monkeypatch):
+    """401 answers every image alike (systemic); a 503 that outlasts the retries is the rows'."""
+    monkeypatch.setenv("OPENAI_API_KEY", "not-the-key")
+    with ChatServer() as server:
+        with pytest.raises(SystemicError, match="HTTP 401"):
+            Captioner(CaptionConfig(backend="openai", endpoint=server.url, model="m").to_dict())(batch)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with ChatServer(fail_first=100, fail_status=503) as server:
+        cfg = CaptionConfig(backend="openai", endpoint=server.url, model="m", retries=0)
+        rows = Captioner(cfg.to_dict())(batch).to_pylist()
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("HTTP 503" in r["error"] for r in failed)

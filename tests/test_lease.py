@@ -4,7 +4,9 @@ expired, lost to a takeover (the holder is told), and refused by a second `resul
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -76,6 +78,23 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(archive):
         assert lost and "taken over by job fresh" in lost[0]
         stale.release()  # does not remove the new holder's lease
         assert archive_holder(archive) == "fresh"
+
+
+def test_a_lease_whose_process_died_on_this_host_is_void(archive):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = ArchiveLease(archive, "killed")
+    killed._body = lambda: json.dumps({"job_id": "killed", "host": socket.gethostname(), "pid": dead.pid,
+                                       "expires": "2999-01-01T00:00:00+00:00"}).encode()  # fmt: skip
+    assert killed._create(1)
+    elsewhere = ArchiveLease(archive, "elsewhere")  # the same pid on another host: judged by expiry
+    elsewhere._body = lambda: json.dumps({"job_id": "elsewhere", "host": "another-host", "pid": dead.pid,
+                                          "expires": "2999-01-01T00:00:00+00:00"}).encode()  # fmt: skip
+    with ArchiveLease(archive, "rerun") as rerun:
+        assert rerun.number == 2
+        assert elsewhere._create(3)
+    with pytest.raises(LeaseHeld, match="job elsewhere on another-host"):
+        ArchiveLease(archive, "third").acquire()
 
 
 def test_a_live_lease_is_renewed_and_can_be_broken(archive):

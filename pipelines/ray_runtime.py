@@ -37,7 +37,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # address="local": a new local Ray, never the "latest cluster" Ray remembers in
+    # /tmp/ray/ray_current_cluster (a `ray start` or a crashed test's cluster, possibly dead),
+    # which ray.init() would otherwise join and then refuse num_cpus for.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,

@@ -18,6 +18,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from conftest import ROOT, photo_folder
 
@@ -35,9 +36,14 @@ def cluster():
     ray_constants.ENABLE_RAY_CLUSTER = False
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
                                                       "include_dashboard": False})  # fmt: skip
-    worker = c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    yield c, worker
-    c.shutdown()
+    # The head writes its address to /tmp/ray/ray_current_cluster, where every later ray.init()
+    # on this machine would look for a cluster; the jobs here get it through RAY_ADDRESS.
+    ray._common.utils.reset_ray_address()
+    try:
+        worker = c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        yield c, worker
+    finally:
+        c.shutdown()
 
 
 def _cli(args: list[str], address: str, **kw) -> subprocess.Popen:

@@ -1,8 +1,15 @@
-"""Pool sizing: pure arithmetic over what the cluster has."""
+"""Pool sizing (pure arithmetic over what the cluster has), and which Ray a local job starts."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
 import pytest
+from conftest import ROOT
 
 from pipelines.ray_runtime import plan_for
 
@@ -44,3 +51,21 @@ def test_gpu_pool_sized_from_the_request_not_the_cluster_now() -> None:
     """A cluster whose GPU group autoscales from zero has no GPU yet: the job's ask stands."""
     plan = plan_for(4, 0, 3, 1.0)
     assert plan.actors == 3 and plan.gpus_per_actor == 1.0
+
+
+def test_local_ray_ignores_a_stale_latest_cluster_file() -> None:
+    """A `ray start` or a crashed run leaves ray_current_cluster behind; a local job starts its
+    own Ray instead of joining (or failing on) that address."""
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        os.makedirs(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:9")  # nothing listens there
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": tmp}
+        code = "from pipelines.ray_runtime import ensure_ray; import ray; ensure_ray(num_cpus=1); print(ray.cluster_resources()['CPU'])"  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == "1.0"
+    finally:
+        subprocess.run(["pkill", "-f", tmp], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -161,7 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         except codec.BitstreamError as e:
             raise codec.BitstreamError(f"{path}: {e}") from e
     if args.json:
-        print(json.dumps(meta))
+        print(json.dumps(meta), file=args.results)
     else:
         for k, v in meta.items():
             print(f"{k:>14}: {v}")
@@ -196,7 +196,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary), file=args.results)
     else:
         print(format_table(summary) + (f"\nRay's logs: {log}" if log else ""))
     nothing_read = summary["written"] + summary["unchanged"] == 0 and summary["failed"] > 0
@@ -220,7 +220,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                       workers=args.workers, storage_options=_storage_options(args), decoder=args.decoder,
                       steps=args.steps, device=args.device)  # fmt: skip
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary), file=args.results)
     else:
         print(f"restored {summary['restored']}, failed {summary['failed']} into {summary['dest']} "
               f"({summary['wall_seconds']:.2f} s)" + (f"; Ray's logs: {log}" if log else ""))  # fmt: skip
@@ -234,7 +234,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     rows = list_assets(args.archive, _storage_options(args))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows), file=args.results)
     else:
         for r in rows:
             bpp = "-" if r["bpp"] is None else f"{r['bpp']:.5f}"
@@ -486,8 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     _apply_weights_args(args)
+    from pipelines.terminal import stdout_for_results
+
     try:
-        return args.func(args)
+        with stdout_for_results(getattr(args, "json", False)) as args.results:
+            return args.func(args)
     except Exception as e:  # noqa: BLE001 - only the user errors below are answered in one line
         if not isinstance(e, _user_errors()):
             raise

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from codec.semantic.captioners import CaptionConfig
 from codec.settings import EncodeSettings, detail_mode
@@ -94,7 +95,10 @@ def compress(
     arc = Archive(archive, storage_options)
     meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                        "created_by": _versions()})  # fmt: skip
-    monitor = ray.remote(num_cpus=0)(FailureMonitor).remote(max_failure_rate)
+    # The monitor lives on the driver's node: on another node it would die with that node (and the
+    # job with it) although the job itself survives losing a worker node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    monitor = ray.remote(num_cpus=0, scheduling_strategy=here)(FailureMonitor).remote(max_failure_rate)
     # one writer per archive: a second job is refused here; losing the lease stops this job
     lease = ArchiveLease(arc, job_id, on_lost=lambda why: ray.get(monitor.stop.remote(why)))
     lease.acquire(force=break_lease)
@@ -129,7 +133,7 @@ def compress(
         index = arc.refresh_index()
         summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
         if aborted:
-            summary.update(aborted_counts(index, job_id))
+            summary.update(aborted_counts(arc, index, job_id))
         summary["aborted"], summary["first_reasons"] = aborted, ray.get(monitor.state.remote())["reasons"]
         summary["captioner"] = captions.backend
         summary["detail_gain"], summary["scale"], summary["refine_steps"] = settings.detail_gain, settings.scale, settings.refine_steps
@@ -239,14 +243,16 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
     }  # fmt: skip
 
 
-def aborted_counts(index: pa.Table, job_id: str) -> dict:
-    """What a stopped job committed before it stopped (its sink never reported), from the index:
-    data files are named after their job."""
+def aborted_counts(arc: Archive, index: pa.Table, job_id: str) -> dict:
+    """What a stopped job committed before it stopped (its sink never reported), from the index
+    (data files are named after their job) and, for the failures' reasons, the failed rows."""
     mine = index.filter(pc.match_substring(index.column("file"), f"/{job_id}-"))
-    status = mine.column("status").to_pylist()
-    failed = [{"source": u, "reason": "see the archive row"} for u, st in zip(mine.column("source_uri").to_pylist(), status)
-              if st == STATUS_FAILED]  # fmt: skip
-    return {"written": status.count(STATUS_WRITTEN), "failed": len(failed), "failures": failed}
+    failed = mine.filter(pc.equal(mine.column("status"), STATUS_FAILED))
+    failures = [{"source": row["source_uri"], "reason": row["error"]}
+                for entry in failed.select(["key", "file", "row_group", "row"]).to_pylist()
+                for row in [arc.read_asset(entry, columns=["key", "source_uri", "error"])]]  # fmt: skip
+    written = pc.sum(pc.equal(mine.column("status"), STATUS_WRITTEN)).as_py() or 0
+    return {"written": written, "failed": len(failures), "failures": sorted(failures, key=lambda f: f["source"])}
 
 
 def format_table(summary: dict) -> str:

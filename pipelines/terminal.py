@@ -7,15 +7,35 @@ path the CLI prints; the job's progress bar and summary stay on the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def stdout_for_results(reserve: bool) -> Iterator[TextIO]:
+    """Yields the stream a command's result goes to. With ``reserve`` (``--json``) stdout
+    carries the result alone: Python's other writes to ``sys.stdout`` meanwhile go to stderr
+    (Ray's driver prints its nodes' error messages there, e.g. a raylet's death). Ray keeps
+    printing until it is shut down, so a reserved stdout ends the command's Ray connection
+    before it is handed back."""
+    results = sys.stdout
+    if reserve:
+        sys.stdout = sys.stderr
+    try:
+        yield results
+    finally:
+        ray = sys.modules.get("ray")
+        if reserve and ray is not None and ray.is_initialized():
+            ray.shutdown()
+        sys.stdout = results
 
 
 def ray_logs_to_file(directory: str | None = None) -> Path:

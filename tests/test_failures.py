@@ -74,6 +74,7 @@ def test_a_mostly_broken_collection_stops_with_reasons(ray_local, tmp_path):
     assert s["first_reasons"] and all("not an image" in r for r in s["first_reasons"])
     # the rows committed before the stop are counted from the archive (the rest: the next run)
     assert 0 < s["failed"] <= 12 and s["written"] <= 2
+    assert len(s["failures"]) == s["failed"] and all("not an image" in f["reason"] for f in s["failures"])
     # the same collection with the policy off: every asset accounted for
     s = compress(str(src), str(tmp_path / "arc2"), batch_size=1, max_failure_rate=1.0)
     assert s["aborted"] is None and (s["written"], s["failed"]) == (2, 12)
@@ -86,5 +87,5 @@ def test_cli_exits_non_zero_when_the_job_stops(tmp_path):
                           "--batch-size", "1", "--max-failure-rate", "0.3", "--json"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 1, res.stderr[-2000:]
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    summary = json.loads(res.stdout)  # stdout holds the summary alone
     assert summary["aborted"].startswith("JobAborted") and summary["first_reasons"]

@@ -1,6 +1,6 @@
 """A real two-node Ray cluster on loopback: `resulic compress` joins it through RAY_ADDRESS,
-its encoder actors run on both nodes, and a worker node killed mid-job loses nothing: the
-rerun archives every asset exactly once.
+its encoder actors run on both nodes, and a job whose worker node is killed mid-job finishes
+on the head node; the rerun finds every asset archived exactly once.
 
 The nodes are Ray's own test cluster (``ray.cluster_utils.Cluster``): two raylets with their
 own resources and object stores, one GCS, as a cluster of two machines has. ``ray start
@@ -53,9 +53,9 @@ def _cli(args: list[str], address: str, **kw) -> subprocess.Popen:
 
 
 def _summary(out: str) -> dict:
-    """The --json summary line. (When a node dies, Ray's driver prints the raylet's error
-    messages on stdout too: a known fault, noted for the CLI.)"""
-    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
+    """The --json summary: stdout holds it alone, even when Ray's driver prints a dead node's
+    error messages (they go to stderr)."""
+    return json.loads(out)
 
 
 def _committed(archive) -> int:
@@ -63,7 +63,6 @@ def _committed(archive) -> int:
     return len(list(data.glob("*.parquet"))) if data.exists() else 0
 
 
-@pytest.mark.slow  # flaky (stop 27): one run in three the job after the node kill did not end in 400 s
 def test_compress_on_two_nodes_survives_losing_one(cluster, tmp_path):
     c, worker = cluster
     src = photo_folder(tmp_path / "src", {f"p{i:02d}.png": (192, 128) for i in range(N_ASSETS)})
@@ -85,18 +84,19 @@ def test_compress_on_two_nodes_survives_losing_one(cluster, tmp_path):
         out, err = first.communicate()
         pytest.fail(f"the job did not end after its worker node died: {err[-3000:]}")
     assert before_kill >= 4, err[-3000:]
-    if first.returncode == 0:  # Ray Data restarted the lost work on the head node
-        summary = _summary(out)
-        assert len(summary["encoder_nodes"]) == 2, summary["encoder_nodes"]
-        assert summary["failed"] == 0
+    # the job finishes on the head node: Ray Data restarts the lost actor there and re-runs the
+    # lost tasks (a commit task re-run may commit a file twice; the index keeps each key once)
+    assert first.returncode == 0, err[-3000:]
+    summary = _summary(out)
+    assert summary["written"] == N_ASSETS and summary["failed"] == 0, summary
+    assert len(summary["encoder_nodes"]) == 2, summary["encoder_nodes"]
 
-    # 3. the rerun, on the remaining node: every asset exactly once, nothing encoded twice
+    # 3. the rerun, on the remaining node: every asset archived once, nothing encoded twice
     rerun = _cli(args, c.address)
     out, err = rerun.communicate(timeout=400)
     assert rerun.returncode == 0, err[-3000:]
     summary = _summary(out)
-    assert summary["failed"] == 0 and summary["written"] + summary["unchanged"] == N_ASSETS
-    assert summary["unchanged"] >= before_kill
+    assert summary["unchanged"] == N_ASSETS and summary["written"] == summary["failed"] == 0, summary
     index = pq.read_table(arc / "_index" / "index.parquet")
     keys = index.column("key").to_pylist()
     assert sorted(keys) == sorted(set(keys)) and len(keys) == N_ASSETS

@@ -1,4 +1,4 @@
-"""The job's terminal: a progress bar fed by the monitor's counts, Ray's logs in a file."""
+"""The job's terminal: a progress bar fed by the monitor's counts, Ray's logs in a file, --json results alone on stdout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 import logging
 
 from operators.failures import FailureMonitor
-from pipelines.terminal import JobProgress, ray_logs_to_file
+from pipelines.terminal import JobProgress, ray_logs_to_file, stdout_for_results
 
 
 def test_progress_bar_shows_done_of_listed_and_failures():
@@ -45,3 +45,19 @@ def test_ray_logs_go_to_a_file(tmp_path):
         ctx.enable_progress_bars, ctx.print_on_execution_start = before
         for n, (handlers, propagate) in saved.items():
             logging.getLogger(n).handlers[:], logging.getLogger(n).propagate = handlers, propagate
+
+
+def test_json_results_own_stdout(capsys):
+    with stdout_for_results(True) as results:
+        print("(raylet) a node died")  # what Ray's driver prints on sys.stdout meanwhile
+        print('{"written": 1}', file=results)
+    print("after")
+    out, err = capsys.readouterr()
+    assert out == '{"written": 1}\nafter\n' and err == "(raylet) a node died\n"
+
+
+def test_without_json_stdout_is_left_alone(capsys):
+    with stdout_for_results(False) as results:
+        print("table", file=results)
+        print("line")
+    assert capsys.readouterr().out == "table\nline\n"

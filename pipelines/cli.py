@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ContextManager, TextIO
 
 if TYPE_CHECKING:
     from codec.settings import EncodeSettings
@@ -183,18 +184,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from pipelines.compress import compress, format_table
     from pipelines.terminal import JobProgress
 
-    log = _quiet_ray(args)
-    bar = JobProgress()
-    try:
-        summary = compress(
-            args.source, args.archive, preset=args.preset, settings=_encode_settings(args), workers=args.workers,
-            batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
-            storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
-            captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
-            device=args.device, max_failure_rate=args.max_failure_rate, break_lease=args.break_lease, progress=bar,
-        )  # fmt: skip
-    finally:
-        bar.close()
+    with _quiet_ray(args) as (log, terminal):
+        bar = JobProgress(file=terminal)
+        try:
+            summary = compress(
+                args.source, args.archive, preset=args.preset, settings=_encode_settings(args), workers=args.workers,
+                batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
+                storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
+                captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
+                device=args.device, max_failure_rate=args.max_failure_rate, break_lease=args.break_lease, progress=bar,
+            )  # fmt: skip
+        finally:
+            bar.close()
     if args.json:
         print(json.dumps(summary), file=args.results)
     else:
@@ -203,22 +204,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 1 if summary["aborted"] or nothing_read or (args.fail_on_error and summary["failed"]) else 0
 
 
-def _quiet_ray(args: argparse.Namespace):
-    """Unless --verbose: Ray's logs to a file (its path returned), not the terminal."""
+def _quiet_ray(args: argparse.Namespace) -> ContextManager[tuple[Path | None, TextIO]]:
+    """Unless --verbose: Ray's output to a file while the job runs; yields its path (None with
+    --verbose) and the stream the progress bar is drawn on."""
     if args.verbose:
-        return None
-    from pipelines.terminal import ray_logs_to_file
+        return contextlib.nullcontext((None, sys.stderr))
+    from pipelines.terminal import ray_output_to_file
 
-    return ray_logs_to_file()
+    return ray_output_to_file()
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from pipelines.restore import restore
 
-    log = _quiet_ray(args)
-    summary = restore(args.archive, args.dest, keys=args.key, all_keys=args.all, prefix=args.prefix, fmt=args.format,
-                      workers=args.workers, storage_options=_storage_options(args), decoder=args.decoder,
-                      steps=args.steps, device=args.device)  # fmt: skip
+    with _quiet_ray(args) as (log, _):
+        summary = restore(args.archive, args.dest, keys=args.key, all_keys=args.all, prefix=args.prefix,
+                          fmt=args.format, workers=args.workers, storage_options=_storage_options(args),
+                          decoder=args.decoder, steps=args.steps, device=args.device)  # fmt: skip
     if args.json:
         print(json.dumps(summary), file=args.results)
     else:

@@ -1,15 +1,15 @@
-"""What a person sees while a job runs: one progress bar, and Ray's own logs in a file.
+"""What a person sees while a job runs: one progress bar, and Ray's own output in a file.
 
 Ray Data prints an execution plan, per-operator bars and memory warnings on the driver's
 terminal, hundreds of lines for a demo job. Unless ``--verbose``, they go to a log file whose
-path the CLI prints; the job's progress bar and summary stay on the terminal.
+path the CLI prints; the job's progress bar and summary stay on the terminal, and ``--json``
+results alone on stdout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import os
 import sys
 import tempfile
@@ -19,43 +19,65 @@ from typing import Iterator, TextIO
 from tqdm import tqdm
 
 
+def end_ray() -> None:
+    """Disconnect from Ray, if connected: its driver prints its nodes' messages until then, and
+    a command whose output is redirected only until it ends must not hand Ray the terminal."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @contextlib.contextmanager
 def stdout_for_results(reserve: bool) -> Iterator[TextIO]:
     """Yields the stream a command's result goes to. With ``reserve`` (``--json``) stdout
     carries the result alone: Python's other writes to ``sys.stdout`` meanwhile go to stderr
-    (Ray's driver prints its nodes' error messages there, e.g. a raylet's death). Ray keeps
-    printing until it is shut down, so a reserved stdout ends the command's Ray connection
-    before it is handed back."""
+    (Ray's driver prints its nodes' error messages there, e.g. a raylet's death), until the
+    command's Ray connection ends with it."""
     results = sys.stdout
     if reserve:
         sys.stdout = sys.stderr
     try:
         yield results
     finally:
-        ray = sys.modules.get("ray")
-        if reserve and ray is not None and ray.is_initialized():
-            ray.shutdown()
+        if reserve:
+            end_ray()
         sys.stdout = results
 
 
-def ray_logs_to_file(directory: str | None = None) -> Path:
-    """Send the driver's Ray and Ray Data logging to a file (returned); silence Ray Data's own
-    progress bars and plan printout. Call before the job starts."""
+@contextlib.contextmanager
+def ray_output_to_file(directory: str | None = None) -> Iterator[tuple[Path, TextIO]]:
+    """While the job runs, everything Ray says goes to a log file; yields its path and a
+    stream on the terminal's stderr (for the progress bar).
+
+    Ray speaks through several channels: Python logging (which ``ray.init`` resets, so a
+    handler alone loses its warnings to logging's last-resort stderr handler), prints of its
+    nodes' messages, and its C++ core worker writing to file descriptor 2 (e.g. Ray Data's
+    "constructor arguments in the object store" error, ray-project/ray#57733). So file
+    descriptor 2 itself, and ``sys.stderr``, point at the log while the job runs; Ray Data's own progress bars
+    and plan printout are switched off."""
     from ray.data import DataContext
 
     root = Path(directory or os.environ.get("RESULIC_LOG_DIR") or Path(tempfile.gettempdir()) / "resulic-logs")
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray", "ray.data", "ray.serve"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.propagate = False
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    return path
+    sys.stderr.flush()
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    log = open(path, "a", buffering=1)
+    os.dup2(log.fileno(), 2)
+    sys.stderr = log
+    terminal = os.fdopen(os.dup(saved_fd), "w", buffering=1)
+    try:
+        yield path, terminal
+    finally:
+        end_ray()
+        sys.stderr = saved_stream
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        log.close()
+        terminal.close()
 
 
 class JobProgress:

@@ -147,6 +147,7 @@ def test_compress_exit_codes(tmp_path):
     res = run("compress", src, tmp_path / "arc", "--rate", "1", "--json", "--fail-on-error", check=False)
     summary = json.loads(res.stdout)
     assert res.returncode == 1 and (summary["written"], summary["failed"]) == (1, 1)
+    assert res.stderr == ""  # Ray's logs, warnings and C++ messages went to the log file
     assert summary["failures"] == [{"source": f"file://{src}/bad.png", "reason": "not an image (unrecognised format)"}]
     res = run("compress", tmp_path / "missing", tmp_path / "arc2", check=False)
     assert res.returncode == 2 and "source not found" in res.stderr and not (tmp_path / "arc2").exists()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
 
 from operators.failures import FailureMonitor
-from pipelines.terminal import JobProgress, ray_logs_to_file, stdout_for_results
+from pipelines.terminal import JobProgress, ray_output_to_file, stdout_for_results
 
 
 def test_progress_bar_shows_done_of_listed_and_failures():
@@ -30,21 +32,31 @@ def test_progress_bar_is_silent_off_a_terminal():
     assert out.getvalue() == ""
 
 
-def test_ray_logs_go_to_a_file(tmp_path):
+def test_ray_output_goes_to_a_file(tmp_path, capfd):
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     before = (ctx.enable_progress_bars, ctx.print_on_execution_start)
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in ("ray", "ray.data", "ray.serve")}
+    ray_logger = logging.getLogger("ray")
+    saved = ray_logger.handlers[:], ray_logger.propagate
     try:
-        path = ray_logs_to_file(str(tmp_path))
-        logging.getLogger("ray.data").warning("memory warning")
-        assert path.parent == tmp_path and "memory warning" in path.read_text()
-        assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
+        with ray_output_to_file(str(tmp_path)) as (path, terminal):
+            ray_logger.handlers.clear()  # what ray.init(configure_logging=False) does
+            ray_logger.propagate = False
+            ray_logger.warning("token notice")  # logging's last resort: stderr
+            print("(raylet) node died", file=sys.stderr)
+            os.write(2, b"core_worker.cc: constructor arguments\n")  # native code, fd 2
+            print("assets 3/5", file=terminal)
+            assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
+        print("after", file=sys.stderr)
+        log = path.read_text()
+        assert path.parent == tmp_path
+        assert all(m in log for m in ("token notice", "(raylet) node died", "core_worker.cc"))
+        assert "assets" not in log and "after" not in log
+        assert capfd.readouterr().err == "assets 3/5\nafter\n"
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = before
-        for n, (handlers, propagate) in saved.items():
-            logging.getLogger(n).handlers[:], logging.getLogger(n).propagate = handlers, propagate
+        ray_logger.handlers[:], ray_logger.propagate = saved
 
 
 def test_json_results_own_stdout(capsys):

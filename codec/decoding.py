@@ -27,7 +27,7 @@ from codec.cdm.detail import UNIT_GAIN_CODE, decode_restored, gain_of
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import DEFAULT_STEPS, cdm_decode_latent
 from codec.fixed_point import from_fixed
-from codec.images import to_image
+from codec.images import MAX_PIXELS, to_image
 from codec.parsing import parse, resolve_preset
 from codec.presets import DEFAULT_PRESET, Preset
 from codec.resample import upsample
@@ -46,16 +46,17 @@ def _decoder_for(p: Preset, decoder: str) -> str:
 
 def decode_batch(
     streams: list[bytes], *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS,
 ) -> list[Image.Image]:
     """Decode streams; those of one size and level share one batched decoder pass.
 
     ``decoder``: "cdm" (compression-aware diffusion, ``steps`` denoiser evaluations from the
     stream's N_r with its seed), "plain" (the latent codec and the autoencoder only) or "auto"
     (CDM when the stream's model has one). ``device``: where the models the streams name run
-    (``codec.device``; the CPU by default), unless ``preset`` is a loaded one.
+    (``codec.device``; the CPU by default), unless ``preset`` is a loaded one. A stream of more
+    than ``max_pixels`` pixels is refused (``$RESULIC_MAX_PIXELS``, 256 Mpx by default).
     """
-    parsed = [parse(s, preset, device) for s in streams]
+    parsed = [parse(s, preset, device, max_pixels) for s in streams]
     out: list[Image.Image | None] = [None] * len(streams)
     groups: dict[tuple, list[int]] = {}
     for i, (s, p) in enumerate(parsed):
@@ -69,9 +70,10 @@ def decode_batch(
 
 
 def decode(data: bytes, *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
-           device: str | torch.device | None = None) -> Image.Image:  # fmt: skip
-    """Restore an image from a bitstream; raises BitstreamError on a damaged or foreign stream."""
-    return decode_batch([data], preset=preset, decoder=decoder, steps=steps, device=device)[0]
+           device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:  # fmt: skip
+    """Restore an image from a bitstream; raises BitstreamError on a damaged, foreign or
+    over-large stream."""
+    return decode_batch([data], preset=preset, decoder=decoder, steps=steps, device=device, max_pixels=max_pixels)[0]
 
 
 def _decode_group(p: Preset, streams: list[Bitstream], decoder: str, steps: int) -> torch.Tensor:

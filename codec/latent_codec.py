@@ -26,6 +26,7 @@ from torch import nn
 
 from codec.fixed_point import ACT_BITS, FixedSequential, from_fixed, shift_floor, to_fixed
 from codec.layers import ResBlock, ResidualStack, conv3, conv5
+from codec.rans_guard import room_after
 
 GAIN_BITS = 12  # fractional bits of the frozen gain tables
 # Gaussian scale table: 2**(SCALE_LOG2_MIN + i * SCALE_LOG2_STEP), i < NUM_SCALES.
@@ -176,6 +177,12 @@ class LatentCodec(nn.Module):
     def stride(self) -> int:
         """Total downsampling from the latent to z: latent sides must be multiples of it."""
         return self.config.patch * 4
+
+    def symbol_counts(self, z_shape: tuple[int, int]) -> tuple[int, int]:
+        """How many symbols one stream's z and y hold, for a hyper-latent of ``z_shape``."""
+        rows, cols = z_shape
+        up = self.stride // self.config.patch  # y's resolution over z's, each way
+        return self.config.z_channels * rows * cols, self.config.y_channels * rows * cols * up * up
 
     @torch.no_grad()
     def init_transforms(self, latents: list[torch.Tensor]) -> None:
@@ -363,12 +370,13 @@ class LatentCodec(nn.Module):
         the device: this is what the determinism tests check.
         """
         fx = self._require_frozen()
-        z_hat = self.entropy_bottleneck.decompress(list(z_strings), z_shape)
+        n_z, n_y = self.symbol_counts(z_shape)
+        z_hat = self.entropy_bottleneck.decompress([room_after(s, n_z) for s in z_strings], z_shape)
         hyper_fx = fx.h_s(to_fixed(z_hat))
         decoders = []
         for s in y_strings:
             decoders.append(RansDecoder())
-            decoders[-1].set_stream(s)
+            decoders[-1].set_stream(room_after(s, n_y))
         done_fx: list[torch.Tensor] = []
         for k, _ in enumerate(self.config.slices):
             mu_r_fx, idx = self._fixed_params(level, k, hyper_fx, done_fx)

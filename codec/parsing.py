@@ -11,9 +11,19 @@ import torch
 
 from codec.bitstream import Bitstream, BitstreamError
 from codec.cdm.detail import gain_of
+from codec.cdm.process import NUM_TRAIN_TIMESTEPS
+from codec.images import MAX_PIXELS
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
 from codec.text_coding import decode_text
+
+
+MAX_SEED = 2**32 - 1  # the encoder writes 16 bits (spec section 8); a decoder reads up to 32
+# An entropy-coded section is refused when longer than this per symbol: the top rate spends
+# about 1 bit per symbol of y, so 16 bits each is far beyond any stream an encoder writes, and
+# it bounds what a hostile stream makes the decoder allocate (codec.rans_guard).
+MAX_BYTES_PER_SYMBOL = 2
+MAX_TEXT_BYTES = 65536  # a residual caption is tens of bytes
 
 
 def resolve_preset(preset: str | Preset, device: str | torch.device | None = None) -> Preset:
@@ -21,11 +31,16 @@ def resolve_preset(preset: str | Preset, device: str | torch.device | None = Non
     return preset if isinstance(preset, Preset) else load_preset(preset, device=device)
 
 
-def parse(data: bytes, preset: str | Preset | None = None,
-          device: str | torch.device | None = None) -> tuple[Bitstream, Preset]:  # fmt: skip
+def parse(data: bytes, preset: str | Preset | None = None, device: str | torch.device | None = None,
+          max_pixels: int = MAX_PIXELS) -> tuple[Bitstream, Preset]:  # fmt: skip
     """Parse and check a stream against the weights it names (any released model of its preset),
-    loaded on ``device`` unless ``preset`` is a loaded one."""
+    loaded on ``device`` unless ``preset`` is a loaded one. A stream of more than ``max_pixels``
+    pixels is refused before any weights load."""
     stream = Bitstream.from_bytes(data)
+    h = stream.header
+    if h.width * h.height > max_pixels:
+        raise BitstreamError(f"bitstream claims {h.width}x{h.height} = {h.width * h.height:,} pixels, more than "
+                             f"this decoder's cap of {max_pixels:,} ($RESULIC_MAX_PIXELS)")  # fmt: skip
     name, model_id = stream.header.preset, stream.header.model_id
     if isinstance(preset, Preset) and preset.name != name:
         raise BitstreamError(f"bitstream was made with preset {name!r}, not {preset.name!r}")
@@ -43,9 +58,34 @@ def parse(data: bytes, preset: str | Preset | None = None,
             f"bitstream was made with {name} weights {model_id.hex()}, "
             f"but the loaded weights are {p.model_id.hex()} (and no released model has that id)"
         )
-    if stream.header.rate_level >= p.num_levels:
-        raise BitstreamError(f"bitstream rate level {stream.header.rate_level} is out of range")
+    check_against_model(stream, p, max_pixels)
     return stream, p
+
+
+def check_against_model(stream: Bitstream, p: Preset, max_pixels: int = MAX_PIXELS) -> None:
+    """Every head field and section length against what model ``p`` can have written, before
+    anything is allocated for the stream (spec section 2). The pixel cap also holds for the
+    padded coded size the decoder works at (a 116,808 × 1 head pads to 15 Mpx)."""
+    h = stream.header
+    rows, cols = p.z_shape(*h.coded_size)
+    working = rows * cols * p.pad_multiple**2
+    if working > max_pixels:
+        raise BitstreamError(f"bitstream's {h.width}x{h.height} image is decoded at {working:,} pixels (padded), "
+                             f"more than this decoder's cap of {max_pixels:,} ($RESULIC_MAX_PIXELS)")  # fmt: skip
+    if h.rate_level >= p.num_levels:
+        raise BitstreamError(f"bitstream rate level {h.rate_level} is out of range (this model has {p.num_levels})")
+    if h.diffusion_start_step >= NUM_TRAIN_TIMESTEPS:
+        raise BitstreamError(f"bitstream diffusion start step {h.diffusion_start_step} is out of range "
+                             f"(0 … {NUM_TRAIN_TIMESTEPS - 1})")  # fmt: skip
+    if h.diffusion_seed > MAX_SEED:
+        raise BitstreamError(f"bitstream diffusion seed {h.diffusion_seed} is out of range (0 … {MAX_SEED})")
+    n_z, n_y = p.latent_codec.symbol_counts((rows, cols))
+    for name, payload, symbols in (("hyper_latent", stream.hyper_latent, n_z), ("latent", stream.latent, n_y)):
+        if len(payload) > MAX_BYTES_PER_SYMBOL * symbols + 16:
+            raise BitstreamError(f"bitstream section {name} holds {len(payload):,} bytes, more than "
+                                 f"{MAX_BYTES_PER_SYMBOL} per symbol of its {symbols:,}")  # fmt: skip
+    if len(stream.text) > MAX_TEXT_BYTES:
+        raise BitstreamError(f"bitstream text section holds {len(stream.text):,} bytes (at most {MAX_TEXT_BYTES:,})")
 
 
 def read_text(data: bytes, *, preset: str | Preset | None = None) -> str:

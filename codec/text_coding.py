@@ -20,6 +20,7 @@ from compressai.ans import RansDecoder, RansEncoder
 
 from codec.arithmetic_coding import ArithmeticDecoder, ArithmeticEncoder
 from codec.bitstream import BitstreamError
+from codec.rans_guard import room_after
 from codec.text_bigram import START
 from codec.text_model import (
     BOUND, BUCKETS, C, DIRECT_WORDS, K, OPENERS, PUNCT, QUOTES, SPELL_ALPHABET, STOPS, TextModel,
@@ -155,13 +156,13 @@ def encode_text(text: str, model: TextModel) -> bytes:
 
 class _Reader:
     def __init__(self, data: bytes, model: TextModel) -> None:
+        self.budget = 64 * len(data) + 64  # a corrupted stream cannot decode forever
         if model.version == 1:
             self.rans = RansDecoder()
-            self.rans.set_stream(data)
+            self.rans.set_stream(room_after(data, self.budget))
         else:
             self.arith = ArithmeticDecoder(data)
         self.model = model
-        self.budget = 64 * len(data) + 64  # a corrupted stream cannot decode forever
 
     def __call__(self, table: int | list[int]) -> int:
         """A symbol of table number ``table``, or of a word table built for its history (a CDF

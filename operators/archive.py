@@ -163,15 +163,26 @@ class Archive:
         return table
 
     def lookup(self, keys: list[str]) -> pa.Table:
-        """Index rows of these keys, reading only the index row groups whose key range holds them."""
+        """Index rows of these keys, reading only the index row groups whose key range holds them,
+        and the rows of committed data files the index does not list yet (a job killed before
+        its index update): as the spec says, readers index unlisted files themselves. Never
+        writes (read-only credentials suffice)."""
         import pyarrow.compute as pc
 
+        wanted = pa.array(keys, pa.string())
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
-                table = pq.read_table(f, filters=[("key", "in", list(keys))])
+                files = pq.ParquetFile(f, read_dictionary=["file"]).read(columns=["file"]).column("file")
+                indexed = set(files.unify_dictionaries().chunk(0).dictionary.to_pylist() if files.num_chunks else [])
+                table = pq.read_table(f, filters=[("key", "in", list(keys))]).cast(INDEX_SCHEMA)
         except FileNotFoundError:
-            return INDEX_SCHEMA.empty_table()
-        return table.filter(pc.is_in(table.column("key"), value_set=pa.array(keys, pa.string())))
+            indexed, table = set(), INDEX_SCHEMA.empty_table()
+        table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
+        unlisted = [rel for rel in self.data_files() if rel not in indexed]
+        if unlisted:
+            rows = pa.concat_tables([self._index_rows(rel) for rel in unlisted])
+            table = latest_per_key(pa.concat_tables([table, rows.filter(pc.is_in(rows.column("key"), value_set=wanted))]))
+        return table
 
     def read_asset(self, entry: dict, columns: list[str] | None = None) -> dict:
         """One asset row, reading the file's footer and one row group."""

@@ -6,15 +6,18 @@ import io
 import os
 import posixpath
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from operators.archive import Archive
+from operators.archive import Archive, ArchiveError
 from operators.sources import _retry
 from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
 
@@ -52,19 +55,49 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
 
 
 def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str, Any]) -> pa.Table:
-    """Index rows -> the bitstreams they point at, reading each needed row group once."""
+    """Index rows -> the bitstreams they point at, reading each needed row group once. A row
+    group that cannot be read fails its rows (``load_error``), not the batch."""
     arc = Archive(archive_url, storage_options)
     rows = batch.to_pylist()
     streams: list[bytes | None] = [None] * len(rows)
+    errors: list[str | None] = [None] * len(rows)
     by_group: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(rows):
         by_group.setdefault((r["file"], r["row_group"]), []).append(i)
     for (file, group), idx in by_group.items():
-        with arc.fs.open(arc.path(file), "rb") as f:
-            table = pq.ParquetFile(f).read_row_group(group, columns=["key", "bitstream"])
-        for i in idx:
-            streams[i] = table.column("bitstream")[rows[i]["row"]].as_py()
-    return batch.append_column("bitstream", pa.array(streams, pa.large_binary()))
+        try:
+            with arc.fs.open(arc.path(file), "rb") as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=["key", "bitstream"])
+            for i in idx:
+                if table.column("key")[rows[i]["row"]].as_py() != rows[i]["key"]:
+                    raise ArchiveError(f"index is stale for key {rows[i]['key']!r}")
+                streams[i] = table.column("bitstream")[rows[i]["row"]].as_py()
+        except Exception as e:  # noqa: BLE001 - a damaged or missing data file fails its own rows only
+            for i in idx:
+                errors[i] = f"{rows[i]['key']}: cannot read {file}: {type(e).__name__}: {e}"
+    return batch.append_column("bitstream", pa.array(streams, pa.large_binary())).append_column(
+        "load_error", pa.array(errors, pa.string()))
+
+
+def write_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``, never a
+    part: on a local disk a temporary file beside it, flushed to disk, then renamed over it; an
+    object store's PUT is already all or nothing."""
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Restorer:
@@ -86,7 +119,8 @@ class Restorer:
         self.decode_args = {"decoder": decoder, "device": resolve_device(device), **({"steps": steps} if steps else {})}
 
     def restore_one(self, key: str, status: str, stream: bytes | None) -> tuple[str | None, str | None]:
-        """Returns (written path, error)."""
+        """Returns (written path, error). Whatever goes wrong with one key (a damaged stream, a
+        write refused, a disk full, a key that clashes with a folder) is that key's error."""
         import codec
 
         try:
@@ -97,24 +131,24 @@ class Restorer:
             return None, f"{key}: not restorable (archived with status {status})"
         try:
             image = codec.decode(stream, **self.decode_args)
-        except (codec.BitstreamError, ValueError) as e:
+        except codec.BitstreamError as e:
             return None, f"{key}: {e}"
+        except Exception as e:  # noqa: BLE001 - an unexpected decoder error is this key's, named by its type
+            return None, f"{key}: decoding failed: {type(e).__name__}: {e}"
         path = posixpath.join(self.root, rel)
-        data = encode_image(image, self.fmt)
-
-        def put() -> None:
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            with self.fs.open(path, "wb") as f:
-                f.write(data)
-
-        _retry(put)
+        try:
+            data = encode_image(image, self.fmt)
+            _retry(lambda: write_whole(self.fs, path, data))
+        except Exception as e:  # noqa: BLE001 - as above, for the write
+            return None, f"{key}: cannot write {path}: {type(e).__name__}: {e}"
         return self.fs.unstrip_protocol(path) if "://" in self.dest else path, None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         paths, errors, seconds = [], [], []
-        for r in batch.select(["key", "status", "bitstream"]).to_pylist():
+        load_errors = batch.column("load_error").to_pylist() if "load_error" in batch.column_names else [None] * batch.num_rows
+        for r, load_error in zip(batch.select(["key", "status", "bitstream"]).to_pylist(), load_errors):
             t0 = time.perf_counter()
-            path, err = self.restore_one(r["key"], r["status"], r["bitstream"])
+            path, err = (None, load_error) if load_error else self.restore_one(r["key"], r["status"], r["bitstream"])
             paths.append(path)
             errors.append(err)
             seconds.append(time.perf_counter() - t0)
@@ -124,4 +158,4 @@ class Restorer:
         ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
 
 
-__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "UnsafeKeyError"]
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "write_whole", "UnsafeKeyError"]

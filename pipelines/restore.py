@@ -3,6 +3,9 @@
 A few named keys are restored in-process: one index lookup, then the footer and one row
 group of each asset's data file. ``--all`` or a key prefix runs as a Ray Data chain:
 index rows -> bitstreams (one read per row group) -> decode actors -> files.
+
+Every key asked for ends restored or failed with its reason; nothing one key does stops the
+others. Restore only reads the archive, and each file appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -48,11 +51,16 @@ def restore(
             if entry is None:
                 results.append({"key": key, "path": None, "restore_status": "failed", "error": f"{key}: not in the archive"})
                 continue
-            row = arc.read_asset(entry, columns=["key", "status", "bitstream"])
+            try:
+                row = arc.read_asset(entry, columns=["key", "status", "bitstream"])
+            except Exception as e:  # noqa: BLE001 - a damaged or missing data file fails its own key only
+                results.append({"key": key, "path": None, "restore_status": "failed",
+                                "error": f"{key}: cannot read {entry['file']}: {type(e).__name__}: {e}"})  # fmt: skip
+                continue
             path, err = restorer.restore_one(key, row["status"], row["bitstream"])
             results.append({"key": key, "path": path, "restore_status": "failed" if err else "restored", "error": err})
     elif all_keys or prefix is not None:
-        index = arc.refresh_index()
+        index = arc.refresh_index(write=False)  # a reader never writes the archive
         if prefix:
             index = index.filter(pc.starts_with(index.column("key"), prefix))
         if index.num_rows:

@@ -107,3 +107,53 @@ def test_cli_ls_info_restore(archive, tmp_path):
 
     res = _cli("ls", str(tmp_path / "not-an-archive"))
     assert res.returncode != 0 and "not a resulic archive" in res.stderr
+
+
+def _hand_made_archive(arc, archive, files: dict[str, list[str]]):
+    """An archive whose data files (name -> keys) each hold the stream of ``a.png``; no index yet."""
+    stream = _stream(archive, "a.png")
+    a = Archive(str(arc))
+    a.create({"preset": "taef2"})
+    for name, keys in files.items():
+        n = len(keys)
+        rows = pa.table({"key": keys, "source_uri": keys, "bitstream": pa.array([stream] * n, pa.large_binary()),
+                         "width": pa.array([64] * n, pa.int32()), "height": pa.array([64] * n, pa.int32()),
+                         "status": pa.array([None] * n, pa.string())})  # fmt: skip
+        a.write_data_file(finalise_rows(rows, name, dt.datetime.now(dt.timezone.utc)), name, {})
+    return a
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_restore_reads_only_and_finds_unindexed_assets(archive, tmp_path):
+    """A job killed after committing a data file but before its index update: restore --key and
+    --all find the asset without writing the archive (read-only credentials suffice)."""
+    arc = tmp_path / "arc"
+    a = _hand_made_archive(arc, archive, {"j1-0": ["old.png"]})
+    a.refresh_index()
+    _hand_made_archive(arc, archive, {"j2-0": ["late.png"]})  # committed, never indexed
+    before = _tree(arc)
+    s = restore(str(arc), str(tmp_path / "one"), keys=["late.png", "old.png"])
+    assert s["restored"] == 2 and s["failed"] == 0
+    s = restore(str(arc), str(tmp_path / "all"), all_keys=True)
+    assert s["restored"] == 2 and (tmp_path / "all" / "late.png").exists()
+    assert _tree(arc) == before  # nothing written, the index included
+
+
+def test_one_bad_data_file_or_clashing_key_fails_only_its_keys(archive, tmp_path):
+    arc = tmp_path / "arc"
+    a = _hand_made_archive(arc, archive, {"j1-0": ["x.png", "y.png"], "j1-1": ["clash.png", "clash.png/z.png"],
+                                          "j1-2": ["damaged.png"]})  # fmt: skip
+    a.refresh_index()
+    (arc / "data" / "j1-2.parquet").write_bytes(b"PAR1 not a parquet file any more")
+    for how in ({"all_keys": True}, {"keys": ["x.png", "damaged.png", "clash.png", "clash.png/z.png", "y.png"]}):
+        dest = tmp_path / f"out-{len(how)}-{'all' if 'all_keys' in how else 'keys'}"
+        s = restore(str(arc), str(dest), **how)
+        reasons = {f["key"]: f["reason"] for f in s["failures"]}
+        assert s["restored"] + s["failed"] == 5 and {"x.png", "y.png"} <= {p.rsplit("/", 1)[1] for p in s["paths"]}
+        assert "cannot read data/j1-2.parquet" in reasons["damaged.png"]
+        # "clash.png" is a file where "clash.png/z.png" needs a folder (or the reverse): one of them fails
+        assert len({"clash.png", "clash.png/z.png"} & set(reasons)) == 1 and s["failed"] == 2
+        assert not [p for p in dest.rglob("*.tmp")]  # no partial files left behind

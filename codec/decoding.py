@@ -32,15 +32,16 @@ from codec.parsing import parse, resolve_preset
 from codec.presets import DEFAULT_PRESET, Preset
 from codec.resample import upsample
 from codec.text_coding import decode_text
+from codec.usage import UsageError
 
 DECODERS = ("auto", "cdm", "plain")
 
 
 def _decoder_for(p: Preset, decoder: str) -> str:
     if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r} (known: {', '.join(DECODERS)})")
+        raise UsageError(f"unknown decoder {decoder!r} (known: {', '.join(DECODERS)})")
     if decoder == "cdm" and p.cdm is None:
-        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no CDM decoder: use the plain decoder")
+        raise UsageError(f"preset {p.name} model {p.model_id.hex()} has no CDM decoder: use the plain decoder")
     return "cdm" if decoder == "auto" and p.cdm is not None else "plain" if decoder == "auto" else decoder
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from codec.usage import UsageError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -23,9 +25,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: this machine has no CUDA device (use --device cpu or auto)")
+            raise UsageError(f"device {device!r}: this machine has no CUDA device (use --device cpu or auto)")
         d = torch.device(device)
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
         return d
-    raise ValueError(f"unknown device {device!r} (one of {', '.join(DEVICES)}, or cuda:N)")
+    raise UsageError(f"unknown device {device!r} (one of {', '.join(DEVICES)}, or cuda:N)")

@@ -34,6 +34,7 @@ import torch
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LEVELS_PER_POINT, LatentCodec
+from codec.usage import UsageError
 
 DEFAULT_LR = 0.01  # Adam's step on y, in the analysis transform's units
 DEFAULT_WINDOW = 24  # latents per window side (8 pixels each)
@@ -68,14 +69,14 @@ def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.
     its latent); ``image`` (1, 3, H, W) the padded image in [0, 1], ``size`` its (width, height)
     before padding. ``seed`` sets the windows, so the same inputs give the same stream on one machine."""
     if steps < 0:
-        raise ValueError("refinement steps must be >= 0")
+        raise UsageError("refinement steps must be >= 0")
     if steps == 0:
         return y0
     if codec.config.transform != "patch":
         # Measured on the v2 (conv, perceptual) model: 15 MSE-only steps raised the rate +
         # distortion cost of a Kodak crop by 12 %; its training loss also weighs LPIPS, which
         # this objective lacks. Refused rather than silently making streams worse.
-        raise ValueError("--refine is not available for this model (its latent codec was trained with a "
+        raise UsageError("--refine is not available for this model (its latent codec was trained with a "
                          "perceptual loss that the refinement does not model); encode without it")
     rate = torch.tensor([level / LEVELS_PER_POINT], device=y0.device)
     lam = float(codec.lambdas(rate))

@@ -16,6 +16,7 @@ from codec.cdm.detail import UNIT_GAIN_CODE, gain_of
 from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset
 from codec.resample import SCALES
+from codec.usage import UsageError
 
 # How the encoder sets the detail gain (only models whose CDM has detail transfer write one):
 # - "search" (the default): per image, by decoding it as a CDM decoder will; each image gets the
@@ -60,20 +61,20 @@ class EncodeSettings:
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.target_bpp is not None:
-            raise ValueError("give either rate or target_bpp, not both")
+            raise UsageError("give either rate or target_bpp, not both")
         if self.target_bpp is not None and self.target_bpp <= 0:
-            raise ValueError("target_bpp must be positive")
+            raise UsageError("target_bpp must be positive")
         if self.scale != "auto" and self.scale not in SCALES:
-            raise ValueError(f"unknown scale {self.scale!r} (one of auto, {', '.join(map(str, SCALES))})")
+            raise UsageError(f"unknown scale {self.scale!r} (one of auto, {', '.join(map(str, SCALES))})")
         steps = self.refine_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"refine_steps must be a whole number >= 0, got {steps!r}")
+            raise UsageError(f"refine_steps must be a whole number >= 0, got {steps!r}")
         _check_detail_gain(self.detail_gain)
 
 
 def _check_detail_gain(detail_gain: str | float) -> None:
     if isinstance(detail_gain, str) and detail_gain not in DETAIL_GAIN_MODES:
-        raise ValueError(f"unknown detail gain {detail_gain!r} (a number, or one of {', '.join(DETAIL_GAIN_MODES)})")
+        raise UsageError(f"unknown detail gain {detail_gain!r} (a number, or one of {', '.join(DETAIL_GAIN_MODES)})")
 
 
 def rate_to_level(preset: Preset, rate: float) -> int:
@@ -81,7 +82,7 @@ def rate_to_level(preset: Preset, rate: float) -> int:
     level = round(rate * LEVELS_PER_POINT)
     if not 0 <= level < preset.num_levels:
         top = (preset.num_levels - 1) / LEVELS_PER_POINT
-        raise ValueError(f"rate {rate} is outside [0, {top:g}] for preset {preset.name}")
+        raise UsageError(f"rate {rate} is outside [0, {top:g}] for preset {preset.name}")
     return level
 
 
@@ -99,13 +100,13 @@ def parse_detail_gain(text: str) -> str | float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {text!r}") from None
+        raise UsageError(f"expected a number or one of {', '.join(DETAIL_GAIN_MODES)}, got {text!r}") from None
 
 
 def gain_code(gain: float) -> int:
     """The head code nearest to a detail gain (0 … 15.2; ``gain_of`` is its inverse)."""
     if not 0 <= gain <= gain_of(127):
-        raise ValueError(f"detail gain {gain} is outside [0, {gain_of(127):.2f}]")
+        raise UsageError(f"detail gain {gain} is outside [0, {gain_of(127):.2f}]")
     return 0 if gain < gain_of(1) / 2 else max(1, min(127, round(UNIT_GAIN_CODE + 16 * math.log2(gain))))
 
 
@@ -116,7 +117,7 @@ def detail_mode(p: Preset, detail_gain: str | float) -> str | int | None:
     if p.cdm is None or p.cdm.config.detail_sigma is None:
         if detail_gain == "search":  # the default: nothing to search for
             return None
-        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail transfer: its streams carry no detail gain")
+        raise UsageError(f"preset {p.name} model {p.model_id.hex()} has no detail transfer: its streams carry no detail gain")
     if detail_gain == "table" and p.detail_gains is None:
-        raise ValueError(f"preset {p.name} model {p.model_id.hex()} has no detail gain table: use 'search' or a number")
+        raise UsageError(f"preset {p.name} model {p.model_id.hex()} has no detail gain table: use 'search' or a number")
     return detail_gain if isinstance(detail_gain, str) else gain_code(float(detail_gain))

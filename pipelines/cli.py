@@ -309,7 +309,10 @@ def _device_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from operators.failures import MAX_FAILURE_RATE, MIN_FAILURES
-    parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.")
+    parser = argparse.ArgumentParser(prog="resulic", description="Ultra-low-bitrate generative photo archive codec.",
+                                     epilog="Exit status: 0 done, 1 failed (the data or the environment), 2 usage "
+                                            "error, 3 unexpected error (a bug: please report it with its traceback).")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="compress one image to a bitstream")
@@ -493,17 +496,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stdout_for_results(getattr(args, "json", False)) as args.results:
             return args.func(args)
-    except Exception as e:  # noqa: BLE001 - only the user errors below are answered in one line
-        if not isinstance(e, _user_errors()):
-            raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"resulic: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - every error ends in one line and a status (report_error)
+        return report_error(e, debug=args.debug)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What ends a command with a one-line message and exit 2. Imported only once one is raised:
-    some of these modules load torch, which reading an archive (``ls``, ``info``) never needs."""
+EXIT_USAGE, EXIT_FAILED, EXIT_UNEXPECTED = 2, 1, 3
+
+
+def report_error(e: BaseException, debug: bool = False) -> int:
+    """One line on stderr and the exit status: 2 for a usage error (an invalid option value;
+    argparse's own errors exit 2 too), 1 for a failure of what the command names (a damaged
+    stream, an unreadable image or archive, a missing file, weights not found, storage
+    refusing), 3 for anything else (a bug). Except for usage errors the traceback goes to a file
+    under $RESULIC_LOG_DIR, named in the line; --debug prints it instead."""
+    import traceback
+
+    from codec.usage import UsageError
+
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    line = msg.splitlines()[0] if msg.strip() else type(e).__name__
+    if isinstance(e, UsageError):
+        print(f"resulic: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    known = isinstance(e, _failures())
+    text = "".join(traceback.format_exception(e))
+    if debug:
+        sys.stderr.write(text)
+        where = "above"
+    else:
+        from pipelines.terminal import log_dir
+
+        path = log_dir() / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-traceback.txt"
+        path.write_text(text)
+        where = f"{path}; --debug prints it"
+    if known:
+        print(f"resulic: error: {line} (traceback: {where})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"resulic: unexpected error: {type(e).__name__}: {line} (traceback: {where})", file=sys.stderr)
+    return EXIT_UNEXPECTED
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """Errors that name a problem of the data or the environment, not of resulic. Imported only
+    once one is raised: some of these modules load torch, which reading an archive (``ls``,
+    ``info``) never needs."""
     from codec.bitstream import BitstreamError
     from codec.images import ImageError
     from codec.weights_fetch import FetchError
@@ -511,8 +547,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from operators.archive import ArchiveError
     from operators.lease import LeaseHeld
 
-    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, LeaseHeld, FileNotFoundError, KeyError, ValueError,
-            OSError)  # fmt: skip
+    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, LeaseHeld, KeyError, ValueError, OSError)
 
 
 if __name__ == "__main__":

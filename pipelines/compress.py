@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from codec.semantic.captioners import CaptionConfig
 from codec.settings import EncodeSettings, detail_mode
+from codec.usage import UsageError
 from operators.archive import Archive
 from operators.caption import Captioner
 from operators.decode import decode_images
@@ -80,7 +81,7 @@ def compress(
     summary; ``break_lease`` takes it from a live holder known to be dead. ``progress`` is called
     about twice a second with the running counts (``FailureMonitor.state``)."""
     if not 0 <= max_failure_rate <= 1:
-        raise ValueError(f"--max-failure-rate must lie in [0, 1], not {max_failure_rate}")
+        raise UsageError(f"--max-failure-rate must lie in [0, 1], not {max_failure_rate}")
     t0 = time.time()
     from codec.presets import load_preset
 

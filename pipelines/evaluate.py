@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from codec.usage import UsageError
 from evaluation.baselines import QUALITIES, SCALES, Classical, available
 from evaluation.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
 from pipelines.peak_memory import PeakMemory
@@ -139,7 +140,7 @@ def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
         elif c in RESULIC_CODECS:
             run.append(c)
         else:
-            raise ValueError(f"unknown codec {c!r} (known: {', '.join(RESULIC_CODECS + CLASSICAL)})")
+            raise UsageError(f"unknown codec {c!r} (known: {', '.join(RESULIC_CODECS + CLASSICAL)})")
     return run, notes
 
 
@@ -226,7 +227,7 @@ def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = BD_MET
     for metric in [m for m in metrics if any(s.get(m) is not None for s in summary)]:
         cs = curves(summary, metric)
         if anchor not in cs:
-            raise ValueError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(cs))})")
+            raise UsageError(f"anchor {anchor!r} was not run (ran: {', '.join(sorted(cs))})")
         for codec, pts in sorted(cs.items()):
             if codec == anchor:
                 continue
@@ -303,7 +304,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     metrics = list(metrics or (*COMPUTED_METRICS, *PERCEPTUAL_METRICS))
     unknown = set(metrics) - set(COMPUTED_METRICS) - set(PERCEPTUAL_METRICS)
     if unknown:
-        raise ValueError(f"unknown metrics: {', '.join(sorted(unknown))}")
+        raise UsageError(f"unknown metrics: {', '.join(sorted(unknown))}")
     perceptual, more = perceptual_plan([m for m in metrics if m in PERCEPTUAL_METRICS], metric_weights)
     notes += more
     cap = {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import ray
 
+from codec.usage import UsageError
+
 LOOPBACK = "127.0.0.1"
 # Environment a worker needs to find the same weights and limits as the driver.
 FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_CDM", "RESULIC_MAX_PIXELS")
@@ -64,7 +66,7 @@ def gpus_for(device: str, gpus_per_worker: float | None) -> float | None:
     when the cluster has GPUs)."""
     if device == "cpu":
         if gpus_per_worker:
-            raise ValueError(f"--device cpu with --gpus-per-worker {gpus_per_worker:g}: choose one")
+            raise UsageError(f"--device cpu with --gpus-per-worker {gpus_per_worker:g}: choose one")
         return 0.0
     if device.startswith("cuda") and gpus_per_worker is None:
         return 1.0
@@ -100,7 +102,7 @@ def plan_for(cpus: float, gpus: float, workers: int | None, gpus_per_worker: flo
         # With --workers the pool asks for what the job needs, not what the cluster has now: an
         # autoscaling cluster whose GPU group stands at zero starts GPU nodes for the request.
         if workers is None and gpus < gpus_per_worker:
-            raise ValueError(f"--gpus-per-worker {gpus_per_worker:g} but the cluster has {gpus:g} GPUs now; pass "
+            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g} but the cluster has {gpus:g} GPUs now; pass "
                              "--workers N to ask for N GPU actors (an autoscaling cluster starts GPU nodes for them)")  # fmt: skip
         n = workers or max(1, int(gpus * share // gpus_per_worker))
         return PoolPlan(n, min(1.0, max(0.25, share * (cpus - 1) / n)), gpus_per_worker, max(1, int(cpus // n)))

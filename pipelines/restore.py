@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.compute as pc
 import ray
 
+from codec.usage import UsageError
 from operators.archive import Archive
 from operators.restore import Restorer, load_bitstreams
 from pipelines.ray_runtime import ensure_ray, gpus_for, plan_pool, worker_env
@@ -87,7 +88,7 @@ def restore(
             )
             results = ds.select_columns(["key", "path", "restore_status", "error"]).take_all()
     else:
-        raise ValueError("name keys with --key, or use --all or --prefix")
+        raise UsageError("name keys with --key, or use --all or --prefix")
     failures = [{"key": r["key"], "reason": r["error"]} for r in results if r["restore_status"] != "restored"]
     return {
         "archive": archive, "dest": dest, "format": fmt,

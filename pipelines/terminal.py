@@ -19,6 +19,14 @@ from typing import Iterator, TextIO
 from tqdm import tqdm
 
 
+def log_dir(directory: str | None = None) -> Path:
+    """Where Ray's output and error tracebacks go: ``$RESULIC_LOG_DIR``, by default
+    ``resulic-logs`` in the temporary folder (created)."""
+    root = Path(directory or os.environ.get("RESULIC_LOG_DIR") or Path(tempfile.gettempdir()) / "resulic-logs")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def end_ray() -> None:
     """Disconnect from Ray, if connected: its driver prints its nodes' messages until then, and
     a command whose output is redirected only until it ends must not hand Ray the terminal."""
@@ -57,9 +65,7 @@ def ray_output_to_file(directory: str | None = None) -> Iterator[tuple[Path, Tex
     and plan printout are switched off."""
     from ray.data import DataContext
 
-    root = Path(directory or os.environ.get("RESULIC_LOG_DIR") or Path(tempfile.gettempdir()) / "resulic-logs")
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    path = log_dir(directory) / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -150,4 +150,31 @@ def test_compress_exit_codes(tmp_path):
     assert res.stderr == ""  # Ray's logs, warnings and C++ messages went to the log file
     assert summary["failures"] == [{"source": f"file://{src}/bad.png", "reason": "not an image (unrecognised format)"}]
     res = run("compress", tmp_path / "missing", tmp_path / "arc2", check=False)
-    assert res.returncode == 2 and "source not found" in res.stderr and not (tmp_path / "arc2").exists()
+    assert res.returncode == 1 and "source not found" in res.stderr and not (tmp_path / "arc2").exists()
+    res = run("compress", src, tmp_path / "arc3", "--max-failure-rate", "2", check=False)  # a usage error
+    assert res.returncode == 2 and res.stderr == "resulic: error: --max-failure-rate must lie in [0, 1], not 2.0\n"
+
+
+def test_exit_status_and_tracebacks(tmp_path, monkeypatch, capsys):
+    from codec.bitstream import BitstreamError
+    from codec.usage import UsageError
+    from pipelines.cli import report_error
+
+    monkeypatch.setenv("RESULIC_LOG_DIR", str(tmp_path))
+    assert report_error(UsageError("unknown scale 'x'")) == 2
+    assert capsys.readouterr().err == "resulic: error: unknown scale 'x'\n" and not list(tmp_path.iterdir())
+    try:
+        raise BitstreamError("bitstream is truncated")
+    except BitstreamError as e:
+        assert report_error(e) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("resulic: error: bitstream is truncated (traceback: ") and len(err.splitlines()) == 1
+    (trace,) = tmp_path.iterdir()
+    assert "Traceback" in trace.read_text() and "BitstreamError" in trace.read_text()
+    try:
+        None.attribute  # noqa: B018 - a bug, as an unexpected error
+    except AttributeError as e:
+        assert report_error(e) == 3
+        assert "resulic: unexpected error: AttributeError:" in capsys.readouterr().err
+        assert report_error(e, debug=True) == 3
+        assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from codec.usage import UsageError
+
 DEFAULT_PROMPT = (
     "Describe this photo in one or two plain sentences, at most 40 words: the main subjects, their "
     "colours and materials, their layout, and any legible text."
@@ -57,15 +59,15 @@ class CaptionConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown captioner {self.backend!r} (known: {', '.join(BACKENDS)})")
+            raise UsageError(f"unknown captioner {self.backend!r} (known: {', '.join(BACKENDS)})")
         if self.residual not in ("words", "model"):
-            raise ValueError("residual must be 'words' or 'model'")
+            raise UsageError("residual must be 'words' or 'model'")
         if self.backend == "transformers" and not self.model:
-            raise ValueError("the transformers captioner needs --caption-model (a local path or hub id)")
+            raise UsageError("the transformers captioner needs --caption-model (a local path or hub id)")
         if self.backend == "openai" and not (self.endpoint and self.model):
-            raise ValueError("the openai captioner needs --caption-endpoint and --caption-model")
+            raise UsageError("the openai captioner needs --caption-endpoint and --caption-model")
         if self.residual == "model" and self.backend not in ("transformers", "openai"):
-            raise ValueError("a model residual needs a transformers or openai captioner")
+            raise UsageError("a model residual needs a transformers or openai captioner")
 
     @property
     def captions_reconstructions(self) -> bool:

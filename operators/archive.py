@@ -1,9 +1,12 @@
 """The archive on storage: layout, atomic data files, the key index, and one-row reads.
 
-Commit protocol (our own, not Ray Data's job checkpointing): a data file is written under
-``_staging/`` and then moved into ``data/``; a file in ``data/`` is committed, whole and
-immutable. A local rename is atomic and an object store's copy makes the object appear
-whole, so a job killed at any moment leaves only committed files and staging debris. The
+Commit protocol (our own, not Ray Data's job checkpointing): locally a data file is written
+under ``_staging/``, flushed to disk, renamed into ``data/`` and the folder flushed; on an
+object store it is PUT into ``data/`` directly (a PUT is all or nothing). A file in ``data/``
+is committed, whole and immutable, so a job killed (or a machine losing power) at any moment
+leaves only committed files and staging debris. A committed file that cannot be read anyway
+(a disk fault, older software) is moved to ``_quarantine/`` with a note of why by the next
+writer, and its assets are encoded again; readers skip it. The
 index is derived data: every job first indexes any committed file the index lacks, so a
 file committed by a job that died before updating the index is found, and its assets count
 as unchanged on the rerun. Ray Data's checkpointing (alpha in 2.60) filters on an ID column
@@ -16,7 +19,9 @@ so ``compress`` holds the archive's lease (``operators.lease``) while it writes.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -26,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from schemas.archive import (
     ARCHIVE_FORMAT,
@@ -37,6 +43,7 @@ from schemas.archive import (
     INDEX_SOURCE_COLUMNS,
     JOBS_DIR,
     META_FILE,
+    QUARANTINE_DIR,
     ROW_GROUP_ROWS,
     STAGING_DIR,
     STATUS_WRITTEN,
@@ -58,6 +65,7 @@ class Archive:
             root = url
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
+        self.quarantined: list[dict] = []  # data files this object moved aside, with why
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
@@ -88,13 +96,25 @@ class Archive:
         return meta
 
     def _put(self, rel: str, data: bytes) -> None:
-        """Write whole-or-nothing: to staging, then move into place."""
+        """Write whole-or-nothing, and durably once it returns.
+
+        Locally: to staging, flushed to disk, renamed into place, and the folder's entry flushed
+        too, so a power cut leaves the old state or the whole file, never an empty committed
+        file. On an object store a PUT is already all or nothing, and durable when it returns."""
+        final = self.path(rel)
+        if not isinstance(self.fs, LocalFileSystem):
+            with self.fs.open(final, "wb") as f:
+                f.write(data)
+            return
         tmp = self.path(f"{STAGING_DIR}/{uuid.uuid4().hex}")
-        self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
-        with self.fs.open(tmp, "wb") as f:
+        os.makedirs(posixpath.dirname(tmp), exist_ok=True)
+        with open(tmp, "wb") as f:
             f.write(data)
-        self.fs.makedirs(posixpath.dirname(self.path(rel)), exist_ok=True)
-        self.fs.mv(tmp, self.path(rel))
+            f.flush()
+            os.fsync(f.fileno())
+        os.makedirs(posixpath.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(posixpath.dirname(final))
 
     def write_job_summary(self, job_id: str, summary: dict) -> str:
         rel = f"{JOBS_DIR}/{job_id}.json"
@@ -123,6 +143,29 @@ class Archive:
             return []
         return sorted(posixpath.relpath(p, self.root) for p in self.fs.glob(f"{base}/*.parquet"))
 
+    def quarantine(self, rel: str, reason: str) -> None:
+        """Move a data file that cannot be read out of ``data/``, with a JSON of why beside it:
+        kept for inspection, no longer read by any job (its assets are encoded again)."""
+        name = posixpath.basename(rel)
+        note = {"file": rel, "reason": reason, "quarantined_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        self._put(f"{QUARANTINE_DIR}/{name}.json", json.dumps(note, indent=2).encode())
+        self.fs.makedirs(self.path(QUARANTINE_DIR), exist_ok=True)
+        self.fs.mv(self.path(rel), self.path(f"{QUARANTINE_DIR}/{name}"))
+        self.quarantined.append({"file": rel, "reason": reason})
+
+    def _readable_rows(self, files: list[str], quarantine: bool) -> list[pa.Table]:
+        """The index rows of ``files``; a file that is not a readable data file (a truncated
+        or empty file, another schema) is quarantined, or with ``quarantine=False`` (readers)
+        skipped. Storage errors propagate: a file is never moved for a failed request."""
+        tables = []
+        for rel in files:
+            try:
+                tables.append(self._index_rows(rel))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+                if quarantine:
+                    self.quarantine(rel, f"not a readable data file: {type(e).__name__}: {e}")
+        return tables
+
     def _index_rows(self, rel: str) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as f:
             pf = pq.ParquetFile(f)
@@ -137,23 +180,40 @@ class Archive:
 
     # ----- index -------------------------------------------------------------------------
     def load_index(self) -> pa.Table:
+        """The stored index; empty when there is none, or when it cannot be read (it is derived
+        data: the refresh then rebuilds it from the data files)."""
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
                 return pq.read_table(f).cast(INDEX_SCHEMA)
         except FileNotFoundError:
             return INDEX_SCHEMA.empty_table()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+            return INDEX_SCHEMA.empty_table()
 
     def refresh_index(self, write: bool = True) -> pa.Table:
-        """Index every committed data file the index lacks; the newest row of a key wins.
+        """Index every committed data file the index lacks; the newest row of a key wins. An
+        unreadable data file is quarantined (``self.quarantined`` says which and why).
 
-        With ``write=False`` the refreshed index is returned but not stored (read-only use)."""
+        With ``write=False`` the refreshed index is returned but not stored, and nothing is
+        moved (read-only use)."""
         index = self.load_index()
         known = set(index.column("file").to_pylist())
         new = [rel for rel in self.data_files() if rel not in known]
         if not new:
             return index
-        table = pa.concat_tables([index, *(self._index_rows(rel) for rel in new)])
-        table = latest_per_key(table)
+        return self._store_index(latest_per_key(pa.concat_tables([index, *self._readable_rows(new, write)])), write)
+
+    def repair(self) -> dict:
+        """Rebuild the index from every data file, quarantining those that cannot be read."""
+        files = self.data_files()
+        before = len(self.quarantined)
+        tables = self._readable_rows(files, quarantine=True)
+        table = self._store_index(latest_per_key(pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables])), True)
+        return {"archive": self.url, "data_files": len(files) - (len(self.quarantined) - before),
+                "rows": sum(t.num_rows for t in tables), "keys": table.num_rows,
+                "quarantined": self.quarantined[before:]}  # fmt: skip
+
+    def _store_index(self, table: pa.Table, write: bool) -> pa.Table:
         if not write:
             return table
         sink = pa.BufferOutputStream()
@@ -180,7 +240,7 @@ class Archive:
         table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
         unlisted = [rel for rel in self.data_files() if rel not in indexed]
         if unlisted:
-            rows = pa.concat_tables([self._index_rows(rel) for rel in unlisted])
+            rows = pa.concat_tables([INDEX_SCHEMA.empty_table(), *self._readable_rows(unlisted, quarantine=False)])
             table = latest_per_key(pa.concat_tables([table, rows.filter(pc.is_in(rows.column("key"), value_set=wanted))]))
         return table
 
@@ -192,6 +252,15 @@ class Archive:
         if row["key"] != entry["key"]:
             raise ArchiveError(f"{self.url}: index is stale for key {entry['key']!r}")
         return row
+
+
+def _fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:

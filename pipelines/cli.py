@@ -231,6 +231,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from pipelines.repair import repair
+
+    r = repair(args.archive, _storage_options(args), break_lease=args.break_lease)
+    if args.json:
+        print(json.dumps(r), file=args.results)
+    else:
+        print(f"indexed {r['keys']} keys from {r['rows']} rows in {r['data_files']} data files")
+        for q in r["quarantined"]:
+            print(f"QUARANTINED {q['file']}: {q['reason']}")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from pipelines.catalog import list_assets
 
@@ -408,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(p)
     _add_verbose_arg(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("repair", help="rebuild an archive's index from its data files, quarantining unreadable ones")
+    p.add_argument("archive")
+    p.add_argument("--break-lease", action="store_true", help="take the writer lease from a job known to be dead")
+    p.add_argument("--json", action="store_true")
+    _add_storage_args(p)
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("ls", help="list an archive's assets")
     p.add_argument("archive")

@@ -136,6 +136,7 @@ def compress(
         if aborted:
             summary.update(aborted_counts(arc, index, job_id))
         summary["aborted"], summary["first_reasons"] = aborted, ray.get(monitor.state.remote())["reasons"]
+        summary["quarantined"] = arc.quarantined  # unreadable data files moved aside (operators.archive)
         summary["captioner"] = captions.backend
         summary["detail_gain"], summary["scale"], summary["refine_steps"] = settings.detail_gain, settings.scale, settings.refine_steps
         arc.write_job_summary(job_id, summary)
@@ -266,6 +267,7 @@ def format_table(summary: dict) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines += [f"FAILED {f['source']}: {f['reason']}" for f in summary["failures"]]
+    lines += [f"QUARANTINED {q['file']}: {q['reason']} (its assets are encoded again)" for q in summary.get("quarantined", [])]
     if summary.get("aborted"):
         lines.append(f"STOPPED: {summary['aborted']} (committed rows stay; the next run takes the rest)")
     return "\n".join(lines)

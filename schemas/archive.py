@@ -17,6 +17,7 @@ DATA_DIR = "data"  # immutable Parquet files; a file is committed when it appear
 STAGING_DIR = "_staging"  # files being written; never read, cleaned by the next job
 INDEX_FILE = "_index/index.parquet"  # key -> (file, row group, row): derived, rebuilt from DATA_DIR
 JOBS_DIR = "_jobs"  # one summary JSON per job
+QUARANTINE_DIR = "_quarantine"  # data files that could not be read, each beside a JSON of why
 
 STATUS_WRITTEN = "written"
 STATUS_FAILED = "failed"

@@ -149,3 +149,47 @@ def test_read_asset_reads_footer_and_one_row_group(tmp_path):
     # one row group plus the tail (pyarrow reads the last 64 KiB speculatively for the footer)
     assert read <= (hi - lo) + 64 * 1024 + (size - footer_start)
     assert read < size / 3  # 10 row groups of 32 assets: the other nine are never read
+
+
+def test_a_local_commit_is_flushed_to_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    arc = Archive(str(tmp_path))
+    rel = arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    staged, folder = synced
+    assert staged.startswith(str(tmp_path / STAGING_DIR)) and folder == str(tmp_path / "data")
+    assert (tmp_path / rel).exists() and not list((tmp_path / STAGING_DIR).iterdir())
+
+
+def test_unreadable_data_files_are_quarantined_not_fatal(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    good = (tmp_path / "data" / "j1-0.parquet").read_bytes()
+    (tmp_path / "data" / "j2-0.parquet").write_bytes(good[: len(good) // 2])  # cut short by a crash
+    (tmp_path / "data" / "j3-0.parquet").write_bytes(b"")  # an empty committed file (power loss, old code)
+    # a reader skips them and moves nothing
+    assert arc.refresh_index(write=False).column("key").to_pylist() == ["a", "b"]
+    assert len(list((tmp_path / "data").iterdir())) == 3 and not arc.quarantined
+    # a writer quarantines them, with why, and goes on
+    assert arc.refresh_index().column("key").to_pylist() == ["a", "b"]
+    assert sorted(q["file"] for q in arc.quarantined) == ["data/j2-0.parquet", "data/j3-0.parquet"]
+    assert all("not a readable data file" in q["reason"] for q in arc.quarantined)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["j1-0.parquet"]
+    note = json.loads((tmp_path / "_quarantine" / "j3-0.parquet.json").read_text())
+    assert note["file"] == "data/j3-0.parquet" and "0 bytes" in note["reason"]
+    assert (tmp_path / "_quarantine" / "j2-0.parquet").read_bytes() == good[: len(good) // 2]
+
+
+def test_an_unreadable_index_is_rebuilt_and_repair_rebuilds_from_scratch(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.create({"preset": "taef2"})
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    arc.write_data_file(_rows(["b", "c"], "j2"), "j2-0", {})
+    arc.refresh_index()
+    (tmp_path / "_index" / "index.parquet").write_bytes(b"garbage")
+    assert arc.refresh_index().column("key").to_pylist() == ["a", "b", "c"]
+    (tmp_path / "data" / "j2-0.parquet").write_bytes(b"PAR1")
+    r = Archive(str(tmp_path)).repair()
+    assert (r["data_files"], r["rows"], r["keys"]) == (1, 2, 2) and r["quarantined"][0]["file"] == "data/j2-0.parquet"
+    assert pq.read_table(tmp_path / "_index" / "index.parquet").column("key").to_pylist() == ["a", "b"]

@@ -172,3 +172,32 @@ def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):
     assert sorted(fs.find("photos-bucket/restored")) == [
         "photos-bucket/restored/2024/a.png.webp", "photos-bucket/restored/2024/b.jpg.webp",
         "photos-bucket/restored/2025/c.png.webp"]  # fmt: skip
+
+
+def test_a_damaged_committed_file_is_quarantined_and_its_assets_encoded_again(ray_local, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = photo_folder(tmp_path / "src", {"a.png": (64, 64), "b.png": (64, 64)})
+    arc = tmp_path / "arc"
+    first = compress(str(src), str(arc), rows_per_file=1)
+    assert first["written"] == 2 and first["quarantined"] == []
+    damaged = sorted((arc / "data").iterdir())[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a committed file cut short (disk fault, old software)
+    (arc / "_index" / "index.parquet").unlink()  # and the index lost with it
+    s = compress(str(src), str(arc), rows_per_file=1)
+    assert [q["file"] for q in s["quarantined"]] == [f"data/{damaged.name}"]
+    assert (s["written"], s["unchanged"], s["failed"]) == (1, 1, 0)
+    assert "QUARANTINED data/" in format_table(s)
+    assert sorted(r["key"] for r in list_assets(str(arc))) == ["a.png", "b.png"]
+    # repair: the index rebuilt from the data files alone
+    (arc / "_index" / "index.parquet").write_bytes(b"not parquet")
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "repair", str(arc), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["keys"] == 2 and r["quarantined"] == []

@@ -1,0 +1,30 @@
+"""`resulic repair`: rebuild an archive's index from its data files.
+
+The index is derived data (``operators.archive``); repair reads every committed data file,
+moves those that cannot be read to ``_quarantine/`` with a note of why, and writes the index
+again. It holds the archive's writer lease, as a compress job does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from operators.archive import Archive
+from operators.lease import ArchiveLease
+
+
+def repair(archive: str, storage_options: dict[str, Any] | None = None, break_lease: bool = False) -> dict:
+    """Returns what it found: data files, rows, keys, and the files it quarantined."""
+    arc = Archive(archive, storage_options)
+    arc.meta()  # refuses foreign archives and unknown versions
+    lease = ArchiveLease(arc, "repair-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    lease.acquire(force=break_lease)
+    try:
+        return arc.repair()
+    finally:
+        lease.release()
+
+
+__all__ = ["repair"]

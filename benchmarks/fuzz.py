@@ -32,14 +32,13 @@ import multiprocessing as mp
 import random
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codec.bitstream import MAGIC, MODEL_ID_BYTES, VERSION, write_varint  # noqa: E402
+from codec.bitstream import MODEL_ID_BYTES, frame, read_varint, write_varint  # noqa: E402
 
 FAILURES = ("unclean", "crash", "hang")
 KINDS = ("container", "payload", "head", "swap")
@@ -49,27 +48,10 @@ def sections(data: bytes) -> list[tuple[bytes, bytes]]:
     """A well-formed stream's (tag, payload) pairs."""
     out, pos = [], 5
     for _ in range(data[4]):
-        tag = data[pos : pos + 1]
-        length, shift, pos = 0, 0, pos + 1
-        while True:
-            byte = data[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        out.append((tag, data[pos : pos + length]))
-        pos += length + 4
+        length, start = read_varint(data, pos + 1)
+        out.append((data[pos : pos + 1], data[start : start + length]))
+        pos = start + length + 4
     return out
-
-
-def seal(parts: list[tuple[bytes, bytes]]) -> bytes:
-    """A container around ``parts`` with valid CRCs, whatever the payloads hold."""
-    out = bytearray(MAGIC + bytes([VERSION, len(parts)]))
-    for tag, payload in parts:
-        framed = tag + write_varint(len(payload)) + payload
-        out += framed + zlib.crc32(framed).to_bytes(4, "little")
-    return bytes(out)
 
 
 def damage(rng: random.Random, data: bytes) -> bytes:
@@ -122,7 +104,7 @@ def mutate(rng: random.Random, corpus: list[bytes]) -> tuple[str, bytes]:
     else:
         donor = dict(sections(rng.choice(corpus)))
         parts[i] = (tag, donor.get(tag, payload))
-    return kind, seal(parts)
+    return kind, frame(parts)
 
 
 def _worker(conn, memory_bytes: int, max_pixels: int, decoder: str, steps: int) -> None:

@@ -57,6 +57,16 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise BitstreamError("bitstream is corrupted (number too long)")
 
 
+def frame(sections: list[tuple[bytes, bytes]]) -> bytes:
+    """The container around (tag, payload) sections, each with its length and CRC (spec
+    section 1), whatever the payloads hold."""
+    out = bytearray(MAGIC + bytes([VERSION, len(sections)]))
+    for tag, payload in sections:
+        framed = tag + write_varint(len(payload)) + payload
+        out += framed + zlib.crc32(framed).to_bytes(4, "little")
+    return bytes(out)
+
+
 @dataclass
 class Header:
     preset: str
@@ -138,11 +148,7 @@ class Bitstream:
         sections = [(TAG_HEAD, self.header.encode()), (TAG_HYPER, self.hyper_latent), (TAG_LATENT, self.latent)]
         if self.text:
             sections.append((TAG_TEXT, self.text))
-        out = bytearray(MAGIC + bytes([VERSION, len(sections)]))
-        for tag, payload in sections:
-            framed = tag + write_varint(len(payload)) + payload
-            out += framed + zlib.crc32(framed).to_bytes(4, "little")
-        return bytes(out)
+        return frame(sections)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Bitstream":

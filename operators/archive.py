@@ -50,6 +50,12 @@ from schemas.archive import (
 )
 
 
+def new_job_id() -> str:
+    """A writer's id: UTC time to the second, then 6 random hex digits; data files are named
+    after it, so they sort by when their job started."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
 class ArchiveError(ValueError):
     """An archive that is missing, foreign or of an unknown version."""
 
@@ -96,25 +102,9 @@ class Archive:
         return meta
 
     def _put(self, rel: str, data: bytes) -> None:
-        """Write whole-or-nothing, and durably once it returns.
-
-        Locally: to staging, flushed to disk, renamed into place, and the folder's entry flushed
-        too, so a power cut leaves the old state or the whole file, never an empty committed
-        file. On an object store a PUT is already all or nothing, and durable when it returns."""
-        final = self.path(rel)
-        if not isinstance(self.fs, LocalFileSystem):
-            with self.fs.open(final, "wb") as f:
-                f.write(data)
-            return
-        tmp = self.path(f"{STAGING_DIR}/{uuid.uuid4().hex}")
-        os.makedirs(posixpath.dirname(tmp), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.makedirs(posixpath.dirname(final), exist_ok=True)
-        os.replace(tmp, final)
-        _fsync_dir(posixpath.dirname(final))
+        """Write whole-or-nothing, and durably once it returns (:func:`write_whole`, staged locally
+        under ``_staging/``)."""
+        write_whole(self.fs, self.path(rel), data, staging=self.path(STAGING_DIR))
 
     def write_job_summary(self, job_id: str, summary: dict) -> str:
         rel = f"{JOBS_DIR}/{job_id}.json"
@@ -185,9 +175,7 @@ class Archive:
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
                 return pq.read_table(f).cast(INDEX_SCHEMA)
-        except FileNotFoundError:
-            return INDEX_SCHEMA.empty_table()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+        except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
             return INDEX_SCHEMA.empty_table()
 
     def refresh_index(self, write: bool = True) -> pa.Table:
@@ -254,9 +242,32 @@ class Archive:
         return row
 
 
-def _fsync_dir(path: str) -> None:
-    """Flush a folder's entries (a rename into it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
+def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes, staging: str | None = None) -> None:
+    """Write ``data`` so that ``path`` holds its old content or all of ``data``, never a part,
+    and durably once this returns.
+
+    Locally: a temporary file (in ``staging``, else beside ``path``) flushed to disk, renamed
+    over ``path``, and the folder's entry flushed too, so a power cut never leaves an empty or
+    partial file. On an object store a PUT is already all or nothing, and durable when it
+    returns."""
+    if not isinstance(fs, LocalFileSystem):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = posixpath.join(staging, uuid.uuid4().hex) if staging else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    os.makedirs(posixpath.dirname(tmp), exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd = os.open(posixpath.dirname(path), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

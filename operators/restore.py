@@ -6,18 +6,15 @@ import io
 import os
 import posixpath
 import time
-import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from operators.archive import Archive, ArchiveError
+from operators.archive import Archive, ArchiveError, write_whole
 from operators.sources import _retry
 from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
 
@@ -79,27 +76,6 @@ def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str
         "load_error", pa.array(errors, pa.string()))
 
 
-def write_whole(fs: AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of ``data``, never a
-    part: on a local disk a temporary file beside it, flushed to disk, then renamed over it; an
-    object store's PUT is already all or nothing."""
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    if not isinstance(fs, LocalFileSystem):
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        return
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class Restorer:
     """Decodes streams on ``device`` (the models each stream names, loaded there once) and writes
     image files under ``dest``."""
@@ -158,4 +134,4 @@ class Restorer:
         ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
 
 
-__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "write_whole", "UnsafeKeyError"]
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "UnsafeKeyError"]

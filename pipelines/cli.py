@@ -544,9 +544,9 @@ def report_error(e: BaseException, debug: bool = False) -> int:
         sys.stderr.write(text)
         where = "above"
     else:
-        from pipelines.terminal import log_dir
+        from pipelines.terminal import log_file
 
-        path = log_dir() / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-traceback.txt"
+        path = log_file("-traceback.txt")
         path.write_text(text)
         where = f"{path}; --debug prints it"
     if known:

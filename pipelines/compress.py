@@ -15,7 +15,6 @@ import gc
 import os
 import threading
 import time
-import uuid
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from codec.semantic.captioners import CaptionConfig
 from codec.settings import EncodeSettings, detail_mode
 from codec.usage import UsageError
-from operators.archive import Archive
+from operators.archive import Archive, new_job_id
 from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
@@ -92,7 +91,7 @@ def compress(
     src = Source.parse(source, storage_options)
     src.check()
     ensure_ray()
-    job_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    job_id = new_job_id()
     arc = Archive(archive, storage_options)
     meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                        "created_by": _versions()})  # fmt: skip

@@ -7,11 +7,9 @@ again. It holds the archive's writer lease, as a compress job does.
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from typing import Any
 
-from operators.archive import Archive
+from operators.archive import Archive, new_job_id
 from operators.lease import ArchiveLease
 
 
@@ -19,7 +17,7 @@ def repair(archive: str, storage_options: dict[str, Any] | None = None, break_le
     """Returns what it found: data files, rows, keys, and the files it quarantined."""
     arc = Archive(archive, storage_options)
     arc.meta()  # refuses foreign archives and unknown versions
-    lease = ArchiveLease(arc, "repair-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    lease = ArchiveLease(arc, "repair-" + new_job_id())
     lease.acquire(force=break_lease)
     try:
         return arc.repair()

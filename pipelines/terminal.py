@@ -19,12 +19,13 @@ from typing import Iterator, TextIO
 from tqdm import tqdm
 
 
-def log_dir(directory: str | None = None) -> Path:
-    """Where Ray's output and error tracebacks go: ``$RESULIC_LOG_DIR``, by default
-    ``resulic-logs`` in the temporary folder (created)."""
+def log_file(suffix: str, directory: str | None = None) -> Path:
+    """A file for this command's Ray output (``.log``) or error traceback: under
+    ``$RESULIC_LOG_DIR``, by default ``resulic-logs`` in the temporary folder (created), named
+    by the time and the process id."""
     root = Path(directory or os.environ.get("RESULIC_LOG_DIR") or Path(tempfile.gettempdir()) / "resulic-logs")
     root.mkdir(parents=True, exist_ok=True)
-    return root
+    return root / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}{suffix}"
 
 
 def end_ray() -> None:
@@ -61,11 +62,11 @@ def ray_output_to_file(directory: str | None = None) -> Iterator[tuple[Path, Tex
     handler alone loses its warnings to logging's last-resort stderr handler), prints of its
     nodes' messages, and its C++ core worker writing to file descriptor 2 (e.g. Ray Data's
     "constructor arguments in the object store" error, ray-project/ray#57733). So file
-    descriptor 2 itself, and ``sys.stderr``, point at the log while the job runs; Ray Data's own progress bars
-    and plan printout are switched off."""
+    descriptor 2 itself, and ``sys.stderr``, point at the log while the job runs; Ray Data's
+    own progress bars and plan printout are switched off."""
     from ray.data import DataContext
 
-    path = log_dir(directory) / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    path = log_file(".log", directory)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

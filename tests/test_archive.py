@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from operators.archive import Archive, ArchiveError, latest_per_key
+from operators.archive import Archive, ArchiveError, latest_per_key, write_whole
 from operators.sink import finalise_rows
 from schemas.archive import ASSET_SCHEMA, INDEX_SCHEMA, META_FILE, ROW_GROUP_ROWS, STAGING_DIR
 
@@ -193,3 +193,17 @@ def test_an_unreadable_index_is_rebuilt_and_repair_rebuilds_from_scratch(tmp_pat
     r = Archive(str(tmp_path)).repair()
     assert (r["data_files"], r["rows"], r["keys"]) == (1, 2, 2) and r["quarantined"][0]["file"] == "data/j2-0.parquet"
     assert pq.read_table(tmp_path / "_index" / "index.parquet").column("key").to_pylist() == ["a", "b"]
+
+
+def test_write_whole_replaces_or_leaves_the_old_file(tmp_path):
+    fs = LocalFileSystem()
+    target = tmp_path / "d" / "img.png"
+    write_whole(fs, str(target), b"old")
+    write_whole(fs, str(target), b"new content")
+    assert target.read_bytes() == b"new content"
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError):
+        write_whole(fs, str(tmp_path / "file" / "img.png"), b"x")  # a file where a folder must be
+    with pytest.raises(IsADirectoryError):
+        write_whole(fs, str(tmp_path / "d"), b"x")  # a folder where the file must be
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "file", "img.png"]  # no temporary files left

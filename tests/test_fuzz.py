@@ -36,5 +36,5 @@ def test_mutations_are_reproducible():
     rng_a, rng_b = random.Random(3), random.Random(3)
     a = [fuzz.mutate(rng_a, corpus) for _ in range(20)]
     assert a == [fuzz.mutate(rng_b, corpus) for _ in range(20)] and len({m for _, m in a}) > 10
-    assert fuzz.sections(fuzz.seal(fuzz.sections(corpus[0]))) == fuzz.sections(corpus[0])
-    assert fuzz.seal(fuzz.sections(corpus[0])) == corpus[0]
+    assert fuzz.sections(fuzz.frame(fuzz.sections(corpus[0]))) == fuzz.sections(corpus[0])
+    assert fuzz.frame(fuzz.sections(corpus[0])) == corpus[0]

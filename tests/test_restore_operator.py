@@ -40,20 +40,3 @@ def test_restore_one(tmp_path, preset):
     assert "x.png" in r.restore_one("x.png", "written", stream[:-5])[1]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["p.jpg.png"]
 
-
-def test_write_whole_replaces_or_leaves_the_old_file(tmp_path):
-    from fsspec.implementations.local import LocalFileSystem
-
-    from operators.restore import write_whole
-
-    fs = LocalFileSystem()
-    target = tmp_path / "d" / "img.png"
-    write_whole(fs, str(target), b"old")
-    write_whole(fs, str(target), b"new content")
-    assert target.read_bytes() == b"new content"
-    (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(OSError):
-        write_whole(fs, str(tmp_path / "file" / "img.png"), b"x")  # a file where a folder must be
-    with pytest.raises(IsADirectoryError):
-        write_whole(fs, str(tmp_path / "d"), b"x")  # a folder where the file must be
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "file", "img.png"]  # no temporary files left

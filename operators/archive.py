@@ -40,13 +40,15 @@ from schemas.archive import (
     DATA_DIR,
     INDEX_FILE,
     INDEX_SCHEMA,
+    INDEXED_FILES_META,
     INDEX_SOURCE_COLUMNS,
+    LAST_COLUMNS,
     JOBS_DIR,
     META_FILE,
     QUARANTINE_DIR,
     ROW_GROUP_ROWS,
     STAGING_DIR,
-    STATUS_WRITTEN,
+    STATUS_FAILED,
 )
 
 
@@ -166,65 +168,96 @@ class Archive:
         table = table.append_column("file", pa.array([rel] * table.num_rows, pa.string()))
         table = table.append_column("row_group", pa.array(groups, pa.int32()))
         table = table.append_column("row", pa.array(rows, pa.int32()))
+        for last, own in LAST_COLUMNS.items():  # a single row is its key's newest one
+            table = table.append_column(last, table.column(own))
         return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
     # ----- index -------------------------------------------------------------------------
-    def load_index(self) -> pa.Table:
-        """The stored index; empty when there is none, or when it cannot be read (it is derived
-        data: the refresh then rebuilds it from the data files)."""
+    def _read_index(self) -> tuple[pa.Table, set[str]]:
+        """The stored index and the data files it has read (its metadata lists them: a file whose
+        rows are all superseded is in no index row, and must not be read again on every refresh).
+        Empty when there is none, when it cannot be read, or when it has an older layout: it is
+        derived data, and the refresh then rebuilds it from the data files."""
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
-                return pq.read_table(f).cast(INDEX_SCHEMA)
+                table = pq.read_table(f)
         except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
-            return INDEX_SCHEMA.empty_table()
+            return INDEX_SCHEMA.empty_table(), set()
+        if table.schema.names != INDEX_SCHEMA.names:
+            return INDEX_SCHEMA.empty_table(), set()
+        listed = (table.schema.metadata or {}).get(INDEXED_FILES_META)
+        files = set(listed.decode().split("\n")) - {""} if listed is not None else set(table.column("file").to_pylist())
+        return table.cast(INDEX_SCHEMA), files
+
+    def load_index(self) -> pa.Table:
+        return self._read_index()[0]
 
     def refresh_index(self, write: bool = True) -> pa.Table:
-        """Index every committed data file the index lacks; the newest row of a key wins. An
-        unreadable data file is quarantined (``self.quarantined`` says which and why).
+        """Index every committed data file the index has not read; per key, the newest written
+        row wins (``latest_per_key``). Only new files are read: the index lists every file it
+        has read. An unreadable data file is quarantined (``self.quarantined`` says which and why).
 
         With ``write=False`` the refreshed index is returned but not stored, and nothing is
         moved (read-only use)."""
-        index = self.load_index()
-        known = set(index.column("file").to_pylist())
-        new = [rel for rel in self.data_files() if rel not in known]
+        index, indexed = self._read_index()
+        present = self.data_files()
+        new = [rel for rel in present if rel not in indexed]
         if not new:
             return index
-        return self._store_index(latest_per_key(pa.concat_tables([index, *self._readable_rows(new, write)])), write)
+        rows = self._readable_rows(new, write)
+        moved = {q["file"] for q in self.quarantined}
+        files = (indexed & set(present) | set(new)) - moved
+        return self._store_index(latest_per_key(pa.concat_tables([index, *rows])), files, write)
+
+    def replace_files(self, removed: list[str], added: list[str]) -> pa.Table:
+        """Index after a compaction: rows of ``removed`` files leave, rows of ``added`` ones come in
+        (stored; the lease holder only)."""
+        import pyarrow.compute as pc
+
+        index, indexed = self._read_index()
+        gone = pa.array(removed, pa.string())
+        kept = index.filter(pc.invert(pc.is_in(index.column("file"), value_set=gone)))
+        rows = [self._index_rows(rel) for rel in added if rel not in indexed]
+        return self._store_index(latest_per_key(pa.concat_tables([kept, *rows])), (indexed - set(removed)) | set(added), True)
 
     def repair(self) -> dict:
         """Rebuild the index from every data file, quarantining those that cannot be read."""
         files = self.data_files()
         before = len(self.quarantined)
         tables = self._readable_rows(files, quarantine=True)
-        table = self._store_index(latest_per_key(pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables])), True)
-        return {"archive": self.url, "data_files": len(files) - (len(self.quarantined) - before),
-                "rows": sum(t.num_rows for t in tables), "keys": table.num_rows,
-                "quarantined": self.quarantined[before:]}  # fmt: skip
+        read = set(files) - {q["file"] for q in self.quarantined[before:]}
+        table = self._store_index(latest_per_key(pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables])), read, True)
+        return {"archive": self.url, "data_files": len(read), "rows": sum(t.num_rows for t in tables),
+                "keys": table.num_rows, "quarantined": self.quarantined[before:]}  # fmt: skip
 
-    def _store_index(self, table: pa.Table, write: bool) -> pa.Table:
+    def _store_index(self, table: pa.Table, files: set[str], write: bool) -> pa.Table:
         if not write:
             return table
         sink = pa.BufferOutputStream()
+        listed = table.replace_schema_metadata({INDEXED_FILES_META: "\n".join(sorted(files)).encode()})
         # sorted by key with small row groups: a lookup reads only the groups whose key range fits
-        pq.write_table(table, sink, row_group_size=4096, compression="zstd")
+        pq.write_table(listed, sink, row_group_size=4096, compression="zstd")
         self._put(INDEX_FILE, sink.getvalue().to_pybytes())
         return table
 
     def lookup(self, keys: list[str]) -> pa.Table:
         """Index rows of these keys, reading only the index row groups whose key range holds them,
-        and the rows of committed data files the index does not list yet (a job killed before
-        its index update): as the spec says, readers index unlisted files themselves. Never
-        writes (read-only credentials suffice)."""
+        and the rows of committed data files the index has not read (a job killed before its
+        index update): as the spec says, readers index unlisted files themselves. Never writes
+        (read-only credentials suffice)."""
         import pyarrow.compute as pc
 
         wanted = pa.array(keys, pa.string())
+        indexed, table = set(), INDEX_SCHEMA.empty_table()
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
-                files = pq.ParquetFile(f, read_dictionary=["file"]).read(columns=["file"]).column("file")
-                indexed = set(files.unify_dictionaries().chunk(0).dictionary.to_pylist() if files.num_chunks else [])
-                table = pq.read_table(f, filters=[("key", "in", list(keys))]).cast(INDEX_SCHEMA)
+                pf = pq.ParquetFile(f)
+                listed = (pf.schema_arrow.metadata or {}).get(INDEXED_FILES_META)
+                if pf.schema_arrow.names == INDEX_SCHEMA.names and listed is not None:
+                    indexed = set(listed.decode().split("\n")) - {""}
+                    table = pq.read_table(f, filters=[("key", "in", list(keys))]).cast(INDEX_SCHEMA)
         except FileNotFoundError:
-            indexed, table = set(), INDEX_SCHEMA.empty_table()
+            pass
         table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
         unlisted = [rel for rel in self.data_files() if rel not in indexed]
         if unlisted:
@@ -275,16 +308,27 @@ def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes, staging: 
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:
-    """One row per key, sorted by key: the newest written row, else the newest failed one.
+    """One row per key, sorted by key: the newest written row, else the newest failed one; its
+    ``last_*`` columns from the key's newest row whatever its status.
 
     A source that turns unreadable after it was archived must not hide the asset already
-    archived; its failure is still reported by each job that meets it."""
+    archived; its failure is still recorded (``last_*``), so that the next job does not retry
+    the same unchanged source."""
     import pyarrow.compute as pc
 
-    failed = pc.not_equal(table.column("status"), STATUS_WRITTEN)
-    table = table.append_column("_failed", failed)
-    table = table.sort_by([("key", "ascending"), ("_failed", "ascending"), ("written_at", "descending"),
-                           ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
+    by_time = table.sort_by([("key", "ascending"), ("last_written_at", "descending"), ("file", "descending")])
+    last = _first_per_key(by_time)
+    failed = pc.equal(table.column("status"), STATUS_FAILED)
+    ranked = table.append_column("_failed", failed)
+    ranked = ranked.sort_by([("key", "ascending"), ("_failed", "ascending"), ("written_at", "descending"),
+                             ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
+    chosen = _first_per_key(ranked)
+    for name in LAST_COLUMNS:  # both are sorted by key, one row per key
+        chosen = chosen.set_column(chosen.column_names.index(name), name, last.column(name))
+    return chosen.cast(table.schema)
+
+
+def _first_per_key(table: pa.Table) -> pa.Table:
     keys = table.column("key").to_numpy(zero_copy_only=False)
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]

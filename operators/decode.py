@@ -3,7 +3,7 @@
 Stateless and CPU-only (a Ray task). Pixels travel as raw bytes with their width and height
 rather than as a tensor column, so failed rows (no pixels) keep one stable schema. A caption the
 file carries (XMP dc:description, EXIF ImageDescription) is picked up here, where the bytes are,
-unless the manifest gave one.
+unless the listing gave one (a manifest's column, a WebDataset sample's text member).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from schemas.archive import STATUS_FAILED
 
 def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
     pixels, widths, heights, seconds, status, error, captions, sources = [], [], [], [], [], [], [], []
-    has_captions = "caption" in batch.column_names
-    for row in batch.select(["key", "status", "error", "data", *(["caption"] if has_captions else [])]).to_pylist():
+    listed = [c for c in ("caption", "caption_source") if c in batch.column_names]
+    for row in batch.select(["key", "status", "error", "data", *listed]).to_pylist():
         st, err, px, w, h, t = row["status"], row["error"], None, None, None, None
         caption = row.get("caption")
-        source = "manifest" if caption else None
+        source = (row.get("caption_source") or "manifest") if caption else None
         if st is None:
             t0 = time.perf_counter()
             try:

@@ -1,8 +1,11 @@
 """Sink: the Ray Data datasink that commits asset rows to the archive and accounts for every input.
 
 Every row of the job reaches the sink exactly once: written and failed rows are committed
-to a data file (failed rows keep their reason, and are retried by the next job); unchanged
-rows are only counted. Each write task returns its tally; the driver adds them up.
+to a data file (failed rows keep their reason; the next job retries them only when their
+source changed, ``operators.incremental``); unchanged and still-failed rows are only counted.
+A WebDataset shard's marker row (read to its end) is handed back in the tally instead: the
+driver commits the markers once every write task is done, so a marker never lands before the
+members it vouches for. Each write task returns its tally; the driver adds them up.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 from operators.archive import Archive
-from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
+from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
 
 
 def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.Table:
@@ -47,15 +50,18 @@ class ArchiveDatasink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
-        tally = {"written": 0, "unchanged": 0, "failed": 0, "failures": [], "bytes_in": 0, "bytes_out": 0,
-                 "pixels": 0, "bits_text": 0, "files": [], "nodes": {}}  # fmt: skip
+        tally = {"written": 0, "unchanged": 0, "still_failed": 0, "failed": 0, "failures": [], "bytes_in": 0,
+                 "bytes_out": 0, "pixels": 0, "bits_text": 0, "files": [], "nodes": {}, "shards": []}  # fmt: skip
         if not tables:
             return tally
         table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id,
                               dt.datetime.now(dt.timezone.utc))  # fmt: skip
-        unchanged = pc.equal(table.column("status"), STATUS_UNCHANGED)
-        tally["unchanged"] = pc.sum(unchanged).as_py() or 0
-        kept = table.filter(pc.invert(unchanged))
+        status = table.column("status")
+        tally["unchanged"] = pc.sum(pc.equal(status, STATUS_UNCHANGED)).as_py() or 0
+        tally["still_failed"] = pc.sum(pc.equal(status, STATUS_STILL_FAILED)).as_py() or 0
+        marker = pc.equal(status, STATUS_SHARD)
+        tally["shards"] = table.filter(marker).select(["key", "source_uri", "source_fingerprint"]).to_pylist()
+        kept = table.filter(pc.invert(pc.is_in(status, pa.array([STATUS_UNCHANGED, STATUS_STILL_FAILED, STATUS_SHARD]))))
         if "encoder_node" in kept.column_names:  # not archived: which nodes did the work, for the summary
             for node in kept.column("encoder_node").drop_null().to_pylist():
                 tally["nodes"][node] = tally["nodes"].get(node, 0) + 1

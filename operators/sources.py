@@ -1,21 +1,23 @@
 """Sources: what a SOURCE argument names, listed as rows of assets, and the bytes behind them.
 
 A source is a local folder or glob, any fsspec URL (``s3://``, ``gs://``, ...), WebDataset
-tar shards (``.tar`` paths, globs or ``{000..099}`` braces), or a Parquet/CSV manifest with a
-``uri`` column. Listing runs inside Ray read tasks, one per top-level subfolder group, each
-yielding blocks of at most ``LIST_BLOCK_ROWS`` rows as it walks: the first images are read
-while the rest is still being listed, and a million files make a few dozen tasks, not a
-million.
+shards (``.tar``, ``.tar.gz`` or ``.tgz`` paths, globs or ``{000..099}`` braces), or a
+Parquet/CSV manifest with a ``uri`` column. Listing runs inside a Ray read task that yields
+blocks of at most ``LIST_BLOCK_ROWS`` rows as the store answers: the first images are read
+while the rest is still being listed. Every listed row carries a fingerprint from listing
+metadata alone (``operators.incremental`` skips unchanged sources with it before reading).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import posixpath
 import random
+import re
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -26,11 +28,15 @@ from fsspec.core import url_to_fs
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from schemas.archive import STATUS_FAILED, STATUS_UNCHANGED
+from schemas.archive import STATUS_FAILED, STATUS_SHARD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm")
 LIST_BLOCK_ROWS = 1000
 MANIFEST_SUFFIXES = (".parquet", ".csv")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+SHARD_BLOCK_ROWS = 16  # members per block while a shard streams: memory per shard stays constant
+# A manifest's own fingerprint: a "fingerprint" column, else built from these (ETag or mtime, and size)
+MANIFEST_FINGERPRINT_COLUMNS = ("etag", "mtime")
 
 # Listing rows: one per asset (or per shard, for WebDataset sources, expanded later).
 LISTING_SCHEMA = pa.schema(
@@ -39,7 +45,8 @@ LISTING_SCHEMA = pa.schema(
         ("source_uri", pa.string()),
         ("source_fingerprint", pa.string()),
         ("caption", pa.string()),
-        ("status", pa.string()),  # null: to do; "unchanged"; "failed"
+        ("caption_source", pa.string()),  # where a caption the source had came from (manifest, webdataset)
+        ("status", pa.string()),  # null: to do; "unchanged"; "still_failed"; "failed"; "shard" (a marker)
         ("error", pa.string()),
     ]
 )
@@ -58,7 +65,7 @@ class Source:
         path = url.split("?")[0].rstrip("/")
         if path.lower().endswith(MANIFEST_SUFFIXES):
             kind = "manifest"
-        elif path.lower().endswith(".tar") or path.lower().endswith(".tar}"):
+        elif path.lower().rstrip("}").endswith(SHARD_SUFFIXES):
             kind = "webdataset"
         else:
             kind = "files"
@@ -97,45 +104,79 @@ def _rows(entries: list[tuple[str, str, str]]) -> pa.Table:
     n = len(entries)
     return pa.table(
         {"key": [e[0] for e in entries], "source_uri": [e[1] for e in entries],
-         "source_fingerprint": [e[2] for e in entries], "caption": [None] * n, "status": [None] * n,
-         "error": [None] * n},
+         "source_fingerprint": [e[2] for e in entries], "caption": [None] * n, "caption_source": [None] * n,
+         "status": [None] * n, "error": [None] * n},
         schema=LISTING_SCHEMA,
     )  # fmt: skip
 
 
-def _walk_files(source: Source, root: str, tops: list[str]) -> Iterator[pa.Table]:
-    """Walk some top-level entries of ``root`` and yield listing blocks as they fill."""
+def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None = None) -> Iterator[tuple[str, dict]]:
+    """Every file under ``path`` with its listing metadata, as the store hands them out.
+
+    On S3 the prefix is listed page by page without a delimiter (s3fs's ``_iterdir``: 1,000
+    keys a request), so a flat prefix of a million objects yields its first file after one
+    request, not after a million; fsspec's ``walk``/``find``/``glob`` list a whole folder (or
+    the whole prefix) before returning. Elsewhere (local, GCS) folder by folder (``fs.walk``)."""
+    iterdir = getattr(fs, "_iterdir", None)
+    if iterdir is not None and maxdepth is None and hasattr(fs, "split_path"):
+        from fsspec.asyn import sync
+
+        bucket, key, _ = fs.split_path(path)
+        pages = iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/" if key else "")
+        while page := _retry(lambda: sync(fs.loop, _take, pages, LIST_BLOCK_ROWS)):
+            for info in page:
+                if info.get("type") == "file":
+                    yield info["name"], info
+        return
+    for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True):
+        for name, meta in sorted(files.items()):
+            yield posixpath.join(d, name), meta
+
+
+async def _take(pages: Any, n: int) -> list[dict]:
+    """Up to ``n`` more entries of an async listing (the next call goes on where this one stopped)."""
+    out: list[dict] = []
+    async for info in pages:
+        out.append(info)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _list_files(source: Source, root: str, found: Iterator[tuple[str, dict]]) -> Iterator[pa.Table]:
+    """Listing blocks of the images among ``found``, keyed relative to ``root``, as they come."""
     fs, _ = source.filesystem()
     batch: list[tuple[str, str, str]] = []
-    for top in tops:
-        info = _retry(lambda: fs.info(top))
-        if info["type"] == "directory":
-            walked = (
-                (posixpath.join(d, name), meta)
-                for d, _, files in fs.walk(top, detail=True)
-                for name, meta in sorted(files.items())
-            )
-        else:
-            walked = iter([(top, info)])
-        for path, meta in walked:
-            if not _is_image(path):
-                continue
-            key = posixpath.relpath(path, root) if root else posixpath.basename(path)
-            batch.append((key, _full_uri(fs, path), fingerprint(meta)))
-            if len(batch) >= LIST_BLOCK_ROWS:
-                yield _rows(batch)
-                batch = []
+    for path, meta in found:
+        if not _is_image(path):
+            continue
+        batch.append((posixpath.relpath(path, root) if root else posixpath.basename(path), _full_uri(fs, path), fingerprint(meta)))
+        if len(batch) >= LIST_BLOCK_ROWS:
+            yield _rows(batch)
+            batch = []
     if batch:
         yield _rows(batch)
 
 
 def _glob_files(source: Source, pattern: str) -> Iterator[pa.Table]:
+    """A glob's matches, streamed: the folder above its first wildcard is walked (as deep as the
+    pattern reaches; any depth for ``**``) and each file matched with fsspec's glob rules."""
+    from fsspec.utils import glob_translate
+
     fs, _ = source.filesystem()
-    root = pattern.split("*")[0].rsplit("/", 1)[0]
-    found = sorted(_retry(lambda: fs.glob(pattern, detail=True)).items())
-    entries = [(posixpath.relpath(p, root), _full_uri(fs, p), fingerprint(m)) for p, m in found if _is_image(p)]
-    for i in range(0, len(entries), LIST_BLOCK_ROWS):
-        yield _rows(entries[i : i + LIST_BLOCK_ROWS])
+    root = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+    depth = None if "**" in pattern else pattern[len(root) :].strip("/").count("/") + 1
+    match = re.compile(glob_translate(pattern)).match
+    yield from _list_files(source, root, ((p, m) for p, m in _stream_files(fs, root, depth) if match(p)))
+
+
+def shard_name(path: str) -> str:
+    """A shard's key: its file name without the suffix, then "/" (its members are keyed under it)."""
+    name = posixpath.basename(path)
+    for suffix in SHARD_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] + "/"
+    return name + "/"
 
 
 def _shards(source: Source) -> Iterator[pa.Table]:
@@ -146,40 +187,71 @@ def _shards(source: Source) -> Iterator[pa.Table]:
         for p in paths:
             try:
                 meta = _retry(lambda: sfs.info(p))
-                entries.append((posixpath.basename(p)[: -len(".tar")], _full_uri(sfs, p), fingerprint(meta), None))
+                entries.append((shard_name(p), _full_uri(sfs, p), fingerprint(meta), None))
             except FileNotFoundError:
-                entries.append((posixpath.basename(p), _full_uri(sfs, p), None, f"shard not found: {url}"))
+                entries.append((shard_name(p), _full_uri(sfs, p), None, f"shard not found: {url}"))
     table = _rows([e[:3] for e in entries])
     errors = pa.array([e[3] for e in entries], pa.string())
     status = pa.array([STATUS_FAILED if e[3] else None for e in entries], pa.string())
-    yield table.set_column(4, "status", status).set_column(5, "error", errors)
+    yield _with(table, status=status, error=errors)
 
 
-def read_manifest(source: Source) -> pa.Table:
-    """A manifest's rows as listing rows: ``uri`` (required), optional ``key`` and ``caption``."""
+def read_manifest(source: Source) -> Iterator[pa.Table]:
+    """A manifest's rows as listing rows, streamed in blocks: ``uri`` (required), optional ``key``,
+    ``caption`` and the source's fingerprint (a ``fingerprint`` column, else ``size`` with ``etag``
+    or ``mtime``; else the job asks the store, :func:`stat_sources`)."""
     fs, path = source.filesystem()
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".csv"):
             from pyarrow import csv
 
+            names = csv.open_csv(f).schema.names
+            f.seek(0)
             # every column as text, empty cells as null (a missing caption is not "")
-            table = csv.read_csv(f, convert_options=csv.ConvertOptions(strings_can_be_null=True))
-            table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+            convert = csv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
+            batches: Iterator[pa.RecordBatch] = csv.open_csv(f, convert_options=convert)
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(f)
-    if "uri" not in table.column_names:
-        raise ValueError(f"{source.url}: a manifest needs a 'uri' column (has: {', '.join(table.column_names)})")
+            pf = pq.ParquetFile(f)
+            names, batches = pf.schema_arrow.names, pf.iter_batches(batch_size=LIST_BLOCK_ROWS)
+        if "uri" not in names:
+            raise ValueError(f"{source.url}: a manifest needs a 'uri' column (has: {', '.join(names)})")
+        for batch in batches:
+            yield _manifest_rows(pa.Table.from_batches([batch]))
+
+
+def _manifest_rows(table: pa.Table) -> pa.Table:
+    def text(name: str) -> list:
+        return table.column(name).cast(pa.string()).to_pylist() if name in table.column_names else [None] * table.num_rows
+
     uris = [str(u) for u in table.column("uri").to_pylist()]
-    keys = table.column("key").to_pylist() if "key" in table.column_names else [_manifest_key(u) for u in uris]
-    captions = table.column("caption").cast(pa.string()).to_pylist() if "caption" in table.column_names else [None] * len(uris)
+    keys = [str(k) if k is not None else _manifest_key(u) for k, u in zip(text("key"), uris)]
+    captions = text("caption")
+    tags = [e or m for e, m in zip(*(text(c) for c in MANIFEST_FINGERPRINT_COLUMNS))]
+    fps = [f if f is not None else (f"{s}:{t}" if s is not None and t is not None else None)
+           for f, s, t in zip(text("fingerprint"), text("size"), tags)]  # fmt: skip
     n = len(uris)
     return pa.table(
-        {"key": [str(k) for k in keys], "source_uri": uris, "source_fingerprint": [None] * n, "caption": captions,
-         "status": [None] * n, "error": [None] * n},
+        {"key": keys, "source_uri": uris, "source_fingerprint": fps, "caption": captions,
+         "caption_source": ["manifest" if c else None for c in captions], "status": [None] * n, "error": [None] * n},
         schema=LISTING_SCHEMA,
     )  # fmt: skip
+
+
+def stat_sources(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
+    """Fill a pending row's missing fingerprint from the store's metadata (a HEAD request, not a
+    read), so that an unchanged manifest asset is skipped before its bytes are read. A row the
+    store cannot describe keeps a null fingerprint; reading it reports why."""
+    fps = batch.column("source_fingerprint").to_pylist()
+    for i, row in enumerate(batch.select(["source_uri", "status"]).to_pylist()):
+        if fps[i] is None and row["status"] is None:
+            try:
+                fs, path = url_to_fs(row["source_uri"], **storage_options)
+                fps[i] = fingerprint(_retry(lambda: fs.info(path)))
+            except Exception:  # noqa: BLE001 - the read that follows reports the reason
+                pass
+    return _with(batch, source_fingerprint=fps)
 
 
 def _manifest_key(uri: str) -> str:
@@ -188,21 +260,22 @@ def _manifest_key(uri: str) -> str:
     return path.lstrip("/")
 
 
-def list_tasks(source: Source, parallelism: int) -> list[Callable[[], Iterator[pa.Table]]]:
-    """Functions that each list a part of the source (what Ray read tasks run)."""
+def list_tasks(source: Source) -> list[Callable[[], Iterator[pa.Table]]]:
+    """The functions that list the source (what Ray read tasks run): one, streaming. Listing is
+    thousands of entries a second against an encoder's few images a second, so one task keeps
+    up, and it yields its first block after the store's first page."""
     if source.kind == "webdataset":
         return [lambda: _shards(source)]
     if source.kind == "manifest":
-        return [lambda: iter([read_manifest(source)])]
+        return [lambda: read_manifest(source)]
     fs, path = source.filesystem()
     if any(c in path for c in "*?["):
         return [lambda: _glob_files(source, path)]
     source.check()
-    if _retry(lambda: fs.isfile(path)):
-        return [lambda: _walk_files(source, posixpath.dirname(path), [path])]
-    tops = sorted(e["name"] for e in _retry(lambda: fs.ls(path, detail=True)))
-    groups = [tops[i :: max(1, parallelism)] for i in range(min(len(tops), max(1, parallelism)))]
-    return [lambda g=g: _walk_files(source, path, g) for g in groups if g]
+    info = _retry(lambda: fs.info(path))
+    if info["type"] != "directory":
+        return [lambda: _list_files(source, posixpath.dirname(path), iter([(path, info)]))]
+    return [lambda: _list_files(source, path, _stream_files(fs, path))]
 
 
 # ----- bytes -------------------------------------------------------------------------------
@@ -265,64 +338,82 @@ def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
                  source_sha256=digests, seconds_read=pa.array(seconds, pa.float64()))  # fmt: skip
 
 
-def expand_shards(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
-    """WebDataset shard rows -> one row per image member (key ``<shard>/<member>``), with bytes.
+def expand_shards(batch: pa.Table, storage_options: dict[str, Any]) -> Iterator[pa.Table]:
+    """WebDataset shard rows -> one row per image member (key ``<shard>/<member>``), with bytes,
+    in blocks of ``SHARD_BLOCK_ROWS`` as the shard streams (webdataset's tar iterator, ``.tar``
+    or gzipped): memory per shard stays constant. A sample's caption is its ``.txt`` member, or
+    the ``caption`` (else ``text``) of its ``.json`` one.
 
-    A shard that cannot be read becomes one failed row; a shard cut short keeps the members
-    before the damage and adds one failed row for the rest.
+    A shard read to its end adds its marker row (status ``shard``, ``operators.incremental``);
+    one that cannot be opened becomes one failed row; one cut short keeps the members before the
+    damage and adds a failed row of its own for the rest.
     """
-    out: list[dict] = []
     for row in batch.to_pylist():
-        shard = row["key"]
         if row["status"] is not None:
-            out.append({**row, "data": None})
-            continue
-        t0 = time.perf_counter()
-        try:
-            with fsspec.open(row["source_uri"], "rb", **storage_options) as f:
-                blob = f.read()
-        except Exception as e:  # noqa: BLE001
-            out.append({**row, "status": STATUS_FAILED, "error": io_reason(e), "data": None})
-            continue
-        seconds = time.perf_counter() - t0
-        try:
-            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
-                for member in tar:
-                    if not member.isfile() or not _is_image(member.name):
+            yield _member_table([row])
+        else:
+            yield from _stream_shard(row, storage_options)
+
+
+def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Table]:
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    shard, uri, block = row["key"], row["source_uri"], []
+    t0 = time.perf_counter()
+    try:
+        f = _retry(lambda: fsspec.open(uri, "rb", **storage_options).open())
+    except Exception as e:  # noqa: BLE001
+        yield _member_table([{**row, "status": STATUS_FAILED, "error": io_reason(e)}])
+        return
+    try:
+        with f:
+            # lcase=False: member names stay as written (they are the assets' keys)
+            for sample in group_by_keys(tar_file_expander([{"url": uri, "stream": f}]), lcase=False):
+                caption = _sample_caption(sample)
+                for ext, payload in sample.items():
+                    name = f"{sample['__key__']}.{ext}"
+                    if ext.startswith("__") or not _is_image(name):
                         continue
-                    payload = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    out.append({"key": f"{shard}/{member.name}", "source_uri": f"{row['source_uri']}#{member.name}",
-                                "source_fingerprint": row["source_fingerprint"], "caption": None, "status": None,
-                                "error": None, "data": payload, "seconds_read": seconds})  # fmt: skip
-        except (tarfile.TarError, EOFError, OSError) as e:
-            out.append({**row, "key": f"{shard}/", "status": STATUS_FAILED, "data": None,
-                        "error": f"truncated or damaged shard: {e}".split("\n")[0]})  # fmt: skip
-    table = pa.Table.from_pylist(
-        [{k: r.get(k) for k in [*LISTING_SCHEMA.names, "data", "seconds_read"]} for r in out],
-        schema=LISTING_SCHEMA.append(pa.field("data", pa.large_binary())).append(pa.field("seconds_read", pa.float64())),
-    )
+                    block.append({"key": shard + name, "source_uri": f"{uri}#{name}",
+                                  "source_fingerprint": row["source_fingerprint"], "caption": caption,
+                                  "caption_source": "webdataset" if caption else None, "data": payload,
+                                  "seconds_read": time.perf_counter() - t0})  # fmt: skip
+                    t0 = time.perf_counter()
+                    if len(block) >= SHARD_BLOCK_ROWS:
+                        yield _member_table(block)
+                        block = []
+    except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:
+        # webdataset appends the stream and URL to the exception's arguments: the first says why
+        reason = str(e.args[0] if e.args else "").split(" @ ")[0].split("\n")[0]
+        block.append({**row, "status": STATUS_FAILED, "error": f"truncated or damaged shard: {type(e).__name__}: {reason}"})
+    else:
+        block.append({**row, "status": STATUS_SHARD})
+    yield _member_table(block)
+
+
+def _sample_caption(sample: dict) -> str | None:
+    """A sample's caption: its ``.txt`` member, else its ``.json`` member's caption or text."""
+    text = None
+    if isinstance(sample.get("txt"), bytes):
+        text = sample["txt"].decode("utf-8", "replace")
+    elif isinstance(sample.get("json"), bytes):
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict):
+            text = meta.get("caption") or meta.get("text")
+    return text.strip() or None if isinstance(text, str) else None
+
+
+MEMBER_SCHEMA = LISTING_SCHEMA.append(pa.field("data", pa.large_binary())).append(pa.field("seconds_read", pa.float64()))
+
+
+def _member_table(rows: list[dict]) -> pa.Table:
+    table = pa.Table.from_pylist([{k: r.get(k) for k in MEMBER_SCHEMA.names} for r in rows], schema=MEMBER_SCHEMA)
     blobs = table.column("data").to_pylist()
     return _with(table, source_size=pa.array([None if b is None else len(b) for b in blobs], pa.int64()),
                  source_sha256=[None if b is None else hashlib.sha256(b).hexdigest() for b in blobs])  # fmt: skip
-
-
-def mark_unchanged(batch: pa.Table, archived: pa.Table, by: str) -> pa.Table:
-    """Set ``status`` to unchanged where the archive already holds this key from the same source
-    (compared ``by`` the listing fingerprint, before reading, or by content sha256, after)."""
-    import pyarrow.compute as pc
-
-    if archived.num_rows == 0 or batch.num_rows == 0:
-        return batch
-    idx = pc.index_in(batch.column("key"), value_set=archived.column("key"))
-    theirs = pc.take(archived.column(by), idx)
-    same = pc.and_(pc.is_valid(idx), pc.fill_null(pc.equal(theirs, batch.column(by)), False))
-    pending = pc.is_null(batch.column("status"))
-    status = pc.if_else(pc.and_(same, pending), pa.scalar(STATUS_UNCHANGED), batch.column("status"))
-    out = batch.set_column(batch.column_names.index("status"), "status", status)
-    if "data" in out.column_names:  # unchanged bytes go no further
-        data = pc.if_else(pc.and_(same, pending), pa.scalar(None, pa.large_binary()), out.column("data"))
-        out = out.set_column(out.column_names.index("data"), "data", data)
-    return out
 
 
 def _with(table: pa.Table, **columns: Any) -> pa.Table:
@@ -349,5 +440,5 @@ class ListingDatasource(Datasource):
         return [
             ReadTask(fn, BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None),
                      schema=LISTING_SCHEMA, per_task_row_limit=per_task_row_limit)  # fmt: skip
-            for fn in list_tasks(self.source, parallelism)
+            for fn in list_tasks(self.source)
         ]

@@ -192,7 +192,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, gpus_per_worker=args.gpus_per_worker,
                 storage_options=_storage_options(args), rows_per_file=args.rows_per_file, max_pixels=args.max_pixels,
                 captions=captions, caption_workers=args.caption_workers, caption_gpus_per_worker=args.caption_gpus_per_worker,
-                device=args.device, max_failure_rate=args.max_failure_rate, break_lease=args.break_lease, progress=bar,
+                device=args.device, max_failure_rate=args.max_failure_rate, break_lease=args.break_lease, retry_failed=args.retry_failed, progress=bar,
             )  # fmt: skip
         finally:
             bar.close()
@@ -200,7 +200,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(json.dumps(summary), file=args.results)
     else:
         print(format_table(summary) + (f"\nRay's logs: {log}" if log else ""))
-    nothing_read = summary["written"] + summary["unchanged"] == 0 and summary["failed"] > 0
+    nothing_read = summary["written"] + summary["unchanged"] == 0 and summary["failed"] + summary["still_failed"] > 0
     return 1 if summary["aborted"] or nothing_read or (args.fail_on_error and summary["failed"]) else 0
 
 
@@ -241,6 +241,19 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print(f"indexed {r['keys']} keys from {r['rows']} rows in {r['data_files']} data files")
         for q in r["quarantined"]:
             print(f"QUARANTINED {q['file']}: {q['reason']}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from pipelines.compact import compact
+
+    r = compact(args.archive, _storage_options(args), rows_per_file=args.rows_per_file, break_lease=args.break_lease)
+    if args.json:
+        print(json.dumps(r), file=args.results)
+    else:
+        done = {"finished": "; finished an interrupted compaction", "undone": "; undid an interrupted compaction"}
+        print(f"data files {r['files_before']} -> {r['files_after']}, {r['rows_copied']} rows copied"
+              + done.get(r["recovered"] or "", ""))  # fmt: skip
     return 0
 
 
@@ -386,10 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--break-lease", action="store_true",
                    help="take the archive's writer lease from the job that holds it (only when that job is known "
                         "to be dead; an expired lease is taken without this)")  # fmt: skip
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry assets that failed before although their source has not changed since (by default "
+                        "they are counted as 'still failed' and neither read nor recorded again)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     s = p.add_argument_group("semantic residual text")
     s.add_argument("--captioner", choices=["none", "known", "transformers", "openai"], default="none",
-                   help="none: no text; known: captions the source has (manifest column, XMP, EXIF); "
+                   help="none: no text; known: captions the source has (manifest column, a WebDataset sample's "
+                        ".txt or .json member, XMP, EXIF); "
                         "transformers: a local vision-language model; openai: a chat-completions endpoint")
     s.add_argument("--caption-model", help="transformers: local path or hub id; openai: model name")
     s.add_argument("--caption-endpoint", help="openai: base URL, e.g. http://127.0.0.1:8000/v1")
@@ -428,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_storage_args(p)
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("compact", help="rewrite small and superseded data files into full ones (crash-safe)")
+    p.add_argument("archive")
+    p.add_argument("--rows-per-file", type=int, default=4096, help="rows per compacted file (default 4096)")
+    p.add_argument("--break-lease", action="store_true", help="take the writer lease from a job known to be dead")
+    p.add_argument("--json", action="store_true")
+    _add_storage_args(p)
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("ls", help="list an archive's assets")
     p.add_argument("archive")

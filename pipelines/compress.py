@@ -1,10 +1,10 @@
 """The compress pipeline: a source of photos -> a Parquet archive of verified bitstreams.
 
-Read top to bottom, it is one chain: list -> skip unchanged (listing fingerprint) -> read
-bytes (or expand WebDataset shards) -> skip unchanged (content hash) -> decode -> encode and
-verify (actor pool) -> [caption original and reconstruction (actor pool)] -> [residual text
-into the stream] -> commit to the archive. Every listed asset reaches the sink exactly once,
-as written, unchanged or failed.
+Read top to bottom, it is one chain: list -> skip unchanged or still-failing sources (listing
+fingerprint; whole WebDataset shards) -> read bytes (or stream shards) -> skip again (content
+hash) -> decode -> encode and verify (actor pool) -> [caption original and reconstruction
+(actor pool)] -> [residual text into the stream] -> commit to the archive. Every listed asset
+reaches the sink exactly once, as written, unchanged, still failed or failed.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
 from operators.failures import MAX_FAILURE_RATE, FailureMonitor, check_failures, count_listed, stop_reason
+from operators.incremental import known_shards, known_sources, mark_unchanged, skip_known_shards
 from operators.lease import ArchiveLease
 from operators.residual import attach_residual
-from operators.sink import ArchiveDatasink
-from operators.sources import ListingDatasource, Source, expand_shards, fetch, mark_unchanged
+from operators.sink import ArchiveDatasink, finalise_rows
+from operators.sources import ListingDatasource, Source, expand_shards, fetch, stat_sources
+from pipelines.compact import recover
 from pipelines.ray_runtime import PoolPlan, ensure_ray, gpus_for, plan_pool, worker_env
-from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
+from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_WRITTEN
 
 
 def _versions() -> dict[str, str]:
@@ -70,6 +72,7 @@ def compress(
     device: str = "auto",
     max_failure_rate: float = MAX_FAILURE_RATE,
     break_lease: bool = False,
+    retry_failed: bool = False,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run one job with the encoder's choices ``settings``; returns its summary (also written to
@@ -77,7 +80,8 @@ def compress(
     a GPU when Ray gives the actor one). The job stops early (summary ``aborted`` set) on a
     systemic error or when failures pass ``max_failure_rate`` (``operators.failures``). The job
     holds the archive's writer lease (``operators.lease``) from before it cleans staging to its
-    summary; ``break_lease`` takes it from a live holder known to be dead. ``progress`` is called
+    summary; ``break_lease`` takes it from a live holder known to be dead. A source that failed
+    before and has not changed is not retried unless ``retry_failed``. ``progress`` is called
     about twice a second with the running counts (``FailureMonitor.state``)."""
     if not 0 <= max_failure_rate <= 1:
         raise UsageError(f"--max-failure-rate must lie in [0, 1], not {max_failure_rate}")
@@ -103,15 +107,16 @@ def compress(
     lease = ArchiveLease(arc, job_id, on_lost=lambda why: ray.get(monitor.stop.remote(why)))
     lease.acquire(force=break_lease)
     try:
+        recover(arc)  # a compaction killed half-way is finished or undone before anything is indexed
         arc.clean_staging()
         index = arc.refresh_index()
-        archived = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN)).select(
-            ["key", "source_fingerprint", "source_sha256"]
-        )
+        known = known_sources(index, retry_failed)
+        shards = known_shards(index, retry_failed) if src.kind == "webdataset" else None
+        del index
         captions = captions or CaptionConfig()
         two_pools = captions.captions_reconstructions
         plan = plan_pool(workers, gpus_for(device, gpus_per_worker), share=0.5 if two_pools else 1.0)
-        ds = build_pipeline(src, archived, preset, settings, plan, device, captions, monitor, batch_size=batch_size,
+        ds = build_pipeline(src, known, shards, preset, settings, plan, device, captions, monitor, batch_size=batch_size,
                             max_pixels=max_pixels, caption_workers=caption_workers,
                             caption_gpus_per_worker=caption_gpus_per_worker)  # fmt: skip
         sink = ArchiveDatasink(archive, src.storage_options, job_id, min_rows=rows_per_file)
@@ -130,6 +135,8 @@ def compress(
             # such as pytest's capture, keeps them alive regardless: see pyproject's addopts.)
             del ds
             gc.collect()
+        if not aborted:
+            commit_shard_markers(arc, sink, job_id)
         index = arc.refresh_index()
         summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
         if aborted:
@@ -166,19 +173,22 @@ class ProgressReporter:
         self.callback(ray.get(self.monitor.state.remote()))
 
 
-def build_pipeline(src: Source, archived: pa.Table, preset: str, settings: EncodeSettings, plan: PoolPlan, device: str,
+def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset: str, settings: EncodeSettings, plan: PoolPlan, device: str,
                    captions: CaptionConfig, monitor: Any, *, batch_size: int, max_pixels: int | None,
                    caption_workers: int | None, caption_gpus_per_worker: float | None) -> ray.data.Dataset:  # fmt: skip
     """The job as one chain: list, skip what is archived, fetch, decode, encode, caption, check."""
     so, two_pools = src.storage_options, captions.captions_reconstructions
     light = {"batch_format": "pyarrow", "num_cpus": 0.5}
     ds = ray.data.read_datasource(ListingDatasource(src), num_cpus=0.5)
-    ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_fingerprint"}, **light)
     if src.kind == "webdataset":
+        ds = ds.map_batches(skip_known_shards, fn_kwargs={"shards": shards}, **light)
         ds = ds.map_batches(expand_shards, fn_kwargs={"storage_options": so}, batch_size=1, **light)
     else:
+        if src.kind == "manifest":  # a manifest without fingerprints: the store's metadata, not the bytes
+            ds = ds.map_batches(stat_sources, fn_kwargs={"storage_options": so}, batch_size=64, **light)
+        ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_fingerprint"}, **light)
         ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=batch_size, **light)
-    ds = ds.map_batches(mark_unchanged, fn_kwargs={"archived": archived, "by": "source_sha256"}, **light)
+    ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_sha256"}, **light)
     ds = ds.map_batches(count_listed, fn_kwargs={"monitor": monitor}, **light)
     limit = {"max_pixels": max_pixels} if max_pixels else {}
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
@@ -219,11 +229,22 @@ def caption_env(captions: CaptionConfig) -> dict[str, str]:
     return env
 
 
+def commit_shard_markers(arc: Archive, sink: ArchiveDatasink, job_id: str) -> None:
+    """Commit the markers of the shards this job read to their end, once every write task is done
+    (then every member row they vouch for is committed): the next job skips those shards unread."""
+    markers = [m for t in (sink.result.write_returns if sink.result else []) for m in t["shards"]]
+    if markers:
+        table = pa.Table.from_pylist([{**m, "status": STATUS_SHARD} for m in markers],
+                                     schema=pa.schema([ASSET_SCHEMA.field(n) for n in ("key", "source_uri", "source_fingerprint", "status")]))  # fmt: skip
+        rows = finalise_rows(table, job_id, dt.datetime.now(dt.timezone.utc))
+        arc.write_data_file(rows, f"{job_id}-shards", {"job_id": job_id})
+
+
 def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,
               settings: EncodeSettings, wall: float) -> dict:  # fmt: skip
     tallies = sink.result.write_returns if sink.result else []
     total = {k: sum(t.get(k, 0) for t in tallies)
-             for k in ("written", "unchanged", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
+             for k in ("written", "unchanged", "still_failed", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
     failures = [f for t in tallies for f in t["failures"]]
     nodes: dict[str, int] = {}
     for t in tallies:
@@ -232,7 +253,8 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
     return {
         "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
         "rate": settings.rate, "target_bpp": settings.target_bpp,
-        "written": total["written"], "unchanged": total["unchanged"], "failed": total["failed"],
+        "written": total["written"], "unchanged": total["unchanged"], "still_failed": total["still_failed"],
+        "failed": total["failed"],
         "failures": sorted(failures, key=lambda f: f["source"]),
         "bytes_in": total["bytes_in"], "bytes_out": total["bytes_out"],
         "mean_bpp": total["bytes_out"] * 8 / total["pixels"] if total["pixels"] else None,
@@ -258,7 +280,8 @@ def aborted_counts(arc: Archive, index: pa.Table, job_id: str) -> dict:
 
 def format_table(summary: dict) -> str:
     rows = [
-        ("written", summary["written"]), ("unchanged", summary["unchanged"]), ("failed", summary["failed"]),
+        ("written", summary["written"]), ("unchanged", summary["unchanged"]),
+        ("still failed", summary.get("still_failed", 0)), ("failed", summary["failed"]),
         ("bytes in", summary["bytes_in"]), ("bytes out", summary["bytes_out"]),
         ("mean bpp", "-" if summary["mean_bpp"] is None else f"{summary['mean_bpp']:.5f}"),
         ("images/s", summary["images_per_second"]), ("wall s", summary["wall_seconds"]),

@@ -11,6 +11,7 @@ from typing import Any
 
 from operators.archive import Archive, new_job_id
 from operators.lease import ArchiveLease
+from pipelines.compact import recover
 
 
 def repair(archive: str, storage_options: dict[str, Any] | None = None, break_lease: bool = False) -> dict:
@@ -20,6 +21,7 @@ def repair(archive: str, storage_options: dict[str, Any] | None = None, break_le
     lease = ArchiveLease(arc, "repair-" + new_job_id())
     lease.acquire(force=break_lease)
     try:
+        recover(arc)  # a compaction killed half-way is finished or undone first
         return arc.repair()
     finally:
         lease.release()

@@ -18,10 +18,18 @@ STAGING_DIR = "_staging"  # files being written; never read, cleaned by the next
 INDEX_FILE = "_index/index.parquet"  # key -> (file, row group, row): derived, rebuilt from DATA_DIR
 JOBS_DIR = "_jobs"  # one summary JSON per job
 QUARANTINE_DIR = "_quarantine"  # data files that could not be read, each beside a JSON of why
+COMPACT_PLAN = "_compact/plan.json"  # a compaction under way: its input and output files (archive_v1.md §6)
+INDEXED_FILES_META = b"resulic.indexed_files"  # index metadata: every data file it has read, one per line
+COMPACT_PLAN = "_compact/plan.json"  # a compaction under way: its input and output files (archive_v1.md §6)
+INDEXED_FILES_META = b"resulic.indexed_files"  # index metadata: every data file it has read, one per line
 
 STATUS_WRITTEN = "written"
 STATUS_FAILED = "failed"
 STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never rewritten
+STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
+STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
+STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
+STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
 
 ROW_GROUP_ROWS = 32  # restoring one asset reads one row group: a few dozen bitstreams at most
 
@@ -72,8 +80,18 @@ INDEX_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("bpp", pa.float64()),
         pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # The key's newest row whatever its status (the row above is the newest written one when
+        # there is one): a failure newer than the archived asset, so that a job does not retry,
+        # and commit again, a source that failed and has not changed since.
+        pa.field("last_status", pa.string(), nullable=False),
+        pa.field("last_source_fingerprint", pa.string()),
+        pa.field("last_source_sha256", pa.string()),
+        pa.field("last_written_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
 
+LAST_COLUMNS = {"last_status": "status", "last_source_fingerprint": "source_fingerprint",
+                "last_source_sha256": "source_sha256", "last_written_at": "written_at"}  # fmt: skip
+
 # Columns the index is built from (read from data files without touching the bitstreams).
-INDEX_SOURCE_COLUMNS = [f.name for f in INDEX_SCHEMA if f.name not in ("file", "row_group", "row")]
+INDEX_SOURCE_COLUMNS = [f.name for f in INDEX_SCHEMA if f.name not in ("file", "row_group", "row", *LAST_COLUMNS)]

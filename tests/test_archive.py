@@ -17,10 +17,10 @@ from operators.sink import finalise_rows
 from schemas.archive import ASSET_SCHEMA, INDEX_SCHEMA, META_FILE, ROW_GROUP_ROWS, STAGING_DIR
 
 
-def _rows(keys: list[str], job: str, status: str | None = None, payload: int = 2000) -> pa.Table:
+def _rows(keys: list[str], job: str, status: str | None = None, payload: int = 2000, fp: str = "1:1") -> pa.Table:
     n = len(keys)
     table = pa.table({
-        "key": keys, "source_uri": [f"file:///src/{k}" for k in keys], "source_fingerprint": ["1:1"] * n,
+        "key": keys, "source_uri": [f"file:///src/{k}" for k in keys], "source_fingerprint": [fp] * n,
         "source_sha256": [f"sha-{k}-{job}" for k in keys], "width": pa.array([64] * n, pa.int32()),
         "height": pa.array([64] * n, pa.int32()),
         "bitstream": pa.array([None if status else os.urandom(payload) for _ in keys], pa.large_binary()),
@@ -76,10 +76,50 @@ def test_a_later_failure_does_not_hide_an_archived_asset(tmp_path):
 
 
 def test_latest_per_key_order():
-    t = pa.table({"key": ["b", "a", "a"], "status": ["written"] * 3, "file": ["f1", "f1", "f2"],
-                  "written_at": pa.array([1, 1, 2], pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    at = pa.array([1, 1, 2, 3], pa.timestamp("us", tz="UTC"))
+    t = pa.table({"key": ["b", "a", "a", "a"], "status": ["written", "written", "written", "failed"],
+                  "file": ["f1", "f1", "f2", "f3"], "written_at": at, "last_status": ["written", "written", "written", "failed"],
+                  "last_source_fingerprint": ["1", "1", "2", "3"], "last_source_sha256": [None] * 4,
+                  "last_written_at": at})  # fmt: skip
     out = latest_per_key(t).to_pylist()
     assert [(r["key"], r["file"]) for r in out] == [("a", "f2"), ("b", "f1")]
+    # the archived row is the newest written one; the newest row of all is a failure, remembered
+    assert [(r["last_status"], r["last_source_fingerprint"]) for r in out] == [("failed", "3"), ("written", "1")]
+
+
+def test_a_failure_newer_than_the_archived_asset_is_remembered(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1", fp="1:old"), "j1-0", {})
+    arc.write_data_file(_rows(["a"], "j2", status="failed", fp="2:new"), "j2-0", {})
+    (row,) = arc.refresh_index().to_pylist()
+    assert (row["status"], row["source_fingerprint"], row["file"]) == ("written", "1:old", "data/j1-0.parquet")
+    assert (row["last_status"], row["last_source_fingerprint"]) == ("failed", "2:new")
+    arc.write_data_file(_rows(["a"], "j3", fp="3:fixed"), "j3-0", {})
+    (row,) = arc.refresh_index().to_pylist()
+    assert (row["status"], row["last_status"], row["last_source_fingerprint"]) == ("written", "written", "3:fixed")
+
+
+def test_refresh_reads_only_files_it_has_not_read(tmp_path, monkeypatch):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    arc.write_data_file(_rows(["a", "b"], "j2"), "j2-0", {})  # supersedes every row of j1-0
+    arc.refresh_index()
+    read: list[str] = []
+    original = Archive._index_rows
+    monkeypatch.setattr(Archive, "_index_rows", lambda self, rel: read.append(rel) or original(self, rel))
+    arc.write_data_file(_rows(["c"], "j3"), "j3-0", {})
+    assert arc.refresh_index().column("key").to_pylist() == ["a", "b", "c"]
+    assert read == ["data/j3-0.parquet"]  # not j1-0, although no index row points at it
+    assert Archive(str(tmp_path)).refresh_index().num_rows == 3 and read == ["data/j3-0.parquet"]
+
+
+def test_an_index_of_an_older_layout_is_rebuilt(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    old = arc.refresh_index().drop_columns(["last_status", "last_written_at"])
+    pq.write_table(old, tmp_path / "_index" / "index.parquet")
+    assert arc.refresh_index().schema == INDEX_SCHEMA and arc.load_index().num_rows == 2
+    assert arc.lookup(["b"]).column("key").to_pylist() == ["b"]
 
 
 def test_refresh_without_write_leaves_storage_alone(tmp_path):

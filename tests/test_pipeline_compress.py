@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -83,15 +84,22 @@ def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
         assert not any(b"pickle" in k.lower() for k in (pf.schema_arrow.metadata or {}))
     assert (Path(arc) / "_jobs" / f"{s['job_id']}.json").exists()
 
-    # the same job again writes nothing; failures are tried again and reported again
+    # the same job again writes nothing: failed sources that did not change are not retried,
+    # and no row is committed again (an archive does not grow by its broken files every night)
     s2 = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200)
-    assert (s2["written"], s2["unchanged"], s2["failed"]) == (0, 4, 4)
-    assert s2["bytes_in"] == 0
+    assert (s2["written"], s2["unchanged"], s2["still_failed"], s2["failed"]) == (0, 4, 4, 0)
+    assert s2["bytes_in"] == 0 and s2["files"] == [] and a.data_files() == files
+    assert "still failed  4" in format_table(s2)
 
     # one file changed, one added: only those are written
     photo_folder(src, {"a.png": (80, 64), "new/e.png": (64, 64)})
     s3 = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200)
-    assert (s3["written"], s3["unchanged"], s3["failed"]) == (2, 3, 4)
+    assert (s3["written"], s3["unchanged"], s3["still_failed"], s3["failed"]) == (2, 3, 4, 0)
+    # a repaired source is retried because it changed; --retry-failed retries the rest
+    (src / "empty.png").write_bytes((src / "a.png").read_bytes())
+    s4 = compress(str(src), arc, settings=EncodeSettings(rate=2), batch_size=2, rows_per_file=3, max_pixels=200 * 200,
+                  retry_failed=True)  # fmt: skip
+    assert (s4["written"], s4["unchanged"], s4["still_failed"], s4["failed"]) == (1, 5, 0, 3)
     rows = _archived(arc)
     assert rows["a.png"]["width"] == 80 and "new/e.png" in rows
 
@@ -99,7 +107,7 @@ def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
     assert [r["key"] for r in listing] == sorted(rows)
     assert {"key", "source_uri", "status", "bpp"} <= set(listing[0])
     info = archive_info(arc)
-    assert info["written"] == 5 and info["failed"] == 4 and info["preset"] == "taef2" and info["jobs"] == 3
+    assert info["written"] == 6 and info["failed"] == 3 and info["preset"] == "taef2" and info["jobs"] == 4
 
 
 def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
@@ -138,8 +146,19 @@ def test_webdataset_shards(ray_local, tmp_path, monkeypatch):
     assert {codec.info(r["bitstream"])["diffusion"]["detail_gain"] for r in written} == {2.0}
     r = restore(arc, str(tmp_path / "out"), keys=["train-000/0002.png"])
     assert r["restored"] == 1 and Path(r["paths"][0]).name == "0002.png"
+    # the rerun reads neither shard: both were read to their end and have not changed (same size
+    # and mtime; their bytes are overwritten here to show that they are not read)
+    for shard in tmp_path.glob("train-*.tar"):
+        st = shard.stat()
+        shard.write_bytes(b"\0" * st.st_size)
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1))
-    assert (again["written"], again["unchanged"]) == (0, 3)
+    assert (again["written"], again["unchanged"], again["still_failed"], again["failed"]) == (0, 3, 1, 0)
+    assert again["bytes_in"] == 0
+    # a shard that changed is read again; its unchanged members are found by content
+    write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0005.png": png_bytes(photo(64, 96))})
+    third = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1))
+    assert (third["written"], third["unchanged"], third["still_failed"], third["failed"]) == (1, 3, 0, 0)
 
 
 def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):
@@ -201,3 +220,11 @@ def test_a_damaged_committed_file_is_quarantined_and_its_assets_encoded_again(ra
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
     assert r["keys"] == 2 and r["quarantined"] == []
+    # compact: the one-row files of each job into one, every asset kept
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "compact", str(arc), "--rows-per-file", "10", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    c = json.loads(res.stdout)
+    assert (c["files_before"], c["files_after"], c["rows_copied"]) == (2, 1, 2)
+    assert sorted(r["key"] for r in list_assets(str(arc))) == ["a.png", "b.png"]
+    assert compress(str(src), str(arc))["unchanged"] == 2

@@ -1,4 +1,5 @@
-"""Sources without Ray: parsing, listing in groups, manifests, WebDataset shards, fetch, retries."""
+"""Sources without Ray: parsing, streamed listing (local and a real S3 server), manifests and
+their fingerprints, WebDataset shards through the webdataset library, fetch, retries."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from operators.sources import (
     expand_shards,
     fetch,
     list_tasks,
-    mark_unchanged,
     read_manifest,
+    stat_sources,
 )
-from schemas.archive import STATUS_FAILED, STATUS_UNCHANGED
+from schemas.archive import STATUS_FAILED, STATUS_SHARD
 
 
-def _listing(source: Source, parallelism: int = 4) -> pa.Table:
-    return pa.concat_tables([t for fn in list_tasks(source, parallelism) for t in fn()])
+def _listing(source: Source) -> pa.Table:
+    return pa.concat_tables([t for fn in list_tasks(source) for t in fn()])
 
 
 @pytest.fixture
@@ -44,10 +45,8 @@ def test_parse_kinds():
     assert Source.parse("gs://b/list.CSV").kind == "manifest"
 
 
-def test_folder_listing_is_grouped_and_complete(folder):
+def test_folder_listing_is_complete(folder):
     src = Source.parse(str(folder))
-    tasks = list_tasks(src, parallelism=2)
-    assert len(tasks) == 2  # top-level entries are shared between the read tasks, not one task per file
     table = _listing(src)
     assert sorted(table.column("key").to_pylist()) == ["a.png", "sub/b.png", "sub/deep/c.jpg", "z/d.webp"]
     assert all(u.startswith("file://") for u in table.column("source_uri").to_pylist())
@@ -57,7 +56,7 @@ def test_folder_listing_is_grouped_and_complete(folder):
 
 def test_listing_blocks_are_bounded(folder, monkeypatch):
     monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 2)
-    blocks = [t for fn in list_tasks(Source.parse(str(folder)), 1) for t in fn()]
+    blocks = [t for fn in list_tasks(Source.parse(str(folder))) for t in fn()]
     assert [b.num_rows for b in blocks] == [2, 2]
 
 
@@ -70,7 +69,7 @@ def test_glob_and_single_file(folder):
 
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="source not found"):
-        list_tasks(Source.parse(str(tmp_path / "nope")), 2)
+        list_tasks(Source.parse(str(tmp_path / "nope")))
 
 
 def test_fingerprint_changes_with_content(folder):
@@ -92,15 +91,16 @@ def test_manifest(tmp_path, fmt):
         csv.write_csv(table, path)
     else:
         pq.write_table(table, path)
-    rows = read_manifest(Source.parse(str(path))).to_pylist()
+    rows = _listing(Source.parse(str(path))).to_pylist()
     assert [r["key"] for r in rows] == [f"{str(tmp_path).lstrip('/')}/x/a.png", "bucket/p/b.jpg"]
     assert rows[0]["caption"] == "a dog" and rows[1]["caption"] is None
+    assert [r["caption_source"] for r in rows] == ["manifest", None]
 
 
 def test_manifest_without_uri_column(tmp_path):
     pq.write_table(pa.table({"path": ["a.png"]}), tmp_path / "m.parquet")
     with pytest.raises(ValueError, match="needs a 'uri' column"):
-        read_manifest(Source.parse(str(tmp_path / "m.parquet")))
+        list(read_manifest(Source.parse(str(tmp_path / "m.parquet"))))
 
 
 def test_webdataset_shards(tmp_path):
@@ -111,15 +111,112 @@ def test_webdataset_shards(tmp_path):
     (tmp_path / "s-002.tar").write_bytes(full[:700])  # cut inside the member
     src = Source.parse(str(tmp_path / "s-{000..003}.tar"))
     listing = _listing(src)
-    assert listing.column("key").to_pylist() == ["s-000", "s-001", "s-002", "s-003.tar"]
+    assert listing.column("key").to_pylist() == ["s-000/", "s-001/", "s-002/", "s-003/"]
     assert listing.column("error").to_pylist()[3].startswith("shard not found")
-    rows = expand_shards(listing, {}).to_pylist()
+    rows = [r for t in expand_shards(listing, {}) for r in t.to_pylist()]
     ok = [r for r in rows if r["status"] is None]
     assert [r["key"] for r in ok] == ["s-000/0001.png", "s-000/0002.png", "s-001/0003.png"]
     assert ok[0]["source_uri"].endswith("s-000.tar#0001.png") and ok[0]["data"] == img
+    assert ok[0]["source_sha256"] and ok[0]["source_size"] == len(img)
+    # a shard read to its end leaves a marker; one cut short or missing, a failed row of its own
+    assert [r["key"] for r in rows if r["status"] == STATUS_SHARD] == ["s-000/", "s-001/"]
     bad = {r["key"]: r["error"] for r in rows if r["status"] == STATUS_FAILED}
     assert bad["s-002/"].startswith("truncated or damaged shard")
-    assert set(bad) == {"s-002/", "s-003.tar"}
+    assert set(bad) == {"s-002/", "s-003/"}
+
+
+def test_gzipped_shards_stream_in_bounded_blocks_with_their_captions(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    img = png_bytes(photo(16, 16))
+    members = {f"{i:04d}.png": img for i in range(5)}
+    members["0000.txt"] = b" a red kite over the dunes \n"
+    members["0001.json"] = json.dumps({"caption": "two herons"}).encode()
+    members = dict(sorted(members.items()))  # a sample's members are adjacent, as WebDataset writes them
+    write_shard(tmp_path / "plain.tar", members)
+    (tmp_path / "g.tar.gz").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    src = Source.parse(str(tmp_path / "g.tar.gz"))
+    assert src.kind == "webdataset" and Source.parse("s3://b/x-{0..3}.tgz").kind == "webdataset"
+    monkeypatch.setattr(sources, "SHARD_BLOCK_ROWS", 2)
+    blocks = list(expand_shards(_listing(src), {}))
+    assert [b.num_rows for b in blocks] == [2, 2, 2]  # 5 members and the marker, two at a time
+    rows = {r["key"]: r for b in blocks for r in b.to_pylist()}
+    assert sorted(rows) == ["g/", "g/0000.png", "g/0001.png", "g/0002.png", "g/0003.png", "g/0004.png"]
+    assert (rows["g/0000.png"]["caption"], rows["g/0000.png"]["caption_source"]) == ("a red kite over the dunes", "webdataset")
+    assert rows["g/0001.png"]["caption"] == "two herons" and rows["g/0002.png"]["caption"] is None
+    assert rows["g/"]["status"] == STATUS_SHARD and rows["g/0004.png"]["data"] == img
+    damaged = tmp_path / "cut.tar.gz"
+    whole = (tmp_path / "g.tar.gz").read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])
+    out = [r for b in expand_shards(_listing(Source.parse(str(damaged))), {}) for r in b.to_pylist()]
+    assert out[-1]["key"] == "cut/" and out[-1]["status"] == STATUS_FAILED
+    assert "truncated or damaged shard" in out[-1]["error"] and "<" not in out[-1]["error"]
+
+
+def test_manifest_fingerprints_without_reading_bytes(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"a" * 7)
+    table = pa.table({"uri": [f"file://{tmp_path}/a.png", f"file://{tmp_path}/b.png", f"file://{tmp_path}/c.png",
+                              f"file://{tmp_path}/gone.png"],
+                      "fingerprint": ["v1", None, None, None], "size": ["1", "5", None, None],
+                      "etag": [None, "abc", None, None]})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    rows = _listing(Source.parse(str(tmp_path / "m.parquet")))
+    assert rows.column("source_fingerprint").to_pylist() == ["v1", "5:abc", None, None]
+    (tmp_path / "c.png").write_bytes(b"c" * 3)
+    statted = stat_sources(rows, {}).column("source_fingerprint").to_pylist()
+    assert statted[:2] == ["v1", "5:abc"] and statted[2].startswith("3:") and statted[3] is None
+
+
+def test_a_large_manifest_is_listed_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 10)
+    pq.write_table(pa.table({"uri": [f"s3://b/{i}.png" for i in range(35)]}), tmp_path / "m.parquet", row_group_size=10)
+    from pyarrow import csv
+
+    csv.write_csv(pa.table({"uri": [f"s3://b/{i}.png" for i in range(35)], "key": [str(i) for i in range(35)]}),
+                  tmp_path / "m.csv")  # fmt: skip
+    blocks = [t for fn in list_tasks(Source.parse(str(tmp_path / "m.parquet"))) for t in fn()]
+    assert [b.num_rows for b in blocks] == [10, 10, 10, 5]
+    keys = [k for fn in list_tasks(Source.parse(str(tmp_path / "m.csv"))) for t in fn() for k in t.column("key").to_pylist()]
+    assert keys == [str(i) for i in range(35)]
+
+
+def test_glob_patterns_stream_any_depth(folder):
+    assert sorted(_listing(Source.parse(str(folder / "**" / "*.png"))).column("key").to_pylist()) == ["a.png", "sub/b.png"]
+    assert _listing(Source.parse(str(folder / "*" / "*.webp"))).column("key").to_pylist() == ["z/d.webp"]
+    assert _listing(Source.parse(str(folder / "*.png"))).column("key").to_pylist() == ["a.png"]
+
+
+def test_a_flat_s3_prefix_streams_page_by_page(s3_server, monkeypatch):
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    bucket = f"flat-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    for i in range(25):
+        fs.pipe(f"{bucket}/p/{i:03d}.png", b"x" * (i + 1))
+    fs.pipe(f"{bucket}/p/deep/z.jpg", b"z")
+    fs.pipe(f"{bucket}/other/no.png", b"n")
+    monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 10)
+    pages = []
+    original = sources._take
+
+    async def counting(p, n):
+        got = await original(p, n)
+        pages.append(len(got))
+        return got
+
+    monkeypatch.setattr(sources, "_take", counting)
+    (task,) = list_tasks(Source.parse(f"s3://{bucket}/p"))
+    blocks = task()
+    first = next(blocks)
+    assert first.num_rows == 10 and pages == [10]  # the first block after the first page, not the whole listing
+    rest = list(blocks)
+    keys = [k for b in [first, *rest] for k in b.column("key").to_pylist()]
+    assert keys == [f"{i:03d}.png" for i in range(25)] + ["deep/z.jpg"]
+    assert first.column("source_fingerprint").to_pylist()[0].startswith("1:")
 
 
 def test_fetch_reads_hashes_and_fails_per_row(folder):
@@ -152,12 +249,3 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
     with pytest.raises(FileNotFoundError):
         sources._retry(missing)
     assert len(calls) == 1  # permanent errors are not retried
-
-
-def test_mark_unchanged():
-    batch = pa.table({"key": ["a", "b", "c"], "source_fingerprint": ["1", "2", "3"], "status": [None, None, "failed"],
-                      "data": pa.array([b"a", b"b", None], pa.large_binary())})  # fmt: skip
-    archived = pa.table({"key": ["a", "b", "c"], "source_fingerprint": ["1", "9", "3"]})
-    out = mark_unchanged(batch, archived, "source_fingerprint").to_pylist()
-    assert [r["status"] for r in out] == [STATUS_UNCHANGED, None, "failed"]
-    assert out[0]["data"] is None and out[1]["data"] == b"b"

@@ -1,0 +1,120 @@
+"""What a rerun skips: sources archived, or failed, before and unchanged since.
+
+A job compares each listed source with the archive's index twice: by the listing's fingerprint
+(size plus ETag or mtime, or a manifest's column) before reading any bytes, and by the content's
+sha256 after reading (a copied or touched file whose bytes did not change). A key archived from
+the same source is ``unchanged``. A key whose newest row is a failure of the same source is
+``still_failed``: not retried and not committed again unless the job asks (``retry_failed``),
+so that a broken file in a nightly bucket costs one row, not one row a night.
+
+WebDataset shards are compared whole, by the shard's fingerprint: a shard read to its end
+leaves a marker row (status ``shard``, key ``<shard>/``), and an unchanged shard with a marker
+is not read again; its members are accounted for from the index.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
+
+SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED)
+
+
+def known_sources(index: pa.Table, retry_failed: bool = False) -> pa.Table:
+    """Per key, the source it is archived from (``source_fingerprint``, ``source_sha256``) and,
+    unless retrying, the source of a failure newer than that (``failed_source_*``): what
+    :func:`mark_unchanged` compares with. Keys with neither are left out."""
+    written = pc.equal(index.column("status"), STATUS_WRITTEN)
+    failed = pc.and_(pc.equal(index.column("last_status"), STATUS_FAILED), pa.scalar(not retry_failed))
+    null = pa.nulls(index.num_rows, pa.string())
+    table = pa.table({
+        "key": index.column("key"),
+        "source_fingerprint": pc.if_else(written, index.column("source_fingerprint"), null),
+        "source_sha256": pc.if_else(written, index.column("source_sha256"), null),
+        "failed_source_fingerprint": pc.if_else(failed, index.column("last_source_fingerprint"), null),
+        "failed_source_sha256": pc.if_else(failed, index.column("last_source_sha256"), null),
+    })  # fmt: skip
+    return table.filter(pc.or_(written, failed))
+
+
+def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
+    """Set ``status`` of pending rows to unchanged where the key is archived from the same source,
+    or to still_failed where its newest row failed on the same source, compared ``by`` the
+    listing fingerprint (before reading) or the content sha256 (after). Skipped rows drop their
+    bytes."""
+    if known.num_rows == 0 or batch.num_rows == 0:
+        return batch
+    idx = pc.index_in(batch.column("key"), value_set=known.column("key"))
+    ours = batch.column(by)
+
+    def same(column: str) -> pa.Array:
+        return pc.fill_null(pc.equal(pc.take(known.column(column), idx), ours), False)
+
+    pending = pc.is_null(batch.column("status"))
+    unchanged, again = pc.and_(pending, same(by)), pc.and_(pending, same(f"failed_{by}"))
+    status = pc.if_else(unchanged, pa.scalar(STATUS_UNCHANGED),
+                        pc.if_else(again, pa.scalar(STATUS_STILL_FAILED), batch.column("status")))  # fmt: skip
+    out = batch.set_column(batch.column_names.index("status"), "status", status)
+    if "data" in out.column_names:  # skipped bytes go no further
+        data = pc.if_else(pc.or_(unchanged, again), pa.scalar(None, pa.large_binary()), out.column("data"))
+        out = out.set_column(out.column_names.index("data"), "data", data)
+    return out
+
+
+def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
+    """The shards a job need not read, with what they hold: rows of ``shard`` (``<name>/``),
+    ``shard_fingerprint``, ``key``, ``source_uri`` and ``status``. A shard qualifies when its
+    newest marker or failure is its key's newest row; its members are the keys under it archived
+    (``unchanged``) or failed (``still_failed``) from that same shard fingerprint, and a shard
+    that failed (cut short) adds its own row as ``still_failed``. With ``retry_failed``, shards
+    with any failure are read again."""
+    keys = index.column("key")
+    own = pc.ends_with(keys, "/")
+    shard_rows = index.filter(pc.and_(own, pc.is_in(index.column("last_status"), pa.array([STATUS_SHARD, STATUS_FAILED]))))
+    shards = pa.table({"shard": shard_rows.column("key"), "shard_fingerprint": shard_rows.column("last_source_fingerprint"),
+                       "shard_status": shard_rows.column("last_status")})  # fmt: skip
+    members = index.filter(pc.and_(pc.invert(own), pc.match_substring(keys, "/")))
+    head = pc.list_element(pc.split_pattern(members.column("key"), "/", max_splits=1), 0)
+    members = members.append_column("shard", pc.binary_join_element_wise(head, "", "/"))
+    m = members.join(shards, "shard", join_type="inner")
+    archived = pc.and_(pc.equal(m.column("status"), STATUS_WRITTEN),
+                       pc.equal(m.column("source_fingerprint"), m.column("shard_fingerprint")))  # fmt: skip
+    failed = pc.and_(pc.equal(m.column("last_status"), STATUS_FAILED),
+                     pc.equal(m.column("last_source_fingerprint"), m.column("shard_fingerprint")))  # fmt: skip
+    archived, failed = pc.fill_null(archived, False), pc.fill_null(failed, False)
+    m = m.append_column("_status", pc.if_else(archived, pa.scalar(STATUS_UNCHANGED), pa.scalar(STATUS_STILL_FAILED)))
+    m = m.filter(pc.or_(archived, failed))
+    own_status = pc.if_else(pc.equal(shards.column("shard_status"), STATUS_FAILED), pa.scalar(STATUS_STILL_FAILED),
+                            pa.scalar(STATUS_SHARD))  # fmt: skip
+    out = pa.concat_tables([
+        pa.table({"shard": m.column("shard"), "shard_fingerprint": m.column("shard_fingerprint"), "key": m.column("key"),
+                  "source_uri": m.column("source_uri"), "status": m.column("_status")}),
+        pa.table({"shard": shards.column("shard"), "shard_fingerprint": shards.column("shard_fingerprint"),
+                  "key": shards.column("shard"), "source_uri": shard_rows.column("source_uri"), "status": own_status}),
+    ])  # fmt: skip
+    if retry_failed:
+        again = out.filter(pc.equal(out.column("status"), STATUS_STILL_FAILED)).column("shard")
+        out = out.filter(pc.invert(pc.is_in(out.column("shard"), value_set=again)))
+    return out.sort_by([("shard", "ascending"), ("key", "ascending")])
+
+
+def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:
+    """Replace each pending shard row whose shard is in ``shards`` (:func:`known_shards`) with the
+    same fingerprint by its members' rows, unchanged or still failed, without reading it."""
+    if shards.num_rows == 0 or batch.num_rows == 0:
+        return batch
+    ids = pc.binary_join_element_wise(shards.column("shard"), shards.column("shard_fingerprint"), "\x00")
+    ours = pc.binary_join_element_wise(batch.column("key"), batch.column("source_fingerprint"), "\x00")
+    skip = pc.and_(pc.is_null(batch.column("status")), pc.fill_null(pc.is_in(ours, value_set=ids), False))
+    if not pc.any(skip).as_py():
+        return batch
+    skipped = pc.is_in(ids, value_set=ours.filter(skip))
+    rows = shards.filter(pc.and_(skipped, pc.not_equal(shards.column("status"), STATUS_SHARD)))
+    n = rows.num_rows
+    members = pa.table({"key": rows.column("key"), "source_uri": rows.column("source_uri"),
+                        "source_fingerprint": rows.column("shard_fingerprint"), "caption": pa.nulls(n, pa.string()),
+                        "status": rows.column("status"), "error": pa.nulls(n, pa.string())})  # fmt: skip
+    return pa.concat_tables([batch.filter(pc.invert(skip)), members.cast(batch.select(members.column_names).schema)],
+                            promote_options="default")  # fmt: skip

@@ -1,0 +1,156 @@
+"""``resulic compact``: rewrite small and superseded data files into full ones, crash-safe.
+
+Nightly jobs leave many small files (one per write task) and rows superseded by later ones
+(a changed source, a retried failure). Compaction copies the rows that still count (per key,
+the archived row, and a failure newer than it, which keeps an unchanged broken source from
+being retried) out of every file that is small or holds superseded rows, into files of
+``rows_per_file`` rows, then removes the old files. Each step is recorded in a plan
+(``_compact/plan.json``) so that a compaction killed at any moment is finished or undone by
+the next writer (``recover``):
+
+1. the plan names the input files and the output files to come (not yet ``copied``);
+2. the outputs are committed into ``data/`` (each one whole, as any data file);
+3. the plan is marked ``copied``;
+4. the index is switched from the inputs to the outputs; the inputs are deleted;
+5. the plan is deleted.
+
+Killed before 3: the outputs (unindexed copies) are deleted and the inputs stay. Killed after 3:
+steps 4 and 5 are done again (both are idempotent). Either way every asset is kept exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from codec.usage import UsageError
+from operators.archive import Archive, new_job_id
+from operators.lease import ArchiveLease
+from schemas.archive import ASSET_SCHEMA, COMPACT_PLAN, STATUS_FAILED
+
+ROWS_PER_FILE = 4096
+
+
+def compact(archive: str, storage_options: dict[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE,
+            break_lease: bool = False) -> dict:  # fmt: skip
+    """Compact ``archive`` under its writer lease; returns the file counts before and after."""
+    if rows_per_file < 1:
+        raise UsageError(f"--rows-per-file must be at least 1, not {rows_per_file}")
+    arc = Archive(archive, storage_options)
+    arc.meta()
+    job_id = new_job_id()
+    lease = ArchiveLease(arc, "compact-" + job_id)
+    lease.acquire(force=break_lease)
+    try:
+        recovered = recover(arc)
+        arc.clean_staging()
+        index = arc.refresh_index()
+        before = arc.data_files()
+        live = pc.value_counts(index.column("file")).to_pylist()
+        full = {c["values"] for c in live if c["counts"] >= rows_per_file}
+        inputs = [f for f in before if f not in full]
+        if len(inputs) < 2 and not _has_dead_rows(arc, index, inputs):
+            return {"archive": archive, "files_before": len(before), "files_after": len(before), "rows_copied": 0,
+                    "recovered": recovered}  # fmt: skip
+        plan = {"job_id": job_id, "inputs": inputs, "outputs": [], "copied": False}
+        _put_plan(arc, plan)
+        copied = 0
+        for n, table in enumerate(_live_rows(arc, index, inputs, rows_per_file)):
+            rel = arc.write_data_file(table, f"{job_id}-compact-{n:05d}", {"job_id": job_id, "compacted": "true"})
+            plan["outputs"].append(rel)
+            _put_plan(arc, plan)  # a crash now leaves the outputs written so far listed, to be undone
+            copied += table.num_rows
+        plan["copied"] = True
+        _put_plan(arc, plan)
+        _finish(arc, plan)
+        return {"archive": archive, "files_before": len(before), "files_after": len(arc.data_files()),
+                "rows_copied": copied, "recovered": recovered}  # fmt: skip
+    finally:
+        lease.release()
+
+
+def recover(arc: Archive) -> str | None:
+    """Finish or undo a compaction that was killed (the lease holder calls this first)."""
+    try:
+        with arc.fs.open(arc.path(COMPACT_PLAN), "rb") as f:
+            plan = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    if plan["copied"]:
+        _finish(arc, plan)
+        return "finished"
+    for rel in plan["outputs"]:
+        if arc.fs.exists(arc.path(rel)):
+            arc.fs.rm(arc.path(rel))
+    _remove_outputs_from_index(arc, plan["outputs"])
+    arc.fs.rm(arc.path(COMPACT_PLAN))
+    return "undone"
+
+
+def _finish(arc: Archive, plan: dict) -> None:
+    arc.replace_files(plan["inputs"], plan["outputs"])
+    for rel in plan["inputs"]:
+        if arc.fs.exists(arc.path(rel)):
+            arc.fs.rm(arc.path(rel))
+    arc.fs.rm(arc.path(COMPACT_PLAN))
+
+
+def _remove_outputs_from_index(arc: Archive, outputs: list[str]) -> None:
+    """An undone compaction's outputs may have been indexed by a reader-writer in between: the
+    index is rebuilt when it names one (the inputs hold every row)."""
+    index = arc.load_index()
+    if outputs and pc.any(pc.is_in(index.column("file"), value_set=pa.array(outputs, pa.string()))).as_py():
+        arc.repair()
+
+
+def _put_plan(arc: Archive, plan: dict) -> None:
+    arc._put(COMPACT_PLAN, json.dumps(plan, indent=2).encode())
+
+
+def _has_dead_rows(arc: Archive, index: pa.Table, files: list[str]) -> bool:
+    """Whether any of ``files`` holds more rows than the index points at (superseded rows). A file
+    this compaction wrote holds only rows that counted (its newer failures are in no index row)."""
+    for rel in files:
+        with arc.fs.open(arc.path(rel), "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        if (meta.metadata or {}).get(b"compacted") == b"true":
+            continue
+        if meta.num_rows > (pc.sum(pc.equal(index.column("file"), rel)).as_py() or 0):
+            return True
+    return False
+
+
+def _live_rows(arc: Archive, index: pa.Table, inputs: list[str], rows_per_file: int):
+    """The rows of ``inputs`` that still count, in tables of ``rows_per_file`` rows: the index's
+    row of each key, and a failure newer than it (its ``last_*`` columns)."""
+    chosen = {(r["file"], r["row_group"], r["row"]) for r in
+              index.filter(pc.is_in(index.column("file"), value_set=pa.array(inputs, pa.string())))
+              .select(["file", "row_group", "row"]).to_pylist()}  # fmt: skip
+    newer_failure = index.filter(pc.and_(pc.equal(index.column("last_status"), STATUS_FAILED),
+                                         pc.not_equal(index.column("status"), STATUS_FAILED)))  # fmt: skip
+    failures = {(r["key"], r["last_written_at"]) for r in newer_failure.select(["key", "last_written_at"]).to_pylist()}
+    pending: list[pa.Table] = []
+    count = 0
+    for rel in inputs:
+        with arc.fs.open(arc.path(rel), "rb") as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                group = pf.read_row_group(g).select(ASSET_SCHEMA.names)
+                meta = group.select(["key", "status", "written_at"]).to_pylist()
+                keep = [(rel, g, i) in chosen or (m["status"] == STATUS_FAILED and (m["key"], m["written_at"]) in failures)
+                        for i, m in enumerate(meta)]  # fmt: skip
+                kept = group.filter(pa.array(keep, pa.bool_()))
+                if kept.num_rows:
+                    pending.append(kept)
+                    count += kept.num_rows
+                while count >= rows_per_file:
+                    table = pa.concat_tables(pending)
+                    yield table.slice(0, rows_per_file)
+                    rest = table.slice(rows_per_file)
+                    pending, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.concat_tables(pending)

@@ -1,0 +1,104 @@
+"""`resulic compact`: fewer files, every asset kept once, and a crash at any step finished or undone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+
+import pyarrow as pa
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from operators.archive import Archive
+from operators.sink import finalise_rows
+from pipelines.compact import compact
+from schemas.archive import COMPACT_PLAN
+
+
+def _rows(keys: list[str], job: str, status: str | None = None, fp: str = "1:1") -> pa.Table:
+    n = len(keys)
+    table = pa.table({
+        "key": keys, "source_uri": [f"file:///src/{k}" for k in keys], "source_fingerprint": [fp] * n,
+        "source_sha256": [f"sha-{k}-{job}" for k in keys], "width": pa.array([64] * n, pa.int32()),
+        "height": pa.array([64] * n, pa.int32()),
+        "bitstream": pa.array([None if status else os.urandom(50) for _ in keys], pa.large_binary()),
+        "bpp": [0.01] * n, "status": pa.array([status] * n, pa.string()), "error": [status and "not an image"] * n,
+    })  # fmt: skip
+    return finalise_rows(table, job, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=int(job[1:])))
+
+
+def _nightly_archive(root) -> Archive:
+    """Ten small files: changed sources supersede rows, a broken source fails after it was archived."""
+    arc = Archive(str(root))
+    arc.create({"preset": "taef2"})
+    for night in range(10):
+        keys = [f"n{night}-{i}" for i in range(3)] + ([f"n{night - 1}-0"] if night else [])
+        arc.write_data_file(_rows(keys, f"j{night}", fp=f"{night}:x"), f"j{night:02d}", {})
+    arc.write_data_file(_rows(["n3-1"], "j11", status="failed", fp="11:broken"), "j11", {})
+    arc.refresh_index()
+    return arc
+
+
+def _state(arc: Archive) -> dict:
+    """Every key's archived row (bitstream included) and its newest status and fingerprint."""
+    index = Archive(arc.url).refresh_index(write=False)
+    out = {}
+    for entry in index.to_pylist():
+        row = arc.read_asset(entry, columns=["key", "status", "bitstream", "source_fingerprint"])
+        out[entry["key"]] = (row["status"], row["bitstream"], row["source_fingerprint"], entry["last_status"],
+                             entry["last_source_fingerprint"])  # fmt: skip
+    return out
+
+
+def test_compact_cuts_files_and_keeps_every_asset_once(tmp_path):
+    arc = _nightly_archive(tmp_path / "a")
+    before, files = _state(arc), len(arc.data_files())
+    r = compact(arc.url, rows_per_file=16)
+    assert (r["files_before"], r["files_after"]) == (files, 2)  # 29 live rows (+1 newer failure) in files of 16
+    assert r["rows_copied"] == 31 and _state(arc) == before
+    assert before["n3-1"][0] == "written" and before["n3-1"][3:] == ("failed", "11:broken")  # the failure is kept
+    again = compact(arc.url, rows_per_file=16)
+    assert again["rows_copied"] == 0 and again["files_after"] == 2
+    assert not os.path.exists(arc.path(COMPACT_PLAN))
+
+
+class Crash(BaseException):
+    """A kill -9 at one step (BaseException: nothing in the code under test catches it)."""
+
+
+def _crash_at(monkeypatch, step: int) -> list[int]:
+    seen = [0]
+
+    def hit(*_):
+        seen[0] += 1
+        if seen[0] == step:
+            raise Crash(step)
+
+    put, rm = Archive._put, LocalFileSystem.rm
+    monkeypatch.setattr(Archive, "_put", lambda self, rel, data: (hit() if "_lease" not in rel else None, put(self, rel, data))[1])
+    monkeypatch.setattr(LocalFileSystem, "rm", lambda self, path, *a, **k: (hit() if "_lease" not in str(path) else None,
+                                                                           rm(self, path, *a, **k))[1])  # fmt: skip
+    return seen
+
+
+def test_a_compaction_killed_at_any_step_is_finished_or_undone(tmp_path, monkeypatch):
+    template = tmp_path / "template"
+    expected = _state(_nightly_archive(template))
+    with monkeypatch.context() as m:  # how many steps a whole compaction takes
+        seen = _crash_at(m, step=-1)
+        shutil.copytree(template, tmp_path / "count")
+        compact(str(tmp_path / "count"), rows_per_file=8)
+    steps = seen[0]
+    assert steps > 8
+    for step in range(1, steps + 1):
+        root = tmp_path / f"crash-{step}"
+        shutil.copytree(template, root)
+        with monkeypatch.context() as m:
+            _crash_at(m, step)
+            with pytest.raises(Crash):
+                compact(str(root), rows_per_file=8)
+        # the next writer (here: compact again, taking the dead job's lease) finishes or undoes it
+        r = compact(str(root), rows_per_file=8, break_lease=True)
+        assert _state(Archive(str(root))) == expected, f"crash at step {step} of {steps} ({r['recovered']})"
+        assert r["files_after"] == 4 and not os.path.exists(root / COMPACT_PLAN), step

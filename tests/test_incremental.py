@@ -1,0 +1,76 @@
+"""What a rerun skips: unchanged sources, sources that failed and did not change, whole shards."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from operators.archive import latest_per_key
+from operators.incremental import known_shards, known_sources, mark_unchanged, skip_known_shards
+from schemas.archive import INDEX_SCHEMA, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED
+
+
+def _index(rows: list[tuple]) -> pa.Table:
+    """Index rows from (key, status, fingerprint, sha256, time) of each committed row."""
+    at = [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=r[4]) for r in rows]
+    table = pa.table({
+        "key": [r[0] for r in rows], "file": [f"data/f{r[4]}.parquet" for r in rows],
+        "row_group": pa.array([0] * len(rows), pa.int32()), "row": pa.array([0] * len(rows), pa.int32()),
+        "source_uri": [f"file:///src/{r[0]}" for r in rows], "source_fingerprint": [r[2] for r in rows],
+        "source_sha256": [r[3] for r in rows], "status": [r[1] for r in rows], "bpp": [None] * len(rows),
+        "written_at": at, "last_status": [r[1] for r in rows], "last_source_fingerprint": [r[2] for r in rows],
+        "last_source_sha256": [r[3] for r in rows], "last_written_at": at,
+    })  # fmt: skip
+    return latest_per_key(table.cast(INDEX_SCHEMA))
+
+
+def _batch(rows: list[tuple]) -> pa.Table:
+    return pa.table({"key": [r[0] for r in rows], "source_fingerprint": [r[1] for r in rows],
+                     "source_sha256": [r[2] for r in rows], "status": pa.array([None] * len(rows), pa.string()),
+                     "data": pa.array([b"x"] * len(rows), pa.large_binary())})  # fmt: skip
+
+
+def test_unchanged_and_still_failed_by_fingerprint_then_by_content():
+    index = _index([
+        ("a", "written", "1", "sa", 0),
+        ("b", "failed", "2", None, 0),                              # failed to read
+        ("c", "written", "3", "sc", 0), ("c", "failed", "4", "sd", 1),  # archived, then broke
+        ("d", "failed", "5", "se", 0),
+    ])  # fmt: skip
+    batch = _batch([("a", "1", None), ("b", "2", None), ("c", "4", None), ("d", "9", "se"), ("e", "1", None)])
+    out = mark_unchanged(batch, known_sources(index), "source_fingerprint")
+    assert out.column("status").to_pylist() == [STATUS_UNCHANGED, STATUS_STILL_FAILED, STATUS_STILL_FAILED, None, None]
+    assert out.column("data").to_pylist() == [None, None, None, b"x", b"x"]  # skipped bytes go no further
+    # d's listing changed (a touch) but its bytes did not: the content hash finds the same failure
+    out = mark_unchanged(out, known_sources(index), "source_sha256")
+    assert out.column("status").to_pylist()[3] == STATUS_STILL_FAILED
+    # --retry-failed: only archived sources are skipped
+    again = mark_unchanged(batch, known_sources(index, retry_failed=True), "source_fingerprint")
+    assert again.column("status").to_pylist() == [STATUS_UNCHANGED, None, None, None, None]
+
+
+def test_a_failure_older_than_the_archived_asset_is_not_remembered():
+    index = _index([("a", "failed", "1", None, 0), ("a", "written", "2", "s", 1)])
+    out = mark_unchanged(_batch([("a", "1", None)]), known_sources(index), "source_fingerprint")
+    assert out.column("status").to_pylist() == [None]  # the source went back to its broken version: try it
+
+
+def test_known_shards_skip_whole_shards_with_their_members():
+    index = _index([
+        ("s0/", STATUS_SHARD, "F0", None, 0), ("s0/a.png", "written", "F0", "x", 0), ("s0/b.png", "failed", "F0", "y", 0),
+        ("s1/", STATUS_SHARD, "F1", None, 0), ("s1/a.png", "written", "F1", "z", 0),
+        ("s2/", "failed", "F2", None, 0), ("s2/a.png", "written", "F2", "w", 0),  # cut short after a.png
+        ("s3/a.png", "written", "F3", "v", 0),  # no marker: a job died inside the shard
+    ])  # fmt: skip
+    shards = known_shards(index)
+    listing = pa.table({"key": ["s0/", "s1/", "s2/", "s3/"], "source_uri": ["u0", "u1", "u2", "u3"],
+                        "source_fingerprint": ["F0", "CHANGED", "F2", "F3"], "caption": pa.nulls(4, pa.string()),
+                        "status": pa.nulls(4, pa.string()), "error": pa.nulls(4, pa.string())})  # fmt: skip
+    out = {r["key"]: r["status"] for r in skip_known_shards(listing, shards).to_pylist()}
+    assert out == {"s0/a.png": STATUS_UNCHANGED, "s0/b.png": STATUS_STILL_FAILED,  # skipped, members from the index
+                   "s1/": None,  # changed: read again
+                   "s2/": STATUS_STILL_FAILED, "s2/a.png": STATUS_UNCHANGED,
+                   "s3/": None}  # fmt: skip
+    retry = {r["key"]: r["status"] for r in skip_known_shards(listing, known_shards(index, retry_failed=True)).to_pylist()}
+    assert retry == {"s0/": None, "s1/": None, "s2/": None, "s3/": None}  # shards with failures are read again

@@ -1,4 +1,4 @@
-"""The benchmark scripts run against the shipped model (on one Kodak image) and print sane tables.
+"""The benchmark scripts run against the shipped model (on one Kodak image, or synthetic data) and print sane tables.
 
 Scripts are not imported by the package, so a changed internal API breaks them silently
 (kodak_rd.py did, session 12): these runs catch that.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import KODAK, ROOT
 
@@ -67,3 +69,17 @@ def test_gpu_benchmark_runs_on_the_cpu_and_says_what_is_pending():
         assert rows["cuda"][0] != "pending" and "NO" not in out
     else:
         assert rows["cuda"][0].startswith("pending")
+
+
+def test_restore_latency_builds_archives_and_restores_from_each():
+    out = run("restore_latency.py", "--rows", "300", "5000", "--lookups", "2")
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [(r[0], r[1]) for r in rows] == [("300", "1"), ("5000", "2")]  # files of 4,096 rows
+    assert all(0 < float(r[2]) < float(r[3]) for r in rows) and rows[0][4] == "1.00"
+
+
+@pytest.mark.slow
+def test_soak_in_miniature_keeps_every_asset_once():
+    out = run("soak.py", "--photos", "60", "--kills", "1", "--kill-between", "4", "8", "--nights", "2", "--new", "0.1",
+              "--broken", "0.05")  # fmt: skip
+    assert out.count("ok   ") == 4 and "FAIL" not in out

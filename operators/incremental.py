@@ -19,8 +19,6 @@ import pyarrow.compute as pc
 
 from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
 
-SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED)
-
 
 def known_sources(index: pa.Table, retry_failed: bool = False) -> pa.Table:
     """Per key, the source it is archived from (``source_fingerprint``, ``source_sha256``) and,
@@ -101,20 +99,29 @@ def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
 
 
 def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:
-    """Replace each pending shard row whose shard is in ``shards`` (:func:`known_shards`) with the
-    same fingerprint by its members' rows, unchanged or still failed, without reading it."""
+    """Mark each pending shard row whose shard is in ``shards`` (:func:`known_shards`) with the
+    same fingerprint as unchanged: it is not read. One row per shard still (the shard step keeps
+    one shard per batch); :func:`account_skipped_shards` puts its members in its place."""
     if shards.num_rows == 0 or batch.num_rows == 0:
         return batch
     ids = pc.binary_join_element_wise(shards.column("shard"), shards.column("shard_fingerprint"), "\x00")
     ours = pc.binary_join_element_wise(batch.column("key"), batch.column("source_fingerprint"), "\x00")
     skip = pc.and_(pc.is_null(batch.column("status")), pc.fill_null(pc.is_in(ours, value_set=ids), False))
-    if not pc.any(skip).as_py():
+    status = pc.if_else(skip, pa.scalar(STATUS_UNCHANGED), batch.column("status"))
+    return batch.set_column(batch.column_names.index("status"), "status", status)
+
+
+def account_skipped_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:
+    """Replace each skipped shard's row (unchanged, key ``<name>/``) by its members' rows from the
+    index, unchanged or still failed: every asset of a shard is accounted for, unread."""
+    skipped = pc.and_(pc.fill_null(pc.equal(batch.column("status"), STATUS_UNCHANGED), False),
+                      pc.ends_with(batch.column("key"), "/"))  # fmt: skip
+    if shards.num_rows == 0 or not pc.any(skipped).as_py():
         return batch
-    skipped = pc.is_in(ids, value_set=ours.filter(skip))
-    rows = shards.filter(pc.and_(skipped, pc.not_equal(shards.column("status"), STATUS_SHARD)))
-    n = rows.num_rows
+    names = batch.filter(skipped).column("key")
+    rows = shards.filter(pc.and_(pc.is_in(shards.column("shard"), value_set=names),
+                                 pc.not_equal(shards.column("status"), STATUS_SHARD)))  # fmt: skip
     members = pa.table({"key": rows.column("key"), "source_uri": rows.column("source_uri"),
-                        "source_fingerprint": rows.column("shard_fingerprint"), "caption": pa.nulls(n, pa.string()),
-                        "status": rows.column("status"), "error": pa.nulls(n, pa.string())})  # fmt: skip
-    return pa.concat_tables([batch.filter(pc.invert(skip)), members.cast(batch.select(members.column_names).schema)],
-                            promote_options="default")  # fmt: skip
+                        "source_fingerprint": rows.column("shard_fingerprint"), "status": rows.column("status")})  # fmt: skip
+    members = members.cast(batch.select(members.column_names).schema)
+    return pa.concat_tables([batch.filter(pc.invert(skipped)), members], promote_options="default")

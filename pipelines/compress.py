@@ -31,7 +31,7 @@ from operators.caption import Captioner
 from operators.decode import decode_images
 from operators.encode import Encoder
 from operators.failures import MAX_FAILURE_RATE, FailureMonitor, check_failures, count_listed, stop_reason
-from operators.incremental import known_shards, known_sources, mark_unchanged, skip_known_shards
+from operators.incremental import account_skipped_shards, known_shards, known_sources, mark_unchanged, skip_known_shards
 from operators.lease import ArchiveLease
 from operators.residual import attach_residual
 from operators.sink import ArchiveDatasink, finalise_rows
@@ -183,6 +183,7 @@ def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset
     if src.kind == "webdataset":
         ds = ds.map_batches(skip_known_shards, fn_kwargs={"shards": shards}, **light)
         ds = ds.map_batches(expand_shards, fn_kwargs={"storage_options": so}, batch_size=1, **light)
+        ds = ds.map_batches(account_skipped_shards, fn_kwargs={"shards": shards}, **light)
     else:
         if src.kind == "manifest":  # a manifest without fingerprints: the store's metadata, not the bytes
             ds = ds.map_batches(stat_sources, fn_kwargs={"storage_options": so}, batch_size=64, **light)

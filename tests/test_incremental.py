@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 
 from operators.archive import latest_per_key
-from operators.incremental import known_shards, known_sources, mark_unchanged, skip_known_shards
+from operators.incremental import account_skipped_shards, known_shards, known_sources, mark_unchanged, skip_known_shards
 from schemas.archive import INDEX_SCHEMA, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED
 
 
@@ -67,10 +67,13 @@ def test_known_shards_skip_whole_shards_with_their_members():
     listing = pa.table({"key": ["s0/", "s1/", "s2/", "s3/"], "source_uri": ["u0", "u1", "u2", "u3"],
                         "source_fingerprint": ["F0", "CHANGED", "F2", "F3"], "caption": pa.nulls(4, pa.string()),
                         "status": pa.nulls(4, pa.string()), "error": pa.nulls(4, pa.string())})  # fmt: skip
-    out = {r["key"]: r["status"] for r in skip_known_shards(listing, shards).to_pylist()}
+    marked = skip_known_shards(listing, shards)
+    assert marked.column("status").to_pylist() == [STATUS_UNCHANGED, None, STATUS_UNCHANGED, None]  # one row a shard
+    out = {r["key"]: r["status"] for r in account_skipped_shards(marked, shards).to_pylist()}
     assert out == {"s0/a.png": STATUS_UNCHANGED, "s0/b.png": STATUS_STILL_FAILED,  # skipped, members from the index
                    "s1/": None,  # changed: read again
                    "s2/": STATUS_STILL_FAILED, "s2/a.png": STATUS_UNCHANGED,
                    "s3/": None}  # fmt: skip
-    retry = {r["key"]: r["status"] for r in skip_known_shards(listing, known_shards(index, retry_failed=True)).to_pylist()}
+    again = known_shards(index, retry_failed=True)
+    retry = {r["key"]: r["status"] for r in account_skipped_shards(skip_known_shards(listing, again), again).to_pylist()}
     assert retry == {"s0/": None, "s1/": None, "s2/": None, "s3/": None}  # shards with failures are read again

@@ -49,6 +49,7 @@ from schemas.archive import (
     ROW_GROUP_ROWS,
     STAGING_DIR,
     STATUS_FAILED,
+    STATUS_SHARD,
 )
 
 
@@ -185,9 +186,8 @@ class Archive:
             return INDEX_SCHEMA.empty_table(), set()
         if table.schema.names != INDEX_SCHEMA.names:
             return INDEX_SCHEMA.empty_table(), set()
-        listed = (table.schema.metadata or {}).get(INDEXED_FILES_META)
-        files = set(listed.decode().split("\n")) - {""} if listed is not None else set(table.column("file").to_pylist())
-        return table.cast(INDEX_SCHEMA), files
+        files = _indexed_files(table.schema)
+        return table.cast(INDEX_SCHEMA), files if files is not None else set(table.column("file").to_pylist())
 
     def load_index(self) -> pa.Table:
         return self._read_index()[0]
@@ -240,6 +240,14 @@ class Archive:
         self._put(INDEX_FILE, sink.getvalue().to_pybytes())
         return table
 
+    def assets(self) -> pa.Table:
+        """The index's asset rows, refreshed without writing (not the markers of WebDataset shards
+        read to their end): what readers list and restore."""
+        import pyarrow.compute as pc
+
+        index = self.refresh_index(write=False)
+        return index.filter(pc.not_equal(index.column("status"), STATUS_SHARD))
+
     def lookup(self, keys: list[str]) -> pa.Table:
         """Index rows of these keys, reading only the index row groups whose key range holds them,
         and the rows of committed data files the index has not read (a job killed before its
@@ -251,10 +259,9 @@ class Archive:
         indexed, table = set(), INDEX_SCHEMA.empty_table()
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
-                pf = pq.ParquetFile(f)
-                listed = (pf.schema_arrow.metadata or {}).get(INDEXED_FILES_META)
-                if pf.schema_arrow.names == INDEX_SCHEMA.names and listed is not None:
-                    indexed = set(listed.decode().split("\n")) - {""}
+                schema = pq.ParquetFile(f).schema_arrow
+                if schema.names == INDEX_SCHEMA.names and (listed := _indexed_files(schema)) is not None:
+                    indexed = listed
                     table = pq.read_table(f, filters=[("key", "in", list(keys))]).cast(INDEX_SCHEMA)
         except FileNotFoundError:
             pass
@@ -273,6 +280,12 @@ class Archive:
         if row["key"] != entry["key"]:
             raise ArchiveError(f"{self.url}: index is stale for key {entry['key']!r}")
         return row
+
+
+def _indexed_files(schema: pa.Schema) -> set[str] | None:
+    """The data files an index lists in its metadata as read (None: an index without the list)."""
+    listed = (schema.metadata or {}).get(INDEXED_FILES_META)
+    return None if listed is None else set(listed.decode().split("\n")) - {""}
 
 
 def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes, staging: str | None = None) -> None:

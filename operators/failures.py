@@ -20,7 +20,7 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED
+from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_SKIPPED
 
 MAX_FAILURE_RATE = 0.25  # --max-failure-rate default
 MIN_FAILURES = 8  # failures before the rate is judged (a first bad file is no trend)
@@ -93,7 +93,7 @@ def check_failures(batch: pa.Table, monitor) -> pa.Table:
     import ray
 
     status = batch.column("status")
-    skipped = pc.sum(pc.is_in(status, pa.array([STATUS_UNCHANGED, STATUS_STILL_FAILED]))).as_py() or 0
+    skipped = pc.sum(pc.is_in(status, pa.array(STATUS_SKIPPED))).as_py() or 0
     markers = pc.sum(pc.equal(status, STATUS_SHARD)).as_py() or 0  # a shard read to its end: not an asset
     failed_mask = pc.fill_null(pc.equal(status, STATUS_FAILED), False)
     reasons = [_reason(r) for r in batch.filter(failed_mask).column("error").to_pylist()]

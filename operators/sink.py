@@ -20,7 +20,8 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 from operators.archive import Archive
-from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
+from schemas.archive import (ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_SKIPPED, STATUS_STILL_FAILED,
+                            STATUS_UNCHANGED, STATUS_WRITTEN)
 
 
 def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.Table:
@@ -61,7 +62,7 @@ class ArchiveDatasink(Datasink[dict]):
         tally["still_failed"] = pc.sum(pc.equal(status, STATUS_STILL_FAILED)).as_py() or 0
         marker = pc.equal(status, STATUS_SHARD)
         tally["shards"] = table.filter(marker).select(["key", "source_uri", "source_fingerprint"]).to_pylist()
-        kept = table.filter(pc.invert(pc.is_in(status, pa.array([STATUS_UNCHANGED, STATUS_STILL_FAILED, STATUS_SHARD]))))
+        kept = table.filter(pc.invert(pc.is_in(status, pa.array([*STATUS_SKIPPED, STATUS_SHARD]))))
         if "encoder_node" in kept.column_names:  # not archived: which nodes did the work, for the summary
             for node in kept.column("encoder_node").drop_null().to_pylist():
                 tally["nodes"][node] = tally["nodes"].get(node, 0) + 1

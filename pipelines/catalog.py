@@ -10,23 +10,17 @@ import json
 import posixpath
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.archive import Archive
-from schemas.archive import JOBS_DIR, STATUS_FAILED, STATUS_SHARD, STATUS_WRITTEN
+from schemas.archive import JOBS_DIR, STATUS_FAILED, STATUS_WRITTEN
 
-
-def _assets(arc: Archive) -> pa.Table:
-    """The index's asset rows (not the markers of WebDataset shards read to their end)."""
-    index = arc.refresh_index(write=False)
-    return index.filter(pc.not_equal(index.column("status"), STATUS_SHARD))
 
 
 def list_assets(archive: str, storage_options: dict[str, Any] | None = None) -> list[dict]:
     arc = Archive(archive, storage_options)
     arc.meta()
-    index = _assets(arc)
+    index = arc.assets()
     cols = ["key", "source_uri", "status", "bpp", "source_sha256", "written_at"]
     rows = index.select(cols).to_pylist()
     for r in rows:
@@ -37,7 +31,7 @@ def list_assets(archive: str, storage_options: dict[str, Any] | None = None) -> 
 def archive_info(archive: str, storage_options: dict[str, Any] | None = None) -> dict:
     arc = Archive(archive, storage_options)
     meta = arc.meta()
-    index = _assets(arc)
+    index = arc.assets()
     written = index.filter(pc.equal(index.column("status"), STATUS_WRITTEN))
     jobs = sorted(arc.fs.glob(arc.path(f"{JOBS_DIR}/*.json")))
     last = None

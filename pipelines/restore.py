@@ -20,7 +20,6 @@ from codec.usage import UsageError
 from operators.archive import Archive
 from operators.restore import Restorer, load_bitstreams
 from pipelines.ray_runtime import ensure_ray, gpus_for, plan_pool, worker_env
-from schemas.archive import STATUS_SHARD
 
 RESTORE_BLOCK = 8
 
@@ -62,8 +61,7 @@ def restore(
             path, err = restorer.restore_one(key, row["status"], row["bitstream"])
             results.append({"key": key, "path": path, "restore_status": "failed" if err else "restored", "error": err})
     elif all_keys or prefix is not None:
-        index = arc.refresh_index(write=False)  # a reader never writes the archive
-        index = index.filter(pc.not_equal(index.column("status"), STATUS_SHARD))  # shard markers are not assets
+        index = arc.assets()  # a reader never writes the archive
         if prefix:
             index = index.filter(pc.starts_with(index.column("key"), prefix))
         if index.num_rows:

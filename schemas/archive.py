@@ -20,15 +20,12 @@ JOBS_DIR = "_jobs"  # one summary JSON per job
 QUARANTINE_DIR = "_quarantine"  # data files that could not be read, each beside a JSON of why
 COMPACT_PLAN = "_compact/plan.json"  # a compaction under way: its input and output files (archive_v1.md §6)
 INDEXED_FILES_META = b"resulic.indexed_files"  # index metadata: every data file it has read, one per line
-COMPACT_PLAN = "_compact/plan.json"  # a compaction under way: its input and output files (archive_v1.md §6)
-INDEXED_FILES_META = b"resulic.indexed_files"  # index metadata: every data file it has read, one per line
 
 STATUS_WRITTEN = "written"
 STATUS_FAILED = "failed"
 STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never rewritten
 STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
-STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
-STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
+STATUS_SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED)  # rows a job counts but neither processes nor commits
 STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
 
 ROW_GROUP_ROWS = 32  # restoring one asset reads one row group: a few dozen bitstreams at most

@@ -30,6 +30,11 @@ class BitstreamError(ValueError):
     """A stream that cannot be decoded: truncated, corrupted, of an unknown version or foreign."""
 
 
+class PixelLimitError(BitstreamError):
+    """A stream whose image is larger than the decoder's pixel cap: well formed, perhaps, but
+    more than this decoder will allocate for."""
+
+
 def write_varint(value: int) -> bytes:
     if value < 0:
         raise ValueError("varint must be non-negative")

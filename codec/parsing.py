@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from codec.bitstream import Bitstream, BitstreamError
+from codec.bitstream import Bitstream, BitstreamError, PixelLimitError
 from codec.cdm.detail import gain_of
 from codec.cdm.process import NUM_TRAIN_TIMESTEPS
 from codec.images import MAX_PIXELS
@@ -39,7 +39,7 @@ def parse(data: bytes, preset: str | Preset | None = None, device: str | torch.d
     stream = Bitstream.from_bytes(data)
     h = stream.header
     if h.width * h.height > max_pixels:
-        raise BitstreamError(f"bitstream claims {h.width}x{h.height} = {h.width * h.height:,} pixels, more than "
+        raise PixelLimitError(f"bitstream claims {h.width}x{h.height} = {h.width * h.height:,} pixels, more than "
                              f"this decoder's cap of {max_pixels:,} ($RESULIC_MAX_PIXELS)")  # fmt: skip
     name, model_id = stream.header.preset, stream.header.model_id
     if isinstance(preset, Preset) and preset.name != name:
@@ -70,7 +70,7 @@ def check_against_model(stream: Bitstream, p: Preset, max_pixels: int = MAX_PIXE
     rows, cols = p.z_shape(*h.coded_size)
     working = rows * cols * p.pad_multiple**2
     if working > max_pixels:
-        raise BitstreamError(f"bitstream's {h.width}x{h.height} image is decoded at {working:,} pixels (padded), "
+        raise PixelLimitError(f"bitstream's {h.width}x{h.height} image is decoded at {working:,} pixels (padded), "
                              f"more than this decoder's cap of {max_pixels:,} ($RESULIC_MAX_PIXELS)")  # fmt: skip
     if h.rate_level >= p.num_levels:
         raise BitstreamError(f"bitstream rate level {h.rate_level} is out of range (this model has {p.num_levels})")

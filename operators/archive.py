@@ -159,6 +159,10 @@ class Archive:
                     self.quarantine(rel, f"not a readable data file: {type(e).__name__}: {e}")
         return tables
 
+    def read_rows(self, files: list[str]) -> pa.Table:
+        """The index rows of ``files`` for a reader: unreadable ones skipped, nothing moved."""
+        return pa.concat_tables([INDEX_SCHEMA.empty_table(), *self._readable_rows(files, quarantine=False)])
+
     def _index_rows(self, rel: str) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as f:
             pf = pq.ParquetFile(f)
@@ -268,7 +272,7 @@ class Archive:
         table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
         unlisted = [rel for rel in self.data_files() if rel not in indexed]
         if unlisted:
-            rows = pa.concat_tables([INDEX_SCHEMA.empty_table(), *self._readable_rows(unlisted, quarantine=False)])
+            rows = self.read_rows(unlisted)
             table = latest_per_key(pa.concat_tables([table, rows.filter(pc.is_in(rows.column("key"), value_set=wanted))]))
         return table
 

@@ -231,6 +231,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _replicas(value: str) -> int | str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.serve import ServeOptions, read_token, serve_archive
+
+    auth = "bearer token required" if read_token(args.token_env, args.token_file) else "no token: open to this machine"
+    options = ServeOptions(
+        archive=args.archive, token_env=args.token_env, token_file=args.token_file, replicas=args.replicas,
+        max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+        device=args.device, steps=args.steps, cache_mb=args.cache_mb, request_timeout_s=args.request_timeout,
+        refresh_s=args.refresh_seconds, storage_options=_storage_options(args),
+    )  # fmt: skip
+
+    with _quiet_ray(args) as (log, _):
+        logs = f"; Ray's logs: {log}" if log else ""
+        serve_archive(options, args.host, args.port, on_ready=lambda: print(
+            f"serving {args.archive} on http://{args.host}:{args.port} ({auth}){logs}; Ctrl-C stops", flush=True))
+    return 0
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     from pipelines.repair import repair
 
@@ -438,6 +462,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(p)
     _add_verbose_arg(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("serve", help="restore assets over HTTP (Ray Serve): bearer token, batching, cache")
+    p.add_argument("archive")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-env", default="RESULIC_SERVE_TOKEN", metavar="NAME",
+                   help="environment variable holding the bearer token (default RESULIC_SERVE_TOKEN)")
+    p.add_argument("--token-file", help="file holding the bearer token (instead of --token-env)")
+    p.add_argument("--replicas", type=_replicas, default=1, metavar="N|auto",
+                   help="decoder replicas, or auto: autoscale between 1 and --max-replicas with load (default 1)")
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C")
+    p.add_argument("--cache-mb", type=int, default=256, help="encoded restorations kept by the ingress (default 256 MB)")
+    p.add_argument("--request-timeout", type=float, default=60.0, metavar="S", help="504 after S seconds (default 60)")
+    p.add_argument("--refresh-seconds", type=float, default=10.0, metavar="S",
+                   help="how often the service looks for newly committed data files (default 10)")
+    p.add_argument("--steps", type=int, help="CDM denoiser evaluations (default 4); ?decoder= picks the decoder")
+    _add_weights_args(p)
+    _add_storage_args(p)
+    _add_device_arg(p)
+    _add_verbose_arg(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("repair", help="rebuild an archive's index from its data files, quarantining unreadable ones")
     p.add_argument("archive")

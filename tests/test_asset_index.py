@@ -1,0 +1,81 @@
+"""The service's in-memory index: exact lookups, paged listings, refresh that reads only new
+data files and starts over after a compaction (on real archives and Parquet files)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from operators.archive import Archive
+from operators.asset_index import MAX_PAGE, AssetIndex
+from operators.sink import finalise_rows
+from pipelines.compact import compact
+
+
+def _commit(a: Archive, name: str, keys: list[str], status: str | None = None) -> None:
+    n = len(keys)
+    rows = pa.table({"key": keys, "source_uri": keys, "bitstream": pa.array([b"s"] * n, pa.large_binary()),
+                     "width": pa.array([8] * n, pa.int32()), "height": pa.array([8] * n, pa.int32()),
+                     "status": pa.array([status] * n, pa.string()),
+                     "error": pa.array(["broken" if status else None] * n, pa.string())})  # fmt: skip
+    a.write_data_file(finalise_rows(rows, name, dt.datetime.now(dt.timezone.utc)), name, {})
+
+
+@pytest.fixture()
+def arc(tmp_path) -> Archive:
+    a = Archive(str(tmp_path / "arc"))
+    a.create({"preset": "taef2"})
+    _commit(a, "j1-0", ["a.png", "b/c.png", "b/d.png", "e.png"])
+    return a
+
+
+def test_lookup_is_exact(arc):
+    idx = AssetIndex(arc)
+    assert idx.refresh() and len(idx) == 4
+    assert idx.get("b/c.png")["file"] == "data/j1-0.parquet"
+    for absent in ("b", "b/", "a.pn", "../a.png", "/a.png", "a.png/", ""):
+        assert idx.get(absent) is None
+
+
+def test_pages(arc):
+    idx = AssetIndex(arc)
+    idx.refresh()
+    rows, after = idx.page(limit=3)
+    assert [r["key"] for r in rows] == ["a.png", "b/c.png", "b/d.png"] and after == "b/d.png"
+    rows, after = idx.page(after=after, limit=3)
+    assert [r["key"] for r in rows] == ["e.png"] and after is None
+    rows, after = idx.page(prefix="b/", limit=1)
+    assert [r["key"] for r in rows] == ["b/c.png"] and after == "b/c.png"
+    rows, after = idx.page(prefix="b/", after=after, limit=1)
+    assert [r["key"] for r in rows] == ["b/d.png"] and after is None  # e.png does not count: another prefix
+    assert idx.page(prefix="zzz")[0] == [] and set(rows[0]) == {"key", "status", "bpp"}
+    with pytest.raises(ValueError, match="limit"):
+        idx.page(limit=MAX_PAGE + 1)
+
+
+def test_refresh_reads_only_new_files_and_the_newest_row_wins(arc, monkeypatch):
+    idx = AssetIndex(arc)
+    idx.refresh()
+    assert not idx.refresh()  # nothing new: no data file read
+    _commit(arc, "j2-0", ["f.png"])
+    _commit(arc, "j2-1", ["a.png"], status="failed")  # a failed retry does not hide the archived asset
+    _commit(arc, "j2-2", ["e.png"])  # archived again: the newer row wins
+    read: list[list[str]] = []
+    real = arc.read_rows
+    monkeypatch.setattr(arc, "read_rows", lambda files: read.append(files) or real(files))
+    assert idx.refresh()
+    assert read == [["data/j2-0.parquet", "data/j2-1.parquet", "data/j2-2.parquet"]]
+    assert idx.get("f.png") is not None and idx.get("a.png")["status"] == "written"
+    assert idx.get("e.png")["file"] == "data/j2-2.parquet" and len(idx) == 5
+
+
+def test_refresh_after_a_compaction_starts_over(arc):
+    _commit(arc, "j2-0", ["f.png"])
+    idx = AssetIndex(arc)
+    idx.refresh()
+    compact(arc.url, rows_per_file=100)
+    assert idx.refresh()
+    files = {idx.get(k)["file"] for k in ("a.png", "b/c.png", "b/d.png", "e.png", "f.png")}
+    assert len(files) == 1 and files <= idx.files and len(idx) == 5

@@ -8,6 +8,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipelines.cli import build_parser
@@ -89,3 +90,27 @@ def test_dockerfile_copies_what_the_package_needs_and_installs_the_job_server():
     # `ray job submit` needs the dashboard's job server: ray[default], through the cluster extra
     assert any(d.startswith("ray[default]") for d in pyproject["project"]["optional-dependencies"]["cluster"])
     assert 'pip install --no-cache-dir ".[cluster]"' in text
+
+
+def test_rayservice_runs_the_cli_service_with_its_token_from_a_secret(monkeypatch):
+    import importlib
+
+    svc = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayservice.yaml").read_text())
+    assert svc["kind"] == "RayService"
+    cluster = svc["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == __import__("ray").__version__ and cluster["authOptions"]["mode"] == "token"
+    config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    app = config["applications"][0]
+    module, name = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), name)
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
+    for c in containers:  # the builder runs where Serve's controller puts it: every pod has the token
+        ref = _env(c)[app["args"]["token_env"]]["secretKeyRef"]
+        assert ref["name"] == "resulic-serve-token" and "value" not in c["env"][0]
+    monkeypatch.setenv(app["args"]["token_env"], "x" * 32)
+    assert builder(app["args"]) is not None  # the args are the builder's
+    monkeypatch.delenv(app["args"]["token_env"])
+    with pytest.raises(ValueError, match="needs a bearer token"):
+        builder(app["args"])  # a cluster without the Secret refuses to start
+    assert config["http_options"]["port"] == 8000

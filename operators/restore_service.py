@@ -66,7 +66,12 @@ class AssetDecoder:
         self.kwargs: dict[str, Any] = {"device": self.device, "max_pixels": max_pixels}
         if steps:
             self.kwargs["steps"] = steps
-        load_preset(device=self.device)  # the default model is loaded before the first request
+        # the default model loaded, and run once (the CDM too), before the first request
+        import codec
+        from PIL import Image
+
+        preset = load_preset(device=self.device)
+        codec.decode(codec.encode(Image.new("RGB", (64, 64), (128, 128, 128)), rate=0, preset=preset), **self.kwargs)
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.01)
     async def decode(self, jobs: list[DecodeJob]) -> list[DecodeResult]:

@@ -78,6 +78,16 @@ def test_restore_latency_builds_archives_and_restores_from_each():
     assert all(0 < float(r[2]) < float(r[3]) for r in rows) and rows[0][4] == "1.00"
 
 
+def test_serve_load_serves_every_request_and_measures_the_cli(tmp_path):
+    out = run("serve_load.py", "--assets", "4", "--size", "96", "--requests", "16", "--concurrency", "2",
+              "--cli-keys", "1", "--workdir", str(tmp_path), "--json")
+    r = __import__("json").loads(out)
+    (level,) = r["levels"]
+    assert r["assets"] == 4 and level["requests"] == 16 and level["errors"] == 0
+    assert 0 < level["misses"] < 16 and level["hit_p95_ms"] > 0  # repeated keys came from the cache
+    assert r["cli"]["keys"] == 1 and r["cli"]["mean_s"] > 0 and level["x_cli"] > 0
+
+
 @pytest.mark.slow
 def test_soak_in_miniature_keeps_every_asset_once():
     out = run("soak.py", "--photos", "60", "--kills", "1", "--kill-between", "4", "8", "--nights", "2", "--new", "0.1",

@@ -24,12 +24,13 @@ class AssetIndex:
         self.archive = archive
         self.files: frozenset[str] = frozenset()
         self._rows = archive.read_rows([])  # every row, shard markers included (refresh merges them)
-        self._assets = self._rows
-        self._keys: list[str] = []
-        self._lock = threading.Lock()  # one refresh at a time; readers see the old or the new state whole
+        # (sorted keys, their asset rows): replaced as one object, so that a reader on another
+        # thread sees the old index or the new one, never keys of one and rows of the other
+        self._view: tuple[list[str], pa.Table] = ([], self._rows)
+        self._lock = threading.Lock()  # one refresh at a time
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._view[0])
 
     def refresh(self) -> bool:
         """Take in data files committed since the last refresh; True when anything changed."""
@@ -43,13 +44,13 @@ class AssetIndex:
                 new = self.archive.read_rows(sorted(present - self.files))
                 rows = latest_per_key(pa.concat_tables([self._rows, new]))
             assets = rows.filter(pc.not_equal(rows.column("status"), STATUS_SHARD))
-            keys = assets.column("key").to_pylist()  # sorted: latest_per_key sorts by key
-            self._rows, self._assets, self._keys, self.files = rows, assets, keys, present
+            self._rows, self.files = rows, present
+            self._view = (assets.column("key").to_pylist(), assets)  # sorted: latest_per_key sorts by key
             return True
 
     def get(self, key: str) -> dict | None:
         """The index row of exactly this key, or None."""
-        keys, assets = self._keys, self._assets
+        keys, assets = self._view
         i = bisect.bisect_left(keys, key)
         if i == len(keys) or keys[i] != key:
             return None
@@ -60,7 +61,7 @@ class AssetIndex:
         ``after``; and the key to pass as ``after`` for the next page (None: no more)."""
         if not 0 < limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1 … {MAX_PAGE}, got {limit}")
-        keys, assets = self._keys, self._assets
+        keys, assets = self._view
         start = bisect.bisect_left(keys, prefix)
         if after is not None:
             start = max(start, bisect.bisect_right(keys, after))

@@ -140,6 +140,7 @@ class RestoreAPI:
         self.cache = ResponseCache(settings.cache_bytes)
         self._inflight: dict[tuple, asyncio.Future] = {}
         self._refreshed, self._refreshing = time.monotonic(), False
+        self._refresh_task: asyncio.Task | None = None
 
     # ----- routes ----------------------------------------------------------------------------
     @app.get("/healthz")
@@ -213,7 +214,7 @@ class RestoreAPI:
     def _refresh_soon(self) -> None:
         """Every ``refresh_s``, a request starts a refresh it does not wait for."""
         if not self._refreshing and time.monotonic() - self._refreshed >= self.settings.refresh_s:
-            asyncio.get_running_loop().create_task(self._refresh(self.settings.refresh_s))
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh(self.settings.refresh_s))  # kept: not collected
 
     async def _restore(self, entry: dict, loc: tuple) -> CachedResponse:
         """One decode per location however many requests ask for it at once; a request that

@@ -31,6 +31,7 @@ from codec.images import MAX_PIXELS, to_image
 from codec.parsing import parse, resolve_preset
 from codec.presets import DEFAULT_PRESET, Preset
 from codec.resample import upsample
+from codec.sd21.diffusion import SD21Diffusion
 from codec.text_coding import decode_text
 from codec.usage import UsageError
 
@@ -100,6 +101,8 @@ def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps
     n_r = h.diffusion_start_step or n_r_for_level(level, p.num_levels)  # 0: written before the model had a CDM
     seeds = [s.header.diffusion_seed for s in streams]
     texts = [decode_text(s.text, p.text_model) for s in streams] if p.cdm.text_conditioned else None
+    if isinstance(p.cdm, SD21Diffusion):  # the paper's model: its VAE decodes the restored latent
+        return p.autoencoder.decode(p.cdm.restore(latent, n_r, seeds, steps, texts))
     restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
     codes = [s.header.detail_gain for s in streams]
     gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes], device=latent.device)

@@ -184,7 +184,15 @@ def detail_gain_table(entry: dict, num_levels: int) -> dict[int, tuple[int, ...]
     return {int(scale): tuple(int(c) for c in codes) for scale, codes in table.items()}
 
 
-REGISTRY = {"taef2": _load_taef2}
+def _load_sd21(weights_dir: str | None, latent_codec_path: str | None, model_id: str | None) -> Preset:
+    from codec.sd21.preset import load_sd21  # diffusers and transformers: only for this preset
+
+    return load_sd21(weights_dir, latent_codec_path, model_id)
+
+
+REGISTRY = {"taef2": _load_taef2, "sd21": _load_sd21}
+# what a loaded preset depends on besides load_preset's arguments (the cache key holds them)
+PRESET_ENV = ("RESULIC_TAEF2_DIR", LATENT_CODEC_ENV, CDM_ENV, DECODER_ENV, "RESULIC_SD_MODEL", "RESULIC_CONTROLNET")
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,10 +222,8 @@ def load_preset(
     dev = resolve_device(device)
     if name not in REGISTRY:
         raise KeyError(f"unknown preset {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    key = (name, str(weights_dir or os.environ.get("RESULIC_TAEF2_DIR", "")),
-           "" if model_id else str(latent_codec_path or os.environ.get(LATENT_CODEC_ENV, "")),
-           "" if model_id else os.environ.get(CDM_ENV, ""), "" if model_id else os.environ.get(DECODER_ENV, ""),
-           model_id or "", str(dev))  # fmt: skip
+    env = tuple("" if model_id and var != "RESULIC_TAEF2_DIR" else os.environ.get(var, "") for var in PRESET_ENV)
+    key = (name, str(weights_dir or ""), str(latent_codec_path or ""), *env, model_id or "", str(dev))
     with _lock:
         if key not in _cache:
             p = REGISTRY[name](weights_dir, latent_codec_path, model_id)

@@ -1,0 +1,90 @@
+"""The ``sd21`` preset from tiny components built from configs and loaded back through the same
+``from_pretrained`` paths a user's Stable Diffusion, adapter and latent codec take."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import codec
+from codec.presets import load_preset
+from codec.sd21.preset import CONTROLNET_ENV, SD_MODEL_ENV, module_sha256
+from conftest import photo
+from tests.tiny_sd21 import make_tiny_sd21
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return make_tiny_sd21(tmp_path_factory.mktemp("sd21"))
+
+
+def _use(monkeypatch, sd, controlnet, latent_codec) -> None:
+    monkeypatch.setenv(SD_MODEL_ENV, str(sd))
+    monkeypatch.setenv(CONTROLNET_ENV, str(controlnet))
+    monkeypatch.setenv("RESULIC_LATENT_CODEC", str(latent_codec))
+
+
+def test_encode_decode_end_to_end(parts, monkeypatch):
+    _use(monkeypatch, parts["sd"], parts["controlnet"], parts["latent_codec"])
+    p = load_preset("sd21")
+    img = photo(64, 64)
+    stream = codec.encode(img, rate=2, preset=p, text="red wooden door")
+    info = codec.info(stream)
+    assert info["preset"] == "sd21" and info["model_id"] == p.model_id.hex() and info["diffusion"]["start_step"] > 0
+    assert codec.read_text(stream) == "red wooden door"
+    a = np.asarray(codec.decode(stream))
+    assert a.shape == (64, 64, 3) and np.array_equal(a, np.asarray(codec.decode(stream)))  # deterministic
+    plain = np.asarray(codec.decode(stream, decoder="plain"))
+    assert not np.array_equal(a, plain)  # the diffusion decoder ran
+    other = np.asarray(codec.decode(codec.encode(img, rate=2, preset=p, text="blue sea sky")))
+    assert not np.array_equal(a, other)  # the residual text is the prompt
+
+
+def test_the_model_id_names_every_component(parts, monkeypatch, tmp_path):
+    _use(monkeypatch, parts["sd"], parts["controlnet"], parts["latent_codec"])
+    stream = codec.encode(photo(64, 64), rate=2, preset=load_preset("sd21"))
+    other = make_tiny_sd21(tmp_path / "other", seed=1)
+    _use(monkeypatch, parts["sd"], other["controlnet"], parts["latent_codec"])  # another adapter only
+    p = load_preset("sd21")
+    assert p.model_id.hex() != codec.info(stream)["model_id"]
+    with pytest.raises(codec.BitstreamError, match="no released model has that id"):
+        codec.decode(stream)
+
+
+def test_weights_hash_the_same_from_either_file_format(parts, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(parts["sd"] / "unet")
+    unet.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    again = UNet2DConditionModel.from_pretrained(tmp_path / "bin")
+    assert not list((tmp_path / "bin").glob("*.safetensors")) and module_sha256(again) == module_sha256(unet)
+
+
+def test_wrong_components_are_refused_clearly(parts, monkeypatch, tmp_path):
+    monkeypatch.delenv(SD_MODEL_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=SD_MODEL_ENV):
+        load_preset("sd21")
+    _use(monkeypatch, parts["controlnet"], parts["controlnet"], parts["latent_codec"])
+    with pytest.raises(FileNotFoundError, match="not a Stable Diffusion folder"):
+        load_preset("sd21")
+    _use(monkeypatch, parts["sd"], parts["sd"] / "unet", parts["latent_codec"])
+    with pytest.raises(FileNotFoundError, match="not a ControlNet-XS adapter"):
+        load_preset("sd21")
+    _use(monkeypatch, parts["sd"], tmp_path / "absent", parts["latent_codec"])
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        load_preset("sd21")
+    vpred = tmp_path / "vpred"
+    shutil.copytree(parts["sd"], vpred)
+    cfg = json.loads((vpred / "scheduler" / "scheduler_config.json").read_text())
+    (vpred / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "prediction_type": "v_prediction"}))
+    _use(monkeypatch, vpred, parts["controlnet"], parts["latent_codec"])
+    with pytest.raises(ValueError, match="v-prediction"):
+        load_preset("sd21")
+    from codec.presets import WEIGHTS_DIR
+
+    _use(monkeypatch, parts["sd"], parts["controlnet"], WEIGHTS_DIR / "latent_codec_taef2.safetensors")
+    with pytest.raises(ValueError, match="codes 32 channels"):
+        load_preset("sd21")

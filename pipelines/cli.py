@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("detail-gains", help="measure a release's per-rate detail gain table (its own --help lists the flags)")
     tsub.add_parser("decoder", help="fine-tune the taef2 decoder on decoded latents (its own --help lists the flags)")
     tsub.add_parser("decoder-calibrate", help="set a fine-tuned decoder's per-rate blend on held-out photos (its own --help)")
+    tsub.add_parser("sd21-codec", help="the sd21 preset's latent codec with Ray Train (GPUs, nodes; its own --help)")
+    tsub.add_parser("sd21-controlnet", help="the sd21 preset's ControlNet-XS adapter with Ray Train (its own --help)")
     tsub.add_parser("perceptual-codec", help="train the v2 latent codec and its decoder on pixels with LPIPS, CPU or GPU (its own --help)")
     return parser
 
@@ -572,6 +574,8 @@ TRAINERS = {
     "detail-gains": ("training.detail_gains", "main"),
     "cdm-calibrate": ("training.cdm_calibrate", "main"),
     "perceptual-codec": ("training.perceptual_codec", "main"),
+    "sd21-codec": ("training.sd21_codec", "main"),
+    "sd21-controlnet": ("training.sd21_controlnet", "main"),
 }
 
 

@@ -88,3 +88,15 @@ def test_wrong_components_are_refused_clearly(parts, monkeypatch, tmp_path):
     _use(monkeypatch, parts["sd"], parts["controlnet"], WEIGHTS_DIR / "latent_codec_taef2.safetensors")
     with pytest.raises(ValueError, match="codes 32 channels"):
         load_preset("sd21")
+
+
+def test_pfo_refines_the_residual_against_this_decoder(parts, monkeypatch):
+    from tests.tiny_sd21 import WORDS
+
+    _use(monkeypatch, parts["sd"], parts["controlnet"], parts["latent_codec"])
+    p = load_preset("sd21")
+    img = photo(64, 64)
+    stream = codec.encode(img, rate=2, preset=p, text="red wooden door", pfo_steps=2, pfo_seconds=60)
+    text = codec.read_text(stream)
+    assert len(text.split()) == 3 and all(w in WORDS for w in text.split())
+    assert stream == codec.encode(img, rate=2, preset=p, text=text)  # the same stream a plain encode of that text makes

@@ -140,7 +140,7 @@ class CDMDenoiser(torch.nn.Module):
             from codec.cdm.text import TextEncoder
 
             where = d / model.config.text_encoder
-            model.text_encoder = TextEncoder(str(where) if where.exists() else model.config.text_encoder)
+            model.text_encoder = TextEncoder.from_pretrained(str(where) if where.exists() else model.config.text_encoder)
             if (where / "model.safetensors").is_file():  # a local encoder is part of what the model id pins
                 digests.append(file_sha256(where / "model.safetensors"))
         model.weights_sha256 = hashlib.sha256(b"".join(bytes.fromhex(x) for x in digests)).hexdigest()

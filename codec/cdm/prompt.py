@@ -18,6 +18,7 @@ from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import DEFAULT_STEPS, denoise, stream_noise
 from codec.parsing import parse
 from codec.presets import Preset
+from codec.sd21.diffusion import SD21Diffusion
 
 
 @dataclass
@@ -38,7 +39,7 @@ class CDMPromptDecoder:
         tok = self.enc.tokenizer
         self.bos, self.eos = tok.bos_token_id, tok.eos_token_id
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
-        self.uncond = self.enc.embed([""])
+        self.uncond = self.enc.embed([getattr(cdm.config, "negative_prompt", "")])  # sd21 may name a negative prompt
         self.special_token_ids = sorted(set(tok.all_special_ids))
 
     @property
@@ -68,6 +69,9 @@ class CDMPromptDecoder:
         c = condition
         n_r = n_r_for_level(c.level, self.preset.num_levels)
         noise = stream_noise(tuple(c.z_hat.shape[1:]), [c.seed])
+        if isinstance(self.cdm, SD21Diffusion):  # the paper's model: its VAE decodes the restored latent
+            x = self.preset.autoencoder.decode(self.cdm.denoise(c.z_hat, n_r, noise, self.steps, text, self.uncond))
+            return x[:, :, : c.height, : c.width]
         latent = denoise(self.cdm, c.z_hat, c.level, n_r, noise, self.steps, text, self.uncond, self.cdm.config.guidance_scale)
         x = decode_restored(self.preset.autoencoder, self.preset.plain(c.level), c.z_hat, latent, self.cdm.config.detail_sigma)
         return x[:, :, : c.height, : c.width]

@@ -12,13 +12,19 @@ MAX_TOKENS = 77
 
 
 class TextEncoder(torch.nn.Module):
-    def __init__(self, path: str) -> None:
+    def __init__(self, model, tokenizer) -> None:
         super().__init__()
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.length = min(MAX_TOKENS, self.model.config.max_position_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "TextEncoder":
+        """Model and tokenizer from one folder or hub id (a Stable Diffusion folder keeps them in
+        two: pass the parts to the constructor)."""
         from transformers import AutoTokenizer, CLIPTextModel
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = CLIPTextModel.from_pretrained(path).eval().requires_grad_(False)
-        self.length = min(MAX_TOKENS, self.model.config.max_position_embeddings)
+        return cls(CLIPTextModel.from_pretrained(path), AutoTokenizer.from_pretrained(path))
 
     @property
     def token_embeddings(self) -> torch.Tensor:

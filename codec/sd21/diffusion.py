@@ -19,7 +19,6 @@ from codec.cdm.process import alphas_cumprod, ddim_step, ddim_timesteps, start_p
 from codec.cdm.sampler import stream_noise
 
 GUIDANCE_SCALE = 2.5  # the paper's
-MAX_TOKENS = 77
 
 
 @dataclass
@@ -36,32 +35,24 @@ class SD21Diffusion(nn.Module):
         super().__init__()
         from diffusers import UNetControlNetXSModel
 
-        self.model = UNetControlNetXSModel.from_unet(unet, adapter).eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.config = config or SD21DiffusionConfig()
-        self.length = min(MAX_TOKENS, int(text_encoder.config.max_position_embeddings))
+        from codec.cdm.text import TextEncoder
 
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.length, truncation=True,
-                             return_tensors="pt").input_ids  # fmt: skip
-        return self.text_encoder(input_ids=ids.to(device)).last_hidden_state
+        self.model = UNetControlNetXSModel.from_unet(unet, adapter).eval().requires_grad_(False)
+        self.text_encoder = TextEncoder(text_encoder, tokenizer)
+        self.config = config or SD21DiffusionConfig()
 
     def noise(self, z_t: torch.Tensor, t: int, text: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
         """The predicted effective noise at step t (the UNet with its control branch fed ẑ)."""
         tt = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
         return self.model(z_t, tt, encoder_hidden_states=text, controlnet_cond=z_hat).sample
 
-    @torch.no_grad()
-    def restore(self, z_hat: torch.Tensor, n_r: int, seeds: list[int], steps: int, texts: list[str] | None) -> torch.Tensor:
-        """(B, 4, h, w) decoded latents at one N_r -> restored latents (SD's scaled latent space)."""
+    def denoise(self, z_hat: torch.Tensor, n_r: int, noise: torch.Tensor, steps: int, text: torch.Tensor,
+                uncond: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The DDIM chain from ẑ noised to N_r, guided between ``text`` and ``uncond`` embeddings
+        (differentiable in them: prompt optimisation runs through it)."""
         ac = alphas_cumprod()
-        dev, dtype = z_hat.device, z_hat.dtype
-        z = start_point(z_hat, n_r, stream_noise(tuple(z_hat.shape[1:]), seeds).to(dev, dtype), ac)
-        text = self.embed(texts or [""] * z_hat.shape[0]).to(dtype)
-        uncond = self.embed([self.config.negative_prompt] * z_hat.shape[0]).to(dtype)
+        dtype = z_hat.dtype
+        z = start_point(z_hat, n_r, noise.to(z_hat.device, dtype), ac)
         ts = ddim_timesteps(n_r, steps)
         for i, t in enumerate(ts):
             eps = self.noise(z, t, text, z_hat)
@@ -72,6 +63,14 @@ class SD21Diffusion(nn.Module):
             z0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
             z = ddim_step(z, z0, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
         return z
+
+    @torch.no_grad()
+    def restore(self, z_hat: torch.Tensor, n_r: int, seeds: list[int], steps: int, texts: list[str] | None) -> torch.Tensor:
+        """(B, 4, h, w) decoded latents at one N_r -> restored latents (SD's scaled latent space)."""
+        b, dtype = z_hat.shape[0], z_hat.dtype
+        text = self.text_encoder.embed(texts or [""] * b).to(dtype)
+        uncond = self.text_encoder.embed([self.config.negative_prompt] * b).to(dtype)
+        return self.denoise(z_hat, n_r, stream_noise(tuple(z_hat.shape[1:]), seeds), steps, text, uncond)
 
 
 __all__ = ["SD21Diffusion", "SD21DiffusionConfig", "GUIDANCE_SCALE"]

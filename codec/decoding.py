@@ -48,7 +48,7 @@ def _decoder_for(p: Preset, decoder: str) -> str:
 
 def decode_batch(
     streams: list[bytes], *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
-    device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS,
+    device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS, guidance: float | None = None,
 ) -> list[Image.Image]:
     """Decode streams; those of one size and level share one batched decoder pass.
 
@@ -57,6 +57,7 @@ def decode_batch(
     (CDM when the stream's model has one). ``device``: where the models the streams name run
     (``codec.device``; the CPU by default), unless ``preset`` is a loaded one. A stream of more
     than ``max_pixels`` pixels is refused (``$RESULIC_MAX_PIXELS``, 256 Mpx by default).
+    ``guidance``: the classifier-free guidance scale of a text-conditioned CDM (None: the model's).
     """
     parsed = [parse(s, preset, device, max_pixels) for s in streams]
     out: list[Image.Image | None] = [None] * len(streams)
@@ -65,20 +66,22 @@ def decode_batch(
         h = s.header
         groups.setdefault((id(p), h.width, h.height, h.scale, h.rate_level, h.diffusion_start_step), []).append(i)
     for idx in groups.values():
-        x = _decode_group(parsed[idx[0]][1], [parsed[i][0] for i in idx], decoder, steps)
+        x = _decode_group(parsed[idx[0]][1], [parsed[i][0] for i in idx], decoder, steps, guidance)
         for j, i in enumerate(idx):
             out[i] = to_image(x[j : j + 1])
     return out  # type: ignore[return-value]
 
 
 def decode(data: bytes, *, preset: str | Preset | None = None, decoder: str = "auto", steps: int = DEFAULT_STEPS,
-           device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:  # fmt: skip
+           device: str | torch.device | None = None, max_pixels: int = MAX_PIXELS,
+           guidance: float | None = None) -> Image.Image:  # fmt: skip
     """Restore an image from a bitstream; raises BitstreamError on a damaged, foreign or
     over-large stream."""
-    return decode_batch([data], preset=preset, decoder=decoder, steps=steps, device=device, max_pixels=max_pixels)[0]
+    return decode_batch([data], preset=preset, decoder=decoder, steps=steps, device=device, max_pixels=max_pixels,
+                        guidance=guidance)[0]  # fmt: skip
 
 
-def _decode_group(p: Preset, streams: list[Bitstream], decoder: str, steps: int) -> torch.Tensor:
+def _decode_group(p: Preset, streams: list[Bitstream], decoder: str, steps: int, guidance: float | None = None) -> torch.Tensor:
     """Streams of model ``p`` that share their size, scale, level and start step -> (B, 3, H, W)
     in [0, 1] at the original's size."""
     h = streams[0].header
@@ -88,13 +91,14 @@ def _decode_group(p: Preset, streams: list[Bitstream], decoder: str, steps: int)
             [s.latent for s in streams], [s.hyper_latent for s in streams], p.z_shape(cw, ch), h.rate_level
         )
         if _decoder_for(p, decoder) == "cdm":
-            x = _cdm_decode(p, streams, latent, steps)
+            x = _cdm_decode(p, streams, latent, steps, guidance)
         else:
             x = p.plain(h.rate_level).decode(latent)
         return upsample(x[:, :, :ch, :cw], h.width, h.height).clamp(0, 1)  # a stream coded at full size: unchanged
 
 
-def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps: int) -> torch.Tensor:
+def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps: int,
+                guidance: float | None = None) -> torch.Tensor:  # fmt: skip
     """``streams``' ẑ restored by the CDM and decoded at each stream's detail gain (still padded)."""
     h = streams[0].header
     level = h.rate_level
@@ -102,8 +106,8 @@ def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps
     seeds = [s.header.diffusion_seed for s in streams]
     texts = [decode_text(s.text, p.text_model) for s in streams] if p.cdm.text_conditioned else None
     if isinstance(p.cdm, SD21Diffusion):  # the paper's model: its VAE decodes the restored latent
-        return p.autoencoder.decode(p.cdm.restore(latent, n_r, seeds, steps, texts))
-    restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts)
+        return p.autoencoder.decode(p.cdm.restore(latent, n_r, seeds, steps, texts, guidance))
+    restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts, guidance)
     codes = [s.header.detail_gain for s in streams]
     gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes], device=latent.device)
     return decode_restored(p.autoencoder, p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 def _add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-dir", help="TAEF2 weights directory (default: $RESULIC_TAEF2_DIR or ../shared/weights/taef2)")
-    p.add_argument("--latent-codec", help="latent codec weights (default: the preset's shipped file)")
+    p.add_argument("--latent-codec", help="latent codec weights (default: the preset's shipped file; sd21: required)")
+    p.add_argument("--sd-model", help="sd21: Stable Diffusion 2.1-base, a diffusers folder or hub id ($RESULIC_SD_MODEL)")
+    p.add_argument("--controlnet", help="sd21: its ControlNet-XS adapter folder or hub id ($RESULIC_CONTROLNET)")
 
 
 def _add_decoder_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +78,10 @@ def _apply_weights_args(args: argparse.Namespace) -> None:
         os.environ["RESULIC_TAEF2_DIR"] = args.weights_dir
     if getattr(args, "latent_codec", None):
         os.environ["RESULIC_LATENT_CODEC"] = args.latent_codec
+    if getattr(args, "sd_model", None):
+        os.environ["RESULIC_SD_MODEL"] = args.sd_model
+    if getattr(args, "controlnet", None):
+        os.environ["RESULIC_CONTROLNET"] = args.controlnet
 
 
 def _encode_settings(args: argparse.Namespace) -> EncodeSettings:
@@ -113,7 +119,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: cannot read file ({e.strerror or e})") from e
     t = time.perf_counter()
     try:
-        image = codec.decode(data, decoder=args.decoder, device=args.device, **({"steps": args.steps} if args.steps else {}))
+        image = codec.decode(data, decoder=args.decoder, device=args.device, guidance=args.guidance,
+                             **({"steps": args.steps} if args.steps else {}))  # fmt: skip
     except codec.BitstreamError as e:
         raise codec.BitstreamError(f"{path}: {e}") from e
     image.save(args.output)
@@ -371,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, help="rate in trained-point units (0 = lowest; fractions interpolate)")
     g.add_argument("--target-bpp", type=float, help="highest rate whose stream fits this many bits per pixel")
-    p.add_argument("--preset", default="taef2")
+    p.add_argument("--preset", default="taef2", choices=["taef2", "sd21"],
+                   help="taef2 (offline, shipped) or sd21 (the paper's model: --sd-model, --controlnet, --latent-codec)")
     p.add_argument("--text", default="", help="residual text to carry in the stream (coded losslessly)")
     p.add_argument("--pfo-steps", type=int, default=0,
                    help="refine the text's tokens against a text-conditioned CDM decoder (PEZ steps)")
@@ -387,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the suffix")
     p.add_argument("--reference", help="original image: also print PSNR and MS-SSIM against it")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale of a text-conditioned CDM "
+                                                   "(default: the model's; sd21: 2.5, the paper's)")  # fmt: skip
     _add_decoder_args(p)
     _add_weights_args(p)
     _add_device_arg(p)
@@ -401,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a collection into a Parquet archive (Ray Data)")
     p.add_argument("source", help="folder, glob, fsspec URL, WebDataset .tar shards, or a .parquet/.csv manifest")
     p.add_argument("archive", help="archive location (folder or fsspec URL); created if absent")
-    p.add_argument("--preset", default="taef2")
+    p.add_argument("--preset", default="taef2", choices=["taef2", "sd21"],
+                   help="taef2 (offline, shipped) or sd21 (the paper's model: --sd-model, --controlnet, --latent-codec)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, help="rate in trained-point units (default: the preset's)")
     g.add_argument("--target-bpp", type=float, help="per image, the highest rate within this many bits per pixel")

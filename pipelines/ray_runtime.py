@@ -16,7 +16,8 @@ from codec.usage import UsageError
 
 LOOPBACK = "127.0.0.1"
 # Environment a worker needs to find the same weights and limits as the driver.
-FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_CDM", "RESULIC_MAX_PIXELS")
+FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_CDM", "RESULIC_MAX_PIXELS", "RESULIC_SD_MODEL",
+                 "RESULIC_CONTROLNET")
 
 
 def worker_env() -> dict[str, str]:

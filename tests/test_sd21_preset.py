@@ -100,3 +100,31 @@ def test_pfo_refines_the_residual_against_this_decoder(parts, monkeypatch):
     text = codec.read_text(stream)
     assert len(text.split()) == 3 and all(w in WORDS for w in text.split())
     assert stream == codec.encode(img, rate=2, preset=p, text=text)  # the same stream a plain encode of that text makes
+
+
+def test_cli_encodes_and_decodes_with_the_components_named(parts, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, png_bytes
+
+    src = tmp_path / "in.png"
+    src.write_bytes(png_bytes(photo(64, 64)))
+    env = {k: v for k, v in os.environ.items() if k not in (SD_MODEL_ENV, CONTROLNET_ENV, "RESULIC_LATENT_CODEC")}
+    names = ["--sd-model", str(parts["sd"]), "--controlnet", str(parts["controlnet"]), "--latent-codec", str(parts["latent_codec"])]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    r = cli("encode", str(src), str(tmp_path / "s.rsl"), "--preset", "sd21", "--rate", "2", "--text", "red door", *names)
+    assert r.returncode == 0, r.stderr
+    outs = {}
+    for g in ("2.5", "1"):
+        r = cli("decode", str(tmp_path / "s.rsl"), str(tmp_path / f"g{g}.png"), "--guidance", g, *names)
+        assert r.returncode == 0, r.stderr
+        outs[g] = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / f"g{g}.png"))
+    assert not np.array_equal(outs["2.5"], outs["1"])  # guidance between the residual text and the negative prompt
+    r = cli("decode", str(tmp_path / "s.rsl"), str(tmp_path / "x.png"))  # without its components: a clear refusal
+    assert r.returncode == 1 and SD_MODEL_ENV in r.stderr

@@ -62,13 +62,16 @@ def cdm_decode_latent(
     seeds: list[int],
     steps: int = DEFAULT_STEPS,
     texts: list[str] | None = None,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     """(B, C, h, w) decoded latents -> restored latents, all items at one rate level and N_r; a
-    text-conditioned model is guided by each item's residual text (classifier-free guidance)."""
+    text-conditioned model is guided by each item's residual text (classifier-free guidance at
+    ``guidance``, or the model's own scale)."""
     noise = stream_noise(tuple(z_hat.shape[1:]), seeds)
     if not model.text_conditioned:
         return denoise(model, z_hat, level, n_r, noise, steps)
     enc = model.text_encoder
     texts = texts or [""] * z_hat.shape[0]
     text, uncond = enc.embed(texts), enc.embed([""] * len(texts))
-    return denoise(model, z_hat, level, n_r, noise, steps, text, uncond, model.config.guidance_scale)
+    return denoise(model, z_hat, level, n_r, noise, steps, text, uncond,
+                   model.config.guidance_scale if guidance is None else guidance)  # fmt: skip

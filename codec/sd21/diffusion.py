@@ -47,30 +47,32 @@ class SD21Diffusion(nn.Module):
         return self.model(z_t, tt, encoder_hidden_states=text, controlnet_cond=z_hat).sample
 
     def denoise(self, z_hat: torch.Tensor, n_r: int, noise: torch.Tensor, steps: int, text: torch.Tensor,
-                uncond: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                uncond: torch.Tensor, guidance: float | None = None) -> torch.Tensor:  # fmt: skip
         """The DDIM chain from ẑ noised to N_r, guided between ``text`` and ``uncond`` embeddings
         (differentiable in them: prompt optimisation runs through it)."""
         ac = alphas_cumprod()
         dtype = z_hat.dtype
+        scale = self.config.guidance_scale if guidance is None else guidance
         z = start_point(z_hat, n_r, noise.to(z_hat.device, dtype), ac)
         ts = ddim_timesteps(n_r, steps)
         for i, t in enumerate(ts):
             eps = self.noise(z, t, text, z_hat)
-            if self.config.guidance_scale != 1.0:
+            if scale != 1.0:
                 eps_u = self.noise(z, t, uncond, z_hat)
-                eps = eps_u + self.config.guidance_scale * (eps - eps_u)
+                eps = eps_u + scale * (eps - eps_u)
             a = ac[t].to(dtype)
             z0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
             z = ddim_step(z, z0, t, ts[i + 1] if i + 1 < len(ts) else 0, ac)
         return z
 
     @torch.no_grad()
-    def restore(self, z_hat: torch.Tensor, n_r: int, seeds: list[int], steps: int, texts: list[str] | None) -> torch.Tensor:
+    def restore(self, z_hat: torch.Tensor, n_r: int, seeds: list[int], steps: int, texts: list[str] | None,
+                guidance: float | None = None) -> torch.Tensor:  # fmt: skip
         """(B, 4, h, w) decoded latents at one N_r -> restored latents (SD's scaled latent space)."""
         b, dtype = z_hat.shape[0], z_hat.dtype
         text = self.text_encoder.embed(texts or [""] * b).to(dtype)
         uncond = self.text_encoder.embed([self.config.negative_prompt] * b).to(dtype)
-        return self.denoise(z_hat, n_r, stream_noise(tuple(z_hat.shape[1:]), seeds), steps, text, uncond)
+        return self.denoise(z_hat, n_r, stream_noise(tuple(z_hat.shape[1:]), seeds), steps, text, uncond, guidance)
 
 
 __all__ = ["SD21Diffusion", "SD21DiffusionConfig", "GUIDANCE_SCALE"]

@@ -65,6 +65,19 @@ def crops_dataset(source: str, crop: int, captions: dict[str, str] | None = None
     return ray.data.read_images(source, mode="RGB", include_paths=True, file_extensions=IMAGE_EXTENSIONS).map(cut)
 
 
+def local_copy(url: str) -> Path:
+    """A local path for a file that may be on object storage (each worker fetches its own copy)."""
+    if "://" not in url:
+        return Path(url)
+    import fsspec
+
+    folder = Path(tempfile.mkdtemp(prefix="resulic-weights-"))
+    target = folder / posixpath.basename(url)
+    with fsspec.open(url, "rb") as src:
+        target.write_bytes(src.read())
+    return target
+
+
 def batches(shard, batch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """(images (B, 3, H, W) in [0, 1] on ``device``, captions), pass after pass over the shard."""
     while True:
@@ -135,4 +148,4 @@ def fit(loop: Callable[[dict], None], config: dict, args: argparse.Namespace):
     return trainer.fit()
 
 
-__all__ = ["add_ray_train_arguments", "crops_dataset", "batches", "autocast", "resume_state", "report", "fit", "seed_for"]
+__all__ = ["add_ray_train_arguments", "crops_dataset", "local_copy", "batches", "autocast", "resume_state", "report", "fit", "seed_for"]

@@ -23,7 +23,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from training.ray_train import add_ray_train_arguments, autocast, batches, fit, report, resume_state, seed_for
+from training.ray_train import add_ray_train_arguments, autocast, batches, fit, local_copy, report, resume_state, seed_for
 
 
 def train_loop(cfg: dict) -> None:
@@ -40,7 +40,7 @@ def train_loop(cfg: dict) -> None:
     device = ray.train.torch.get_device()
     gen = torch.Generator().manual_seed(seed_for(cfg["seed"]))
     vae, unet, text_encoder, tokenizer = load_sd_parts(component_folder(cfg["sd_model"], "--sd-model", "Stable Diffusion"))
-    codec = load_latent_codec(cfg["latent_codec"])
+    codec = load_latent_codec(local_copy(cfg["latent_codec"]))
     state, resumed = resume_state()
     if resumed is not None:
         adapter = ControlNetXSAdapter.from_pretrained(resumed / "controlnet")
@@ -110,7 +110,7 @@ def train_loop(cfg: dict) -> None:
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_ray_train_arguments(p, "sd21-controlnet")
-    p.add_argument("--latent-codec", required=True, help="the sd21 latent codec file (resulic train sd21-codec)")
+    p.add_argument("--latent-codec", required=True, help="the sd21 latent codec file (resulic train sd21-codec), local or s3://")
     p.add_argument("--init-controlnet", help="start from this ControlNet-XS adapter folder")
     p.add_argument("--size-ratio", type=float, default=0.2, help="adapter width as a share of the UNet's (paper 0.2)")
     p.add_argument("--caption-dropout", type=float, default=0.3)

@@ -78,6 +78,12 @@ def test_restore_latency_builds_archives_and_restores_from_each():
     assert all(0 < float(r[2]) < float(r[3]) for r in rows) and rows[0][4] == "1.00"
 
 
+def test_sd21_latency_times_the_diffusion_decoder():
+    out = run("sd21_latency.py", "--tiny", "--size", "64", "--repeats", "1", "--dtype", "fp32", "--device", "cpu")
+    row = re.search(r"^\| cpu \| fp32 \| 64 \| 4 \| 8 \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert row and float(row.group(1)) > 0, out
+
+
 def test_serve_load_serves_every_request_and_measures_the_cli(tmp_path):
     out = run("serve_load.py", "--assets", "4", "--size", "96", "--requests", "16", "--concurrency", "2",
               "--cli-keys", "1", "--workdir", str(tmp_path), "--json")

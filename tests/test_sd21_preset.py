@@ -128,3 +128,35 @@ def test_cli_encodes_and_decodes_with_the_components_named(parts, tmp_path):
     assert not np.array_equal(outs["2.5"], outs["1"])  # guidance between the residual text and the negative prompt
     r = cli("decode", str(tmp_path / "s.rsl"), str(tmp_path / "x.png"))  # without its components: a clear refusal
     assert r.returncode == 1 and SD_MODEL_ENV in r.stderr
+
+
+def test_the_eps_chain_retraces_the_forward_process_with_an_oracle(parts, monkeypatch):
+    """With the true effective noise at every step (what a perfect UNet predicts), the DDIM chain
+    from ẑ noised to N_r ends at the clean latent z0, and guidance between two equal predictions
+    changes nothing: the ε-to-z0 conversion and the steps are the paper's formulas."""
+    import torch
+
+    from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process
+
+    _use(monkeypatch, parts["sd"], parts["controlnet"], parts["latent_codec"])
+    diffusion = load_preset("sd21").cdm
+    torch.manual_seed(0)
+    z0, z_hat, noise = torch.randn(3, 1, 4, 8, 8, dtype=torch.float64).unbind(0)
+    ac = alphas_cumprod()
+
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def oracle(z_t, t, text, cond):
+        seen.append((t, z_t))
+        a = ac[t]
+        return (z_t - a.sqrt() * z0) / (1 - a).sqrt()
+
+    monkeypatch.setattr(diffusion, "noise", oracle)
+    for n_r, steps in [(400, 4), (800, 3), (50, 1)]:
+        seen.clear()
+        out = diffusion.denoise(z_hat, n_r, noise, steps, text=None, uncond=None, guidance=2.5)
+        assert torch.allclose(out, z0, atol=1e-9)
+        for t, z_t in seen:  # every point visited is the forward process's for the same noise
+            want, _ = forward_process(z0, z_hat, torch.tensor([t]), torch.tensor([n_r]), noise, ac)
+            assert torch.allclose(z_t, want, atol=1e-9), (n_r, t)
+        assert {t for t, _ in seen} == set(ddim_timesteps(n_r, steps))

@@ -1,6 +1,7 @@
-"""Both sd21 trainers with Ray Train on the local Ray: tiny components and a few training photos,
-a few steps each; the loss on a fixed batch falls, checkpoints hold what the preset loads, and a
-rerun with more steps resumes where the last one stopped."""
+"""Both sd21 trainers with Ray Train on the local Ray: tiny components and a few training photos
+(in a folder, and on S3), a few steps each; the loss on a fixed batch falls, checkpoints (in a
+folder, and on S3) hold what the preset loads, and a rerun with more steps resumes where the
+last one stopped."""
 
 from __future__ import annotations
 
@@ -39,24 +40,38 @@ def _common(root, photos, parts, steps: int) -> list[str]:
             "--batch", "2", "--crop", "128", "--lr", "1e-3"]  # fmt: skip
 
 
-def _metrics(run_dir) -> list[dict]:
-    return sorted((json.loads(p.read_text()) for p in run_dir.glob("checkpoint_*/metrics.json")), key=lambda m: m["step"])
+def test_codec_trains_on_object_storage_checkpoints_and_resumes(setup, s3_server, capsys, monkeypatch):
+    """Ray Data reads the photos from S3 and Ray Train writes its checkpoints there (a real S3 API
+    server on loopback); the rerun resumes from the checkpoint in the bucket."""
+    import uuid
 
+    import s3fs
 
-def test_codec_trains_checkpoints_and_resumes(setup, capsys, monkeypatch):
+    from training.ray_train import local_copy
+
     root, photos, parts = setup
-    sd21_codec.main(_common(root, photos, parts, 8) + ["--codec-config", TINY_CODEC])
+    fs = s3fs.S3FileSystem()
+    bucket = f"train-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    for p in photos.glob("*.png"):
+        fs.put(str(p), f"{bucket}/photos/{p.name}")
+    args = ["--sd-model", str(parts["sd"]), "--data", f"s3://{bucket}/photos", "--storage-path", f"s3://{bucket}/runs",
+            "--device", "cpu", "--save-every", "4", "--batch", "2", "--crop", "128", "--lr", "1e-3",
+            "--codec-config", TINY_CODEC]  # fmt: skip
+    sd21_codec.main(args + ["--steps", "8"])
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
     assert first["step"] == 8 and first["started_at"] == 0
     assert first["probe_loss"] < first["probe_loss_at_start"]  # it learns
-    sd21_codec.main(_common(root, photos, parts, 10) + ["--codec-config", TINY_CODEC])
+    sd21_codec.main(args + ["--steps", "10"])
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["metrics"]["started_at"] == 8 and again["metrics"]["step"] == 10  # resumed, not restarted
-    assert [m["step"] for m in _metrics(root / "runs" / "sd21-codec")] == [8, 10]  # the newest two kept
+    checkpoint = again["checkpoint"]
+    assert checkpoint.startswith(f"{bucket}/runs/sd21-codec/checkpoint_")
+    assert len(fs.glob(f"{bucket}/runs/sd21-codec/checkpoint_2*")) == 2  # the newest two kept
     # the exported file is what the preset takes
     monkeypatch.setenv(SD_MODEL_ENV, str(parts["sd"]))
     monkeypatch.setenv(CONTROLNET_ENV, str(parts["controlnet"]))
-    monkeypatch.setenv("RESULIC_LATENT_CODEC", f"{again['checkpoint']}/latent_codec.safetensors")
+    monkeypatch.setenv("RESULIC_LATENT_CODEC", str(local_copy(f"s3://{checkpoint}/latent_codec.safetensors")))
     p = load_preset("sd21")
     assert codec.decode(codec.encode(photo(64, 64), rate=2, preset=p)).size == (64, 64)
 
@@ -77,25 +92,3 @@ def test_controlnet_trains_checkpoints_and_resumes(setup, capsys, monkeypatch):
     p = load_preset("sd21")
     assert codec.decode(codec.encode(photo(64, 64), rate=2, preset=p, text="a red door")).size == (64, 64)
 
-
-def test_photos_and_checkpoints_on_object_storage(setup, s3_server, capsys):
-    """Ray Data reads the photos from S3 and Ray Train writes its checkpoints there (a real S3
-    API server on loopback); the rerun resumes from the checkpoint in the bucket."""
-    import uuid
-
-    import s3fs
-
-    root, photos, parts = setup
-    fs = s3fs.S3FileSystem()
-    bucket = f"train-{uuid.uuid4().hex[:8]}"
-    fs.mkdir(bucket)
-    for p in photos.glob("*.png"):
-        fs.put(str(p), f"{bucket}/photos/{p.name}")
-    args = ["--sd-model", str(parts["sd"]), "--data", f"s3://{bucket}/photos", "--storage-path", f"s3://{bucket}/runs",
-            "--device", "cpu", "--save-every", "2", "--batch", "2", "--crop", "128", "--codec-config", TINY_CODEC]  # fmt: skip
-    sd21_codec.main(args + ["--steps", "2"])
-    capsys.readouterr()
-    sd21_codec.main(args + ["--steps", "4"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["metrics"]["started_at"] == 2 and out["checkpoint"].startswith(f"{bucket}/runs/sd21-codec/checkpoint_")
-    assert fs.exists(f"{out['checkpoint']}/latent_codec.safetensors")

@@ -34,6 +34,11 @@ BATCH_SIZE = 8  # decodes of one decoder replica batched together
 CACHE_CONTROL = "private, no-cache"
 
 
+def etag_of(stream: bytes, fmt: str, decoder: str) -> str:
+    """A restoration's ETag: the stream's SHA-256 (decoding is deterministic) with how it is rendered."""
+    return f'"{hashlib.sha256(stream).hexdigest()[:32]}-{fmt}-{decoder}"'
+
+
 @dataclass(frozen=True)
 class DecodeJob:
     stream: bytes
@@ -179,11 +184,16 @@ class RestoreAPI:
         if entry is None:
             raise HTTPException(404, f"{key!r} is not in the archive")
         loc = (entry["file"], entry["row_group"], entry["row"], fmt, decoder)
+        known = {t.strip() for t in request.headers.get("if-none-match", "").split(",")} - {""}
         cached = self.cache.get(loc)
         hit = cached is not None
+        if not hit and known:  # a client revalidating what this replica has not kept: a read, no decode
+            etag = etag_of(await self._stream(entry), fmt, decoder)
+            if etag in known:
+                return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
         cached = cached or await self._restore(entry, loc)
         headers = {"ETag": cached.etag, "Cache-Control": CACHE_CONTROL, "X-Resulic-Cache": "hit" if hit else "miss"}
-        if cached.etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        if cached.etag in known:
             return Response(status_code=304, headers=headers)
         headers["Content-Length"] = str(len(cached.body))
         body = b"" if request.method == "HEAD" else cached.body
@@ -229,8 +239,9 @@ class RestoreAPI:
         except asyncio.TimeoutError:
             raise HTTPException(504, f"restoring {entry['key']!r} took more than {self.settings.request_timeout_s:g} s") from None
 
-    async def _decode(self, entry: dict, loc: tuple) -> CachedResponse:
-        key, fmt, decoder = entry["key"], loc[3], loc[4]
+    async def _stream(self, entry: dict) -> bytes:
+        """The asset's bitstream, checked as far as the container and the pixel limit go."""
+        key = entry["key"]
         try:
             row = await asyncio.to_thread(self.archive.read_asset, entry, ["key", "status", "error", "bitstream"])
         except Exception as e:  # noqa: BLE001 - a data file gone or damaged since the index read it
@@ -245,6 +256,11 @@ class RestoreAPI:
         if head.width * head.height > self.max_pixels:
             raise HTTPException(413, f"{key!r} restores to {head.width}x{head.height} pixels, more than this "
                                      f"service's limit of {self.max_pixels:,}")  # fmt: skip
+        return stream
+
+    async def _decode(self, entry: dict, loc: tuple) -> CachedResponse:
+        key, fmt, decoder = entry["key"], loc[3], loc[4]
+        stream = await self._stream(entry)
         try:
             result: DecodeResult = await self.decoder.decode.remote(DecodeJob(stream, fmt, decoder))
         except Exception as e:  # noqa: BLE001 - backpressure or a replica lost: try again later
@@ -257,8 +273,7 @@ class RestoreAPI:
             raise HTTPException(400, f"{key!r}: {result.message}")
         if result.outcome != "ok":
             raise HTTPException(500, f"{key!r}: decoding failed: {result.message}")
-        etag = f'"{hashlib.sha256(stream).hexdigest()[:32]}-{fmt}-{decoder}"'
-        cached = CachedResponse(result.body, MEDIA_TYPES[fmt], etag)
+        cached = CachedResponse(result.body, MEDIA_TYPES[fmt], etag_of(stream, fmt, decoder))
         self.cache.put(loc, cached)
         return cached
 

@@ -90,6 +90,7 @@ def service(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", str(root / "arc"), "--port", str(port),
                                  "--refresh-seconds", "1"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     svc = Service(port, root / "arc", proc, output)
+    svc.streams = {"a.png": small}
     deadline = time.time() + 240
     while time.time() < deadline:
         assert proc.poll() is None, output.read_text()
@@ -124,6 +125,16 @@ def test_second_request_is_served_from_the_cache_and_revalidates(service):
     assert (first[1]["x-resulic-cache"], second[1]["x-resulic-cache"]) == ("miss", "hit")
     status, headers, body = service.request("/v1/assets/a.png?format=webp", headers={"If-None-Match": first[1]["etag"]})
     assert status == 304 and body == b"" and headers["etag"] == first[1]["etag"]
+
+
+def test_revalidating_an_asset_not_in_the_cache_decodes_nothing(service):
+    from operators.restore_service import etag_of
+
+    etag = etag_of(service.streams["a.png"], "webp", "plain")
+    status, headers, body = service.request("/v1/assets/a.png?format=webp&decoder=plain", headers={"If-None-Match": etag})
+    assert status == 304 and body == b"" and headers["etag"] == etag and "x-resulic-cache" not in headers
+    status, headers, _ = service.request("/v1/assets/a.png?format=webp&decoder=plain")
+    assert status == 200 and headers["x-resulic-cache"] == "miss" and headers["etag"] == etag  # it was never decoded
 
 
 def test_head_formats_and_decoders(service):

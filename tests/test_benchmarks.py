@@ -78,6 +78,13 @@ def test_restore_latency_builds_archives_and_restores_from_each():
     assert all(0 < float(r[2]) < float(r[3]) for r in rows) and rows[0][4] == "1.00"
 
 
+def test_gpu_checks_script_is_valid_bash_and_names_existing_scripts():
+    script = (ROOT / "benchmarks" / "gpu_checks.sh").read_text()
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_checks.sh")], check=True)
+    for name in re.findall(r"(benchmarks/\w+\.py|tests/\w+\.py)", script):
+        assert (ROOT / name).is_file(), name
+
+
 def test_sd21_latency_times_the_diffusion_decoder():
     out = run("sd21_latency.py", "--tiny", "--size", "64", "--repeats", "1", "--dtype", "fp32", "--device", "cpu")
     row = re.search(r"^\| cpu \| fp32 \| 64 \| 4 \| 8 \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)

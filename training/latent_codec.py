@@ -45,6 +45,20 @@ def bits_per_pixel(likelihoods: dict, pixels: int) -> torch.Tensor:
     return total / pixels
 
 
+def codec_step(loss: torch.Tensor, model: LatentCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One step on ``loss`` (gradient norm clipped to 1 over the parameters ``opt`` holds) and one
+    of the hyperprior's quantiles on their own aux loss, which is returned."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    aux_loss = model.entropy_bottleneck.loss()
+    aux_opt.zero_grad(set_to_none=True)
+    aux_loss.backward()
+    aux_opt.step()
+    return aux_loss
+
+
 def fit_quantiles(model: LatentCodec, steps: int = 2000) -> float:
     """Converge the hyperprior's quantiles (they set the CDF tables' ranges) on the aux loss alone."""
     eb = model.entropy_bottleneck
@@ -186,14 +200,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             psnr_img = -10 * math.log10(max(d_img.mean().item(), 1e-10))
         lam = model.lambdas(rate)
         loss = (bpp + lam * 255**2 * d).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-        opt.step()
-        aux_loss = model.entropy_bottleneck.loss()
-        aux_opt.zero_grad()
-        aux_loss.backward()
-        aux_opt.step()
+        aux_loss = codec_step(loss, model, opt, aux_opt)
         step += 1
         if step % 25 == 0:
             lo, hi = rate < 1, rate > k - 2

@@ -38,7 +38,7 @@ from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
-from training.latent_codec import bits_per_pixel, save_weights
+from training.latent_codec import bits_per_pixel, codec_step, save_weights
 from training.photo_crops import PhotoCrops
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
@@ -183,14 +183,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         bpp = bits_per_pixel(res["likelihoods"], args.crop**2)
         d = mse + args.lpips_weight * lp + args.latent_weight * d_lat
         loss = (bpp + codec.lambdas(rate) * 255**2 * d).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-        opt.step()
-        aux_loss = codec.entropy_bottleneck.loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_opt.step()
+        aux_loss = codec_step(loss, codec, opt, aux_opt)
         step += 1
         elapsed = time.time() - t_start
         if step % args.log_every == 0:

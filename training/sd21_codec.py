@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from training.latent_codec import bits_per_pixel, load_model_weights, save_weights
+from training.latent_codec import bits_per_pixel, codec_step, load_model_weights, save_weights
 from training.ray_train import add_ray_train_arguments, autocast, batches, fit, report, resume_state, seed_for
 
 PAPER_CODEC = {"latent_channels": 4, "patch": 4, "transform": "conv", "hidden": 128, "y_channels": 192,
@@ -80,14 +80,7 @@ def train_loop(cfg: dict) -> None:
     while step < cfg["steps"]:
         x, _ = next(data)
         loss, bpp, d = loss_of(x, torch.rand(x.shape[0], device=device) * (k - 1), net)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        aux_loss = model.entropy_bottleneck.loss()
-        aux_opt.zero_grad()
-        aux_loss.backward()
-        aux_opt.step()
+        codec_step(loss, model, opt, aux_opt)
         step += 1
         if step % cfg["save_every"] == 0 or step == cfg["steps"]:
             metrics = {"step": step, "started_at": start, "loss": float(loss), "bpp": float(bpp.mean()), "mse": float(d.mean()),

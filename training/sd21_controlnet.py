@@ -32,6 +32,7 @@ def train_loop(cfg: dict) -> None:
     from diffusers import ControlNetXSAdapter
 
     from codec.cdm.process import alphas_cumprod, forward_process, n_r_for_level
+    from codec.cdm.text import TextEncoder
     from codec.latent_codec import LEVELS_PER_POINT
     from codec.presets import load_latent_codec
     from codec.sd21.preset import component_folder, load_sd_parts
@@ -63,11 +64,11 @@ def train_loop(cfg: dict) -> None:
     ac = alphas_cumprod().to(device)
     levels = codec.num_levels
 
+    encoder = TextEncoder(text_encoder, tokenizer)  # the decoder's own prompt embedding
+
     def embed(texts: list[str]) -> torch.Tensor:
-        ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
-                        max_length=min(77, text_encoder.config.max_position_embeddings)).input_ids  # fmt: skip
-        with torch.no_grad(), autocast(device):
-            return text_encoder(input_ids=ids.to(device)).last_hidden_state.float()
+        with autocast(device):
+            return encoder.embed(texts).float()
 
     def loss_of(x: torch.Tensor, texts: list[str], draw: torch.Generator) -> torch.Tensor:
         b = x.shape[0]

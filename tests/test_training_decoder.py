@@ -39,3 +39,34 @@ def test_a_few_steps_fit_decoded_latents_better_then_resume(tmp_path, preset):
 def test_crop_must_fit_the_hyperprior_stride(tmp_path):
     with pytest.raises(SystemExit):
         main(["--crop", "24", "--out", str(tmp_path)])
+
+
+PERCEPTUAL = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "weights" / "perceptual"
+
+
+def test_adversarial_fine_tune_of_the_release_decoder_resumes_with_its_discriminator(tmp_path, preset):
+    from tests.conftest import photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(192, 192, "kodim05.png").save(photos / "a.png")  # a test fixture crop, not training data
+    run = tmp_path / "run"
+    args = ["--data", f"{photos}:1.0", "--cache", str(tmp_path / "cache"), "--out", str(run), "--crop", "16",
+            "--save-every", "10", "--batch", "2", "--warmup", "1", "--init", "release", "--lpips-weight", "0.01",
+            "--adversarial-weight", "0.001", "--metric-weights", str(PERCEPTUAL)]  # fmt: skip
+    main([*args, "--steps", "2"])
+    first = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert first["step"] == 2 and "disc" in first and "disc_opt" in first
+    start = preset.decoder_finetune.decoder.state_dict()
+    moved = [k for k, v in first["decoder"].items() if not torch.equal(v, start[k])]
+    assert moved, "two steps from the release's decoder changed nothing"
+    main([*args, "--steps", "3"])  # resumes generator and discriminator at step 2
+    second = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert second["step"] == 3
+    assert any(not torch.equal(v, first["disc"][k]) for k, v in second["disc"].items())
+    preset.autoencoder.with_decoder(run / "decoder.safetensors")  # the same network, key for key
+
+
+def test_init_release_needs_a_release_with_its_own_decoder(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--init", "release", "--model-id", "75b3a217d25759b2", "--out", str(tmp_path)])

@@ -16,6 +16,13 @@ blend the weights per rate level toward TAEF2's own (``training.decoder_calibrat
 architecture is unchanged, so decoding costs the same. The latent codec and the encoder stay
 frozen: streams already written decode with either decoder.
 
+For a perceptual release (``--model-id`` of the v2 codec, ``--init release``: its own decoder
+as the start) the loss can add LPIPS (the published AlexNet weights; DISTS is never trained on)
+and an adversarial term, as HiFiC does: a conditional PatchGAN (``training.discriminator``)
+that sees ẑ beside the image, trained with the non-saturating loss. An MSE- and LPIPS-trained
+decoder averages the textures it cannot place; the adversarial term asks for texture a photo
+of this ẑ would have.
+
 Resumable: rerun the same command to continue. ``--out``/decoder.safetensors is the result.
 """
 
@@ -35,7 +42,9 @@ from safetensors.torch import save_file
 
 from codec.presets import load_preset
 from training.cdm import decoded_latent
+from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.discriminator import AdversarialTerm
 
 BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the decoder see no context there
 
@@ -59,6 +68,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--loss", choices=("db", "mse"), default="mse",
                    help="db: the mean of each item's 10·log10(MSE); mse: the batch MSE (favours the low rates)")
     p.add_argument("--ms-ssim-weight", type=float, default=0.0, help="weight of 1 − MS-SSIM beside the image MSE")
+    p.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS (v0.1 AlexNet) beside the image MSE")
+    p.add_argument("--adversarial-weight", type=float, default=0.0,
+                   help="weight of the non-saturating adversarial term beside the image MSE (0: no discriminator)")  # fmt: skip
+    p.add_argument("--disc-lr", type=float, default=1e-4, help="the discriminator's learning rate")
+    p.add_argument("--model-id", help="the release whose latent codec codes the crops (default: the newest)")
+    p.add_argument("--init", choices=("autoencoder", "release"), default="autoencoder",
+                   help="start from TAEF2's own decoder or from the release's fine-tuned one")  # fmt: skip
+    p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
     p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), keeping the --steps schedule")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100)
@@ -71,19 +88,26 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    preset = load_preset("taef2", weights_dir=args.weights_dir)
+    preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=args.model_id)
     ae = preset.autoencoder
+    if args.init == "release" and preset.decoder_finetune is None:
+        p.error(f"--init release: model {preset.model_id.hex()} has no decoder of its own")
     files = cache_from_specs(args.data, Path(args.cache), ae)
     sampler = CropSampler(files, args.crop, seed=int(time.time()))
     rng = random.Random(int(time.time()))
-    decoder = copy.deepcopy(ae.decoder)
+    start = (preset.decoder_finetune if args.init == "release" else ae).decoder  # frozen: the log's reference
+    decoder = copy.deepcopy(start)
     decoder.requires_grad_(True).train()
     opt = torch.optim.Adam(decoder.parameters(), lr=args.lr)
+    lpips = LPIPS.from_dir(args.metric_weights or default_weights_dir()) if args.lpips_weight > 0 else None
+    adversarial = AdversarialTerm(args.disc_lr) if args.adversarial_weight > 0 else None
     ckpt_path, step = out / "checkpoint.pt", 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["opt"])
+        if adversarial:
+            adversarial.load_state_dict(ckpt)
         step = int(ckpt["step"])
         print(f"resumed at step {step}", flush=True)
     log = open(out / "train.log", "a")
@@ -100,10 +124,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         z_hat = torch.cat([decoded_latent(preset, z0[i : i + 1], lv) for i, lv in enumerate(levels)])
         x = decoder(z_hat).clamp(0, 1)[:, :, b:-b, b:-b]
         tgt = img[:, :, b:-b, b:-b]
+        z_in = z_hat[:, :, b // 8 : -(b // 8), b // 8 : -(b // 8)]  # the latent cells of the interior
+        extra = adversarial.train_step(tgt, x, z_in) if adversarial else {}
         mse = (x - tgt).pow(2).mean((1, 2, 3))
         loss = 10 * mse.clamp_min(1e-10).log10().mean() if args.loss == "db" else mse.mean()
         if args.ms_ssim_weight > 0:
             loss = loss + args.ms_ssim_weight * (1 - ms_ssim(x, tgt, data_range=1.0, size_average=False)).mean()
+        if lpips:
+            lp = lpips(x, tgt).mean()
+            loss = loss + args.lpips_weight * lp
+            extra["lpips"] = round(lp.item(), 4)
+        if adversarial:
+            adv = adversarial.generator_loss(x, z_in)
+            loss = loss + args.adversarial_weight * adv
+            extra["adv"] = round(adv.item(), 4)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
@@ -111,15 +145,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         step += 1
         if step % 10 == 0:
             with torch.no_grad():
-                base = (ae.decode(z_hat)[:, :, b:-b, b:-b] - tgt).pow(2).mean((1, 2, 3))
+                base = (start(z_hat).clamp(0, 1)[:, :, b:-b, b:-b] - tgt).pow(2).mean((1, 2, 3))
             gain = (10 * torch.log10(base / mse.detach().clamp_min(1e-10))).mean().item()
             rec = {"step": step, "loss": round(loss.item(), 6),
                    "psnr": round(-10 * math.log10(max(mse.mean().item(), 1e-10)), 2),
-                   "gain_db": round(gain, 3), "levels": levels, "lr": lr, "sec": round(time.time() - t0, 1)}  # fmt: skip
+                   "gain_db": round(gain, 3), **extra, "levels": levels, "lr": lr, "sec": round(time.time() - t0, 1)}  # fmt: skip
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == last:
-            save_checkpoint({"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step}
+            if adversarial:
+                state |= adversarial.state_dict()
+            save_checkpoint(state, ckpt_path)
             save_decoder(decoder, out / "decoder.safetensors",
                          {"step": step, "latent_codec_model_id": preset.model_id.hex(), "config": json.dumps(vars(args))})
 

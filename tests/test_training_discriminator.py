@@ -31,7 +31,9 @@ def test_adversarial_term_trains_only_its_discriminator_in_its_own_step():
     assert any(not torch.equal(v, before[k]) for k, v in term.disc.state_dict().items())
     assert fake.grad is None  # the discriminator's step does not reach the decoder
     grads = [p.grad.clone() for p in term.disc.parameters()]
-    term.generator_loss(fake, latent).backward()
+    loss = term.generator_loss(fake, latent)
+    assert loss.shape == (2,)
+    loss.sum().backward()
     assert fake.grad.abs().sum() > 0
     assert all(torch.equal(p.grad, g) for p, g in zip(term.disc.parameters(), grads))  # the decoder's pass adds none
     restored = AdversarialTerm()

@@ -1,4 +1,4 @@
-"""A real (tiny) run of the perceptual codec trainer on CPU: two steps, checkpoint, resume,
+"""A real (tiny) run of the perceptual codec trainer on CPU, adversarial term on: two steps, checkpoint, resume,
 exports that load as a latent codec and a TAEF2 decoder."""
 
 import json
@@ -17,13 +17,15 @@ def test_train_resume_and_export(tmp_path, train_photos):
     data = train_photos
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), "--batch", "2", "--crop", "128", "--scales", "1",
-            "--save-every", "100", "--log-every", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL)]  # fmt: skip
+            "--save-every", "100", "--log-every", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL),
+            "--adversarial-weight", "0.001"]  # fmt: skip
     main([*args, "--steps", "2"])
     main([*args, "--steps", "3"])  # resumes at step 2
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and "disc" in ckpt  # the discriminator resumes too
     log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
-    assert all(r["lpips"] > 0 and r["bpp"] > 0 and r["psnr"] > 5 for r in log)
+    assert all(r["lpips"] > 0 and r["bpp"] > 0 and r["psnr"] > 5 and r["adv"] > 0 and r["d_loss"] > 0 for r in log)
     codec = load_latent_codec(out / "latent_codec.safetensors")
     assert codec.config.transform == "conv"
     TAEF2.from_pretrained().with_decoder(out / "decoder.safetensors")  # the same network, key for key

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             loss = loss + args.lpips_weight * lp
             extra["lpips"] = round(lp.item(), 4)
         if adversarial:
-            adv = adversarial.generator_loss(x, z_in)
+            adv = adversarial.generator_loss(x, z_in).mean()
             loss = loss + args.adversarial_weight * adv
             extra["adv"] = round(adv.item(), 4)
         opt.zero_grad()

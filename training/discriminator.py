@@ -63,7 +63,8 @@ class AdversarialTerm:
                 "d_fake": round(d_fake.mean().item(), 3)}  # fmt: skip
 
     def generator_loss(self, fake: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return F.softplus(-self.disc(fake, latent)).mean()
+        """Per image: the mean over its patches."""
+        return F.softplus(-self.disc(fake, latent)).mean((1, 2, 3))
 
     def state_dict(self) -> dict:
         return {"disc": self.disc.state_dict(), "disc_opt": self.opt.state_dict()}

@@ -13,6 +13,8 @@ pixels, with the decoder (TAEF2's architecture, initialised from TAEF2) fine-tun
   own decoder. It keeps the decoded latent a TAEF2 latent, which the diffusion decoder and
   the caption's latent-only reconstruction read.
 - One model serves every rate: the rate is drawn uniformly over the rate points per crop.
+- ``--adversarial-weight``: HiFiC's adversarial term (``training.discriminator``), in image-MSE
+  units like the others; the discriminator sees the decoded latent, detached, beside the image.
 
 The same command runs on a CPU (resumable, in the background) and on one GPU (``--device
 cuda``: bfloat16 autocast for the autoencoder, decoder and LPIPS; the entropy model stays in
@@ -38,6 +40,7 @@ from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
+from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, codec_step, save_weights
 from training.photo_crops import PhotoCrops
 
@@ -91,6 +94,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--density-lr-factor", type=float, default=10.0)
     p.add_argument("--lpips-weight", type=float, default=0.01, help="LPIPS in image-MSE units")
     p.add_argument("--latent-weight", type=float, default=0.1, help="weighted latent MSE, in image-MSE units")
+    p.add_argument("--adversarial-weight", type=float, default=0.0, help="the adversarial term, in image-MSE units (0: none)")
+    p.add_argument("--disc-lr", type=float, default=1e-4, help="the discriminator's learning rate")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         lr=args.lr,
     )  # fmt: skip
     aux_opt = torch.optim.Adam(quantiles, lr=1e-3)
+    # float32 outside autocast: spectral norm's power iteration wants the precision, and it is small
+    adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
 
     ckpt_path = out / "checkpoint.pt"
     step, elapsed = 0, 0.0
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["opt"])
         aux_opt.load_state_dict(ckpt["aux_opt"])
+        if adversarial:
+            adversarial.load_state_dict(ckpt)
         step, elapsed, sens = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt["sensitivity"].to(device)
         print(f"resumed at step {step}", flush=True)
     else:
@@ -157,7 +166,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     def checkpoint() -> None:
         state = {"codec": codec.state_dict(), "decoder": decoder.state_dict(), "opt": opt.state_dict(),
-                 "aux_opt": aux_opt.state_dict(), "step": step, "elapsed": elapsed, "sensitivity": sens}  # fmt: skip
+                 "aux_opt": aux_opt.state_dict(), "step": step, "elapsed": elapsed, "sensitivity": sens,
+                 **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
         save_checkpoint(state, ckpt_path)
         export(codec, decoder, out, {"step": str(step), "trainer": "training.perceptual_codec"})
 
@@ -182,6 +192,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         d_lat = ((res["latent_hat"] - lat).pow(2).mean((2, 3)) * sens).mean(1)
         bpp = bits_per_pixel(res["likelihoods"], args.crop**2)
         d = mse + args.lpips_weight * lp + args.latent_weight * d_lat
+        extra = {}
+        if adversarial:
+            cond = res["latent_hat"].detach()
+            extra = adversarial.train_step(x, x_hat, cond)
+            adv = adversarial.generator_loss(x_hat, cond)
+            d = d + args.adversarial_weight * adv
+            extra["adv"] = round(adv.mean().item(), 4)
         loss = (bpp + codec.lambdas(rate) * 255**2 * d).mean()
         aux_loss = codec_step(loss, codec, opt, aux_opt)
         step += 1
@@ -194,7 +211,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 "psnr_latent": round(-10 * math.log10(max(d_lat.mean().item(), 1e-10)), 2),
                 "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
                 "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
-                "aux": round(aux_loss.item(), 2), "lr": lr, "sec": round(elapsed, 1),
+                "aux": round(aux_loss.item(), 2), **extra, "lr": lr, "sec": round(elapsed, 1),
             }  # fmt: skip
             log.write(json.dumps(rec) + "\n")
             log.flush()

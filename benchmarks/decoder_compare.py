@@ -1,11 +1,11 @@
 """Candidate plain decoders of one release on the same streams: bpp, PSNR, LPIPS and DISTS.
 
 A decoder fine-tune (``resulic train decoder``) keeps the latent codec, so every candidate
-decodes the very same streams: each image is encoded once per level and only the decoder
+decodes the very same streams: each image is encoded once per rate and only the decoder
 varies. Run it on held-out training photos (never Kodak) to choose a decoder; `resulic eval`
 then reports the release on Kodak.
 
-    python benchmarks/decoder_compare.py HELD_OUT_FOLDER --levels 0 3 6 9 --images 12 \\
+    python benchmarks/decoder_compare.py HELD_OUT_FOLDER --rates 0 3 6 9 --images 12 \\
         --decoder release --decoder gan=runs/gan/decoder.safetensors
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec.bitstream import Bitstream
 from codec.decoding import reconstruct
 from codec.encoder import encode_with_symbols
 from codec.presets import Preset, load_preset
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("folder", help="held-out photos (never an evaluation set you tune for)")
     ap.add_argument("--decoder", action="append", default=[],
                     help="NAME=FILE, or 'release' for the release's own decoder (repeatable)")  # fmt: skip
-    ap.add_argument("--levels", type=int, nargs="+", default=[0, 3, 6, 9])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0, 3, 6, 9], help="encode --rate values")
     ap.add_argument("--images", type=int, default=12, help="the first N photos")
     ap.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side (Kodak's)")
     ap.add_argument("--model-id", help="the release (default: the newest)")
@@ -57,21 +58,22 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     for path in list_images(Path(args.folder))[: args.images]:
         img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
-        for level in args.levels:
-            stream, y_hat = encode_with_symbols([img], EncodeSettings(rate=level), preset=base)[0]
+        for rate in args.rates:
+            stream, y_hat = encode_with_symbols([img], EncodeSettings(rate=rate), preset=base)[0]
             bpp = 8 * len(stream) / (img.width * img.height)
+            level = Bitstream.from_bytes(stream).header.rate_level
             outs = {n: reconstruct([y_hat], [level], img.width, img.height, p)[0] for n, p in presets.items()}
             lp = pair_metrics("lpips", metrics_dir, img, list(outs.values()))
             ds = pair_metrics("dists", metrics_dir, img, list(outs.values()))
             for i, (name, out) in enumerate(outs.items()):
-                rows.setdefault((name, level), []).append((bpp, psnr(img, out), lp[i], ds[i]))
+                rows.setdefault((name, rate), []).append((bpp, psnr(img, out), lp[i], ds[i]))
         print(f"{path.name} done", flush=True)
-    print("\n| decoder | level | bpp | PSNR | LPIPS | DISTS |\n|---|---|---|---|---|---|")
-    for level in args.levels:
+    print("\n| decoder | rate | bpp | PSNR | LPIPS | DISTS |\n|---|---|---|---|---|---|")
+    for rate in args.rates:
         for name in presets:
-            m = np.mean(np.array(rows[name, level]), axis=0)
-            print(f"| {name} | {level} | {m[0]:.4f} | {m[1]:.2f} | {m[2]:.3f} | {m[3]:.3f} |")
-    print(f"\n{len(rows[name, level])} photos of {args.folder} at a long side of {args.max_side}")
+            m = np.mean(np.array(rows[name, rate]), axis=0)
+            print(f"| {name} | {rate:g} | {m[0]:.4f} | {m[1]:.2f} | {m[2]:.3f} | {m[3]:.3f} |")
+    print(f"\n{len(rows[name, rate])} photos of {args.folder} at a long side of {args.max_side}")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,14 @@ def test_soak_in_miniature_keeps_every_asset_once():
     out = run("soak.py", "--photos", "60", "--kills", "1", "--kill-between", "4", "8", "--nights", "2", "--new", "0.1",
               "--broken", "0.05")  # fmt: skip
     assert out.count("ok   ") == 4 and "FAIL" not in out
+
+
+def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights):
+    release = "codec/weights/perceptual_v2/decoder.safetensors"  # the newest release's own decoder, by file
+    out = run("decoder_compare.py", str(KODAK), "--images", "1", "--rates", "0", "--decoder", "release",
+              "--decoder", f"same={release}", "--metric-weights", str(metric_weights))  # fmt: skip
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    (own,), (same,) = ([r[2:] for r in rows if r[0] == name] for name in ("release", "same"))
+    assert own == same  # one stream, the same decoder: the same figures
+    bpp, psnr, lpips, dists = (float(c) for c in own)
+    assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1

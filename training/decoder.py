@@ -41,8 +41,8 @@ from pytorch_msssim import ms_ssim
 from safetensors.torch import save_file
 
 from codec.presets import load_preset
-from training.cdm import decoded_latent
 from evaluation.perceptual import LPIPS, default_weights_dir
+from training.cdm import decoded_latent
 from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 from training.discriminator import AdversarialTerm
 

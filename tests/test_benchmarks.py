@@ -117,3 +117,12 @@ def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights)
     assert own == same  # one stream, the same decoder: the same figures
     bpp, psnr, lpips, dists = (float(c) for c in own)
     assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1
+
+
+def test_scales_prints_each_coded_size_with_perceptual_metrics(metric_weights):
+    out = run("scales.py", str(KODAK), "--images", "1", "--scales", "1", "2", "--rates", "0",
+              "--perceptual", "--metric-weights", str(metric_weights))  # fmt: skip
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    (full,), (half,) = ([r[2:] for r in rows if r[:2] == [s, "0"]] for s in ("1", "2"))
+    assert float(half[0]) < float(full[0])  # a half-size image costs fewer bits at the same rate
+    assert all(0 < float(v) < 1 for v in full[3:] + half[3:])  # LPIPS and DISTS

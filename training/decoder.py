@@ -21,7 +21,13 @@ as the start) the loss can add LPIPS (the published AlexNet weights; DISTS is ne
 and an adversarial term, as HiFiC does: a conditional PatchGAN (``training.discriminator``)
 that sees ẑ beside the image, trained with the non-saturating loss. An MSE- and LPIPS-trained
 decoder averages the textures it cannot place; the adversarial term asks for texture a photo
-of this ẑ would have.
+of this ẑ would have. Tried on CPU for model 8147641cb2d9cfd8 (batch 4 of 256-pixel crops,
+LPIPS 0.01, adversarial 0.002, both learning rates 1e-4, 400 training photos; 4.3 s a step):
+after 250 and 500 steps it was worse than the release's own decoder on held-out photos at
+rate 6 (LPIPS 0.249 -> 0.281, DISTS 0.244 -> 0.258, -0.8 dB) and no better at rate 0, with a
+colour drift in flat skies (``benchmarks/decoder_compare.py``). A GAN needs far more steps than
+CPU hours give: ``resulic train perceptual-codec --adversarial-weight W --device cuda`` trains
+codec and decoder with the same term on a GPU.
 
 Resumable: rerun the same command to continue. ``--out``/decoder.safetensors is the result.
 """

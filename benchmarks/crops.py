@@ -1,13 +1,13 @@
 """Side-by-side crops at equal size: original | AVIF | resulic, per image and target bpp.
 
-For each target, resulic codes the image with ``--target-bpp`` (default settings otherwise)
-and AVIF gets the best of its qualities and downscales (1, 2, 4) whose file is no larger than
+For each target, resulic codes the image with ``--target-bpp`` and ``--scale auto`` (a smaller
+image only where full size cannot get within the target; default settings otherwise) and AVIF gets the best of its qualities and downscales (1, 2, 4) whose file is no larger than
 resulic's stream (when none is, its smallest file, which is larger: the table says so). Each PNG holds one crop of the three, labelled
 with bpp, PSNR, LPIPS and DISTS of the whole image; the script prints the table.
 
     python benchmarks/crops.py --out docs/crops --images kodim15 kodim23 kodim05 --bpp 0.005 0.012 0.03
 
-A target below the model's lowest rate gives the lowest rate's stream (the table says so).
+A target below what the smallest coded size reaches gives that size's lowest rate (the table says so).
 """
 
 from __future__ import annotations
@@ -81,14 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         files = avif_files(ref)
         box = ((ref.width - CROP) // 2, (ref.height - CROP) // 2, (ref.width + CROP) // 2, (ref.height + CROP) // 2)
         for target in args.bpp:
-            stream = codec.encode(ref, target_bpp=target)
+            stream = codec.encode(ref, target_bpp=target, scale="auto")
             ours = codec.decode(stream)
             avif = avif_within(ref, files, len(stream))
             ours_s = scores(ref, ours, len(stream))
             avif_s = f"{avif[2]}: {scores(ref, avif[1], len(avif[0]))}"
             file = out_dir / f"{name}_{target:g}bpp.png"
+            scale = codec.info(stream)["scale"]
             labels = ["original", f"AVIF {8 * len(avif[0]) / (ref.width * ref.height):.4f} bpp",
-                      f"resulic {8 * len(stream) / (ref.width * ref.height):.4f} bpp"]  # fmt: skip
+                      f"resulic {8 * len(stream) / (ref.width * ref.height):.4f} bpp" + (f" (1/{scale} size)" if scale > 1 else "")]  # fmt: skip
             panel([ref.crop(box), avif[1].crop(box), ours.crop(box)], labels).save(file)
             print(f"| {name} | {target:g} | {ours_s} | {avif_s} | `{file}` |", flush=True)
 

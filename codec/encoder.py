@@ -157,6 +157,17 @@ def _code_analysed(p: Preset, a: _Analysed, s: EncodeSettings) -> list[tuple[byt
     return list(zip(_assemble(p, a, level, strings), y_hat))
 
 
+def _within_budget(p: Preset, image: Image.Image, text: str, s: EncodeSettings, scale: int,
+                   pair: tuple[bytes, torch.Tensor]) -> tuple[bytes, torch.Tensor]:  # fmt: skip
+    """``pair`` (coded at 1/``scale``), or, when even its lowest level overshoots ``s.target_bpp``,
+    the image coded at the next smaller size the release has thresholds for, until one fits or
+    none is left: a budget below what a size can reach is met by a smaller image, not ignored."""
+    smaller = sorted(f for f in p.scale_below_bpp if f > scale)
+    while 8 * len(pair[0]) / (image.width * image.height) > s.target_bpp and smaller:
+        pair = _code(p, [image], [text], replace(s, scale=smaller.pop(0)))[0]
+    return pair
+
+
 def _encode_unchosen(images: list[ImageInput], s: EncodeSettings, preset: str | Preset, texts: list[str] | None,
                      ) -> tuple[Preset, list[Image.Image], list[str], list[tuple[bytes, torch.Tensor]]]:  # fmt: skip
     """:func:`encode_with_symbols` up to the detail gain: the model checked, and each image's
@@ -168,7 +179,9 @@ def _encode_unchosen(images: list[ImageInput], s: EncodeSettings, preset: str | 
     if s.scale != "auto" or p.scale_below_bpp is None:  # a model without measured thresholds codes at full size
         pairs = _code(p, pil, texts, replace(s, scale=1) if s.scale == "auto" else s)
     elif s.target_bpp is not None:
-        pairs = _code(p, pil, texts, replace(s, scale=scale_for_bpp(p, s.target_bpp)))
+        scale = scale_for_bpp(p, s.target_bpp)
+        pairs = _code(p, pil, texts, replace(s, scale=scale))
+        pairs = [_within_budget(p, im, t, s, scale, pair) for im, t, pair in zip(pil, texts, pairs)]
     else:  # the size of this rate at full size (unrefined), at the scale that does best at that size
         full = _analyse(p, pil, texts, 1)
         pairs = _code_analysed(p, full, replace(s, refine_steps=0))

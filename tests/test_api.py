@@ -244,3 +244,18 @@ def test_auto_scale_follows_the_stream_size(cdm_preset):
     assert codec.info(auto)["scale"] == scale_for_bpp(cdm_preset, b) != 1 and codec.info(auto)["bpp"] <= b
     pair = codec.encode_batch([img, photo(512, 320)], rate=3, preset=cdm_preset, detail_gain=1.0, scale="auto")
     assert pair[0] == auto
+
+
+def test_auto_scale_of_the_perceptual_model_codes_smaller_only_to_meet_a_budget(preset):
+    """v2's thresholds are 0: a smaller image never by size alone (full size won on LPIPS wherever
+    both sizes reached), only when full size cannot get within a target."""
+    assert preset.scale_below_bpp == {2: 0.0, 4: 0.0}
+    img = photo(768, 512, "kodim05.png")
+    full_min = codec.info(codec.encode(img, rate=0, preset=preset))["bpp"]
+    assert codec.info(codec.encode(img, rate=0, preset=preset, scale="auto"))["scale"] == 1
+    fits = codec.info(codec.encode(img, target_bpp=1.5 * full_min, preset=preset, scale="auto"))
+    assert fits["scale"] == 1 and fits["bpp"] <= 1.5 * full_min
+    tight = codec.info(codec.encode(img, target_bpp=full_min / 3, preset=preset, scale="auto"))
+    assert tight["scale"] in (2, 4) and tight["bpp"] <= full_min / 3
+    over = codec.info(codec.encode(img, target_bpp=full_min / 3, preset=preset))  # scale 1: the budget is not met
+    assert over["scale"] == 1 and over["bpp"] == full_min

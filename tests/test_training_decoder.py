@@ -1,23 +1,30 @@
 """The decoder fine-tune runs, resumes, and writes a decoder that the preset loads and that fits
 decoded latents better than TAEF2's own decoder does."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from tests.conftest import photo
 from training.cdm import decoded_latent
 from training.decoder import main
 
 pytestmark = pytest.mark.timeout(600)
+PERCEPTUAL = Path(__file__).resolve().parents[2] / "shared" / "weights" / "perceptual"
+
+
+def run_args(tmp_path: Path, side: int, source: str) -> list[str]:
+    """Data (one test fixture crop, not training data), cache and output flags of a tiny run."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(side, side, source).save(photos / "a.png")
+    return ["--data", f"{photos}:1.0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
 
 
 def test_a_few_steps_fit_decoded_latents_better_then_resume(tmp_path, preset):
-    from tests.conftest import photo
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    photo(256, 256, "kodim03.png").save(photos / "a.png")  # a test fixture crop, not training data
     run = tmp_path / "run"
-    args = ["--data", f"{photos}:1.0", "--cache", str(tmp_path / "cache"), "--out", str(run), "--steps", "8",
+    args = [*run_args(tmp_path, 256, "kodim03.png"), "--steps", "8",
             "--save-every", "4", "--batch", "2", "--lr", "1e-4", "--warmup", "1"]  # fmt: skip
     main(args)
     tuned = preset.autoencoder.with_decoder(run / "decoder.safetensors")
@@ -41,17 +48,9 @@ def test_crop_must_fit_the_hyperprior_stride(tmp_path):
         main(["--crop", "24", "--out", str(tmp_path)])
 
 
-PERCEPTUAL = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "weights" / "perceptual"
-
-
 def test_adversarial_fine_tune_of_the_release_decoder_resumes_with_its_discriminator(tmp_path, preset):
-    from tests.conftest import photo
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    photo(192, 192, "kodim05.png").save(photos / "a.png")  # a test fixture crop, not training data
     run = tmp_path / "run"
-    args = ["--data", f"{photos}:1.0", "--cache", str(tmp_path / "cache"), "--out", str(run), "--crop", "16",
+    args = [*run_args(tmp_path, 192, "kodim05.png"), "--crop", "16",
             "--save-every", "10", "--batch", "2", "--warmup", "1", "--init", "release", "--lpips-weight", "0.01",
             "--adversarial-weight", "0.001", "--metric-weights", str(PERCEPTUAL)]  # fmt: skip
     main([*args, "--steps", "2"])

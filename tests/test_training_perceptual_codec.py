@@ -29,3 +29,28 @@ def test_train_resume_and_export(tmp_path, train_photos):
     codec = load_latent_codec(out / "latent_codec.safetensors")
     assert codec.config.transform == "conv"
     TAEF2.from_pretrained().with_decoder(out / "decoder.safetensors")  # the same network, key for key
+
+
+def test_init_from_a_release_starts_at_its_weights(tmp_path, train_photos):
+    from codec.presets import WEIGHTS_DIR, release
+
+    entry = release("taef2", "8147641cb2d9cfd8")
+    out = tmp_path / "run"
+    main(["--data", str(train_photos), "--out", str(out), "--batch", "1", "--crop", "128", "--scales", "1",
+          "--steps", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL), "--init-from", "8147641cb2d9cfd8",
+          "--lr", "1e-12", "--decoder-lr", "1e-12"])  # fmt: skip
+    codec, start = load_latent_codec(out / "latent_codec.safetensors"), load_latent_codec(WEIGHTS_DIR / entry["latent_codec"])
+    assert codec.config == start.config
+    own = dict(start.named_parameters())  # the quantiles' aux step has its own learning rate: left out
+    assert all(torch.allclose(v, own[k], atol=1e-4) for k, v in codec.named_parameters() if not k.endswith("quantiles"))
+    ae = TAEF2.from_pretrained()
+    tuned, own = (ae.with_decoder(f).decoder.state_dict() for f in (out / "decoder.safetensors", WEIGHTS_DIR / entry["decoder"]))
+    assert all(torch.allclose(tuned[k], own[k], atol=1e-6) for k in own)
+
+
+def test_init_from_needs_a_release_with_its_own_decoder(tmp_path, train_photos):
+    import pytest
+
+    with pytest.raises(SystemExit, match="no decoder of its own"):
+        main(["--data", str(train_photos), "--out", str(tmp_path / "run"), "--init-from", "75b3a217d25759b2",
+              "--crop", "128", "--device", "cpu", "--metric-weights", str(PERCEPTUAL)])  # fmt: skip

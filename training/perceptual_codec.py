@@ -15,6 +15,8 @@ pixels, with the decoder (TAEF2's architecture, initialised from TAEF2) fine-tun
 - One model serves every rate: the rate is drawn uniformly over the rate points per crop.
 - ``--adversarial-weight``: HiFiC's adversarial term (``training.discriminator``), in image-MSE
   units like the others; the discriminator sees the decoded latent, detached, beside the image.
+- ``--init-from MODEL_ID``: start from a release's latent codec and decoder instead of from
+  scratch, so a GPU burst can spend its minutes fine-tuning (e.g. with the adversarial term).
 
 The same command runs on a CPU (resumable, in the background) and on one GPU (``--device
 cuda``: bfloat16 autocast for the autoencoder, decoder and LPIPS; the entropy model stays in
@@ -38,6 +40,7 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
+from codec.presets import WEIGHTS_DIR, load_latent_codec, release
 from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
 from training.discriminator import AdversarialTerm
@@ -96,6 +99,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--latent-weight", type=float, default=0.1, help="weighted latent MSE, in image-MSE units")
     p.add_argument("--adversarial-weight", type=float, default=0.0, help="the adversarial term, in image-MSE units (0: none)")
     p.add_argument("--disc-lr", type=float, default=1e-4, help="the discriminator's learning rate")
+    p.add_argument("--init-from", metavar="MODEL_ID",
+                   help="start from this taef2 release's latent codec and decoder (a fine-tune) instead of from scratch")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
@@ -126,9 +131,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     ae = TAEF2.from_pretrained(args.weights_dir).to(device)
     lpips = LPIPS.from_dir(args.metric_weights or default_weights_dir()).to(device)
+    if args.init_from:
+        entry = release("taef2", args.init_from)
+        if "decoder" not in entry:
+            raise SystemExit(f"--init-from {args.init_from}: that release has no decoder of its own to start from")
+        codec = load_latent_codec(WEIGHTS_DIR / entry["latent_codec"])
+        decoder = copy.deepcopy(ae.with_decoder(WEIGHTS_DIR / entry["decoder"]).decoder)
+    else:
+        codec, decoder = LatentCodec(LatentCodecConfig(**V2_CONFIG)), copy.deepcopy(ae.decoder)
+    codec = codec.to(device).requires_grad_(True).train()
+    decoder = decoder.to(device).requires_grad_(True).train()
     data = PhotoCrops(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
-    codec = LatentCodec(LatentCodecConfig(**V2_CONFIG)).to(device)
-    decoder = copy.deepcopy(ae.decoder).requires_grad_(True).train()
     print(f"{len(data)} photo scales on {device}; codec {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M "
           f"parameters; bf16 {bf16}", flush=True)  # fmt: skip
 

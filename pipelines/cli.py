@@ -57,8 +57,8 @@ def _scale(value: str) -> str | int:
 def _add_scale_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=_scale, default=1, metavar="auto|1|2|4",
                    help="code the image at 1/SCALE of its size (decoders upsample it back; default 1); auto: the "
-                        "release's choice for the stream's size (with --rate: the size that rate gives at full size), "
-                        "more faithful at ultra-low rates, with less CDM texture")
+                        "release's choice for the stream's size (with --rate: the size that rate gives at full size; "
+                        "with --target-bpp: also a smaller size where the larger cannot meet the target)")
 
 
 def _add_refine_arg(p: argparse.ArgumentParser) -> None:

@@ -119,6 +119,7 @@ def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights)
     assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1
 
 
+@pytest.mark.slow  # two full Kodak encodes and DISTS
 def test_scales_prints_each_coded_size_with_perceptual_metrics(metric_weights):
     out = run("scales.py", str(KODAK), "--images", "1", "--scales", "1", "2", "--rates", "0",
               "--perceptual", "--metric-weights", str(metric_weights))  # fmt: skip

@@ -4,6 +4,7 @@ exports that load as a latent codec and a TAEF2 decoder."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from codec.autoencoder import TAEF2
@@ -31,6 +32,7 @@ def test_train_resume_and_export(tmp_path, train_photos):
     TAEF2.from_pretrained().with_decoder(out / "decoder.safetensors")  # the same network, key for key
 
 
+@pytest.mark.slow  # a real training step of the full-size codec: 17 s on 2 cores
 def test_init_from_a_release_starts_at_its_weights(tmp_path, train_photos):
     from codec.presets import WEIGHTS_DIR, release
 
@@ -49,8 +51,6 @@ def test_init_from_a_release_starts_at_its_weights(tmp_path, train_photos):
 
 
 def test_init_from_needs_a_release_with_its_own_decoder(tmp_path, train_photos):
-    import pytest
-
     with pytest.raises(SystemExit, match="no decoder of its own"):
         main(["--data", str(train_photos), "--out", str(tmp_path / "run"), "--init-from", "75b3a217d25759b2",
               "--crop", "128", "--device", "cpu", "--metric-weights", str(PERCEPTUAL)])  # fmt: skip

@@ -1,9 +1,11 @@
 """Side-by-side crops at equal size: original | AVIF | resulic, per image and target bpp.
 
 For each target, resulic codes the image with ``--target-bpp`` and ``--scale auto`` (a smaller
-image only where full size cannot get within the target; default settings otherwise) and AVIF gets the best of its qualities and downscales (1, 2, 4) whose file is no larger than
-resulic's stream (when none is, its smallest file, which is larger: the table says so). Each PNG holds one crop of the three, labelled
-with bpp, PSNR, LPIPS and DISTS of the whole image; the script prints the table.
+image only where full size cannot get within the target; default settings otherwise) and AVIF
+gets the best of its qualities and downscales (1, 2, 4) whose file is no larger than resulic's
+stream (when none is, its smallest file, which is larger: the table says so). Each PNG holds
+one crop of the three, labelled with bpp, PSNR, LPIPS and DISTS of the whole image; the script
+prints the table.
 
     python benchmarks/crops.py --out docs/crops --images kodim15 kodim23 kodim05 --bpp 0.005 0.012 0.03
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     decoders = {s: None for s in specs if s == "release"} | dict(s.split("=", 1) for s in specs if s != "release")
     presets = {name: with_decoder(base, path) for name, path in decoders.items()}
     metrics_dir = str(weights_dir(args.metric_weights))
-    rows: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    rows: dict[tuple[str, float], list[tuple[float, float, float, float]]] = {}  # (decoder, rate)
     for path in list_images(Path(args.folder))[: args.images]:
         img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
         for rate in args.rates:

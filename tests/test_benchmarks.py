@@ -112,8 +112,8 @@ def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights)
     release = "codec/weights/perceptual_v2/decoder.safetensors"  # the newest release's own decoder, by file
     out = run("decoder_compare.py", str(KODAK), "--images", "1", "--rates", "0", "--decoder", "release",
               "--decoder", f"same={release}", "--metric-weights", str(metric_weights))  # fmt: skip
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
-    (own,), (same,) = ([r[2:] for r in rows if r[0] == name] for name in ("release", "same"))
+    rows = table(out)
+    own, same = rows["release"][1:], rows["same"][1:]
     assert own == same  # one stream, the same decoder: the same figures
     bpp, psnr, lpips, dists = (float(c) for c in own)
     assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1
@@ -123,7 +123,7 @@ def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights)
 def test_scales_prints_each_coded_size_with_perceptual_metrics(metric_weights):
     out = run("scales.py", str(KODAK), "--images", "1", "--scales", "1", "2", "--rates", "0",
               "--perceptual", "--metric-weights", str(metric_weights))  # fmt: skip
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
-    (full,), (half,) = ([r[2:] for r in rows if r[:2] == [s, "0"]] for s in ("1", "2"))
+    rows = table(out)  # one rate: a row per scale
+    full, half = rows["1"][1:], rows["2"][1:]
     assert float(half[0]) < float(full[0])  # a half-size image costs fewer bits at the same rate
     assert all(0 < float(v) < 1 for v in full[3:] + half[3:])  # LPIPS and DISTS

@@ -1,12 +1,14 @@
-"""Candidate plain decoders of one release on the same streams: bpp, PSNR, LPIPS and DISTS.
+"""Candidate decoders and codecs against a release: bpp, PSNR, LPIPS and DISTS per rate.
 
-A decoder fine-tune (``resulic train decoder``) keeps the latent codec, so every candidate
-decodes the very same streams: each image is encoded once per rate and only the decoder
-varies. Run it on held-out training photos (never Kodak) to choose a decoder; `resulic eval`
-then reports the release on Kodak.
+A decoder fine-tune (``resulic train decoder``) keeps the latent codec, so every ``--decoder``
+candidate decodes the very same streams: each image is encoded once per rate and only the
+decoder varies. A ``--model`` candidate is a whole ``resulic train perceptual-codec`` output
+(its folder's ``latent_codec.safetensors`` and ``decoder.safetensors``, e.g. from a GPU burst):
+it encodes its own streams. Run it on held-out training photos (never Kodak) to choose; `resulic
+eval` then reports the release on Kodak.
 
     python benchmarks/decoder_compare.py HELD_OUT_FOLDER --rates 0 3 6 9 --images 12 \\
-        --decoder release --decoder gan=runs/gan/decoder.safetensors
+        --decoder release --decoder gan=runs/gan/decoder.safetensors --model burst=runs/burst
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PIL import Image
 from codec.bitstream import Bitstream
 from codec.decoding import reconstruct
 from codec.encoder import encode_with_symbols
-from codec.presets import Preset, load_preset
+from codec.presets import Preset, load_latent_codec, load_preset
 from codec.settings import EncodeSettings
 from evaluation.metrics import psnr
 from pipelines.perceptual import pair_metrics, weights_dir
@@ -37,11 +39,20 @@ def with_decoder(p: Preset, path: str | None) -> Preset:
                   decoder_finetune=p.autoencoder.with_decoder(path))  # fmt: skip
 
 
+def with_model(p: Preset, folder: str) -> Preset:
+    """``p`` with the latent codec and decoder that a perceptual-codec run exported to ``folder``."""
+    lc = load_latent_codec(Path(folder) / "latent_codec.safetensors")
+    return Preset(p.name, p.autoencoder, lc, p.text_model, p.weights_sha256, p.default_rate,
+                  decoder_finetune=p.autoencoder.with_decoder(Path(folder) / "decoder.safetensors"))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="held-out photos (never an evaluation set you tune for)")
     ap.add_argument("--decoder", action="append", default=[],
                     help="NAME=FILE, or 'release' for the release's own decoder (repeatable)")  # fmt: skip
+    ap.add_argument("--model", action="append", default=[],
+                    help="NAME=FOLDER of a perceptual-codec run's latent codec and decoder (repeatable)")  # fmt: skip
     ap.add_argument("--rates", type=float, nargs="+", default=[0, 3, 6, 9], help="encode --rate values")
     ap.add_argument("--images", type=int, default=12, help="the first N photos")
     ap.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side (Kodak's)")
@@ -51,26 +62,34 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = load_preset("taef2", model_id=args.model_id)
-    specs = args.decoder or ["release"]
+    specs = args.decoder or ([] if args.model else ["release"])
     decoders = {s: None for s in specs if s == "release"} | dict(s.split("=", 1) for s in specs if s != "release")
-    presets = {name: with_decoder(base, path) for name, path in decoders.items()}
+    # one group per encoder: its streams are decoded by each of its candidates
+    groups: list[tuple[Preset, dict[str, Preset]]] = []
+    if decoders:
+        groups.append((base, {name: with_decoder(base, path) for name, path in decoders.items()}))
+    for name, folder in (s.split("=", 1) for s in args.model):
+        model = with_model(base, folder)
+        groups.append((model, {name: model}))
     metrics_dir = str(weights_dir(args.metric_weights))
-    rows: dict[tuple[str, float], list[tuple[float, float, float, float]]] = {}  # (decoder, rate)
+    rows: dict[tuple[str, float], list[tuple[float, float, float, float]]] = {}  # (candidate, rate)
     for path in list_images(Path(args.folder))[: args.images]:
         img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
         for rate in args.rates:
-            stream, y_hat = encode_with_symbols([img], EncodeSettings(rate=rate), preset=base)[0]
-            bpp = 8 * len(stream) / (img.width * img.height)
-            level = Bitstream.from_bytes(stream).header.rate_level
-            outs = {n: reconstruct([y_hat], [level], img.width, img.height, p)[0] for n, p in presets.items()}
-            lp = pair_metrics("lpips", metrics_dir, img, list(outs.values()))
-            ds = pair_metrics("dists", metrics_dir, img, list(outs.values()))
-            for i, (name, out) in enumerate(outs.items()):
-                rows.setdefault((name, rate), []).append((bpp, psnr(img, out), lp[i], ds[i]))
+            for encoder, presets in groups:
+                stream, y_hat = encode_with_symbols([img], EncodeSettings(rate=rate), preset=encoder)[0]
+                bpp = 8 * len(stream) / (img.width * img.height)
+                level = Bitstream.from_bytes(stream).header.rate_level
+                outs = {n: reconstruct([y_hat], [level], img.width, img.height, p)[0] for n, p in presets.items()}
+                lp = pair_metrics("lpips", metrics_dir, img, list(outs.values()))
+                ds = pair_metrics("dists", metrics_dir, img, list(outs.values()))
+                for i, (name, out) in enumerate(outs.items()):
+                    rows.setdefault((name, rate), []).append((bpp, psnr(img, out), lp[i], ds[i]))
         print(f"{path.name} done", flush=True)
-    print("\n| decoder | rate | bpp | PSNR | LPIPS | DISTS |\n|---|---|---|---|---|---|")
+    names = [name for _, presets in groups for name in presets]
+    print("\n| candidate | rate | bpp | PSNR | LPIPS | DISTS |\n|---|---|---|---|---|---|")
     for rate in args.rates:
-        for name in presets:
+        for name in names:
             m = np.mean(np.array(rows[name, rate]), axis=0)
             print(f"| {name} | {rate:g} | {m[0]:.4f} | {m[1]:.2f} | {m[2]:.3f} | {m[3]:.3f} |")
     print(f"\n{len(rows[name, rate])} photos of {args.folder} at a long side of {args.max_side}")

@@ -28,6 +28,7 @@ def table(out: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in rows}
 
 
+@pytest.mark.slow  # the older model's ceiling: about 20 s
 def test_latent_ceiling_orders_its_reconstructions():
     assert (KODAK / "kodim01.png").exists()
     rows = table(run("latent_ceiling.py", "--images", "1", "--threads", "2"))
@@ -91,6 +92,7 @@ def test_sd21_latency_times_the_diffusion_decoder():
     assert row and float(row.group(1)) > 0, out
 
 
+@pytest.mark.slow  # a service and a load run: about 45 s
 def test_serve_load_serves_every_request_and_measures_the_cli(tmp_path):
     out = run("serve_load.py", "--assets", "4", "--size", "96", "--requests", "16", "--concurrency", "2",
               "--cli-keys", "1", "--workdir", str(tmp_path), "--json")
@@ -108,13 +110,14 @@ def test_soak_in_miniature_keeps_every_asset_once():
     assert out.count("ok   ") == 4 and "FAIL" not in out
 
 
-def test_decoder_compare_scores_each_decoder_on_the_same_streams(metric_weights):
-    release = "codec/weights/perceptual_v2/decoder.safetensors"  # the newest release's own decoder, by file
+def test_decoder_compare_scores_each_decoder_and_model_like_the_release(metric_weights):
+    folder = "codec/weights/perceptual_v2"  # the newest release's own files, as a training run exports them
     out = run("decoder_compare.py", str(KODAK), "--images", "1", "--rates", "0", "--decoder", "release",
-              "--decoder", f"same={release}", "--metric-weights", str(metric_weights))  # fmt: skip
+              "--decoder", f"same={folder}/decoder.safetensors", "--model", f"model={folder}",
+              "--metric-weights", str(metric_weights))  # fmt: skip
     rows = table(out)
-    own, same = rows["release"][1:], rows["same"][1:]
-    assert own == same  # one stream, the same decoder: the same figures
+    own, same, model = rows["release"][1:], rows["same"][1:], rows["model"][1:]
+    assert own == same == model  # the same files, whether as a decoder or as a whole model: the same figures
     bpp, psnr, lpips, dists = (float(c) for c in own)
     assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1
 

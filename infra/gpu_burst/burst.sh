@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU side of a training burst staged by infra/gpu_burst/stage.py (see its docstring).
+# Run from the repository root with .gpu/ beside it; results go to $OUT (default runs/burst-out):
+#   MINUTES=7 BATCH=32 EXTRA="--adversarial-weight 0.002" bash infra/gpu_burst/burst.sh
+# It fine-tunes the staged release (`train perceptual-codec --init-from`) for MINUTES of wall
+# time, then writes the export for `stage.py collect`: the decoder, the latent codec in parts
+# of at most 15 MiB (the device tool returns files of 16 MiB at most), the log, the config and
+# SHA256SUMS. The photos were staged small (512 px), so they are used at their own scale
+# (SCALES). DEVICE=cpu runs the same steps without a GPU (the test does).
+set -euo pipefail
+PY="${PYTHON:-python3}"
+OUT="${OUT:-runs/burst-out}"
+RUN="${RUN:-$(mktemp -d)}"
+mkdir -p "$OUT"
+[ -f .gpu/STAGED.json ] || { echo "no .gpu/STAGED.json: run infra/gpu_burst/stage.py stage first" >&2; exit 2; }
+MODEL_ID="$("$PY" -c 'import json; print(json.load(open(".gpu/STAGED.json"))["model_id"])')"
+LONG_SIDE="$("$PY" -c 'import json; print(json.load(open(".gpu/STAGED.json"))["long_side"])')"
+if ! "$PY" -c "import compressai, pytorch_msssim" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+# shellcheck disable=SC2086  # EXTRA is a list of arguments
+"$PY" -m training.perceptual_codec --data .gpu/photos --max-side "$LONG_SIDE" --scales ${SCALES:-1.0} --init-from "$MODEL_ID" \
+  --device "${DEVICE:-cuda}" --batch "${BATCH:-32}" --minutes "${MINUTES:-7}" --save-every "${SAVE_EVERY:-1000000}" \
+  --log-every "${LOG_EVERY:-25}" --weights-dir .gpu/taef2 --metric-weights .gpu/metrics --out "$RUN" ${EXTRA:-} \
+  2>&1 | tee "$OUT/stdout.log"
+cp "$RUN/decoder.safetensors" "$RUN/config.json" "$OUT/"
+cp "$RUN/train.log" "$OUT/train_log.jsonl"
+split -b 15M -d "$RUN/latent_codec.safetensors" "$OUT/latent_codec.safetensors.part-"
+(cd "$RUN" && sha256sum latent_codec.safetensors decoder.safetensors config.json) > "$OUT/SHA256SUMS"
+tail -n 3 "$OUT/train_log.jsonl"
+ls -l "$OUT"

@@ -101,7 +101,7 @@ class Archive:
             return self.meta()
         self.fs.makedirs(self.root, exist_ok=True)
         meta = {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION, **meta}
-        self._put(META_FILE, json.dumps(meta, indent=2).encode())
+        self.write_json(META_FILE, meta)
         return meta
 
     def _put(self, rel: str, data: bytes) -> None:
@@ -109,9 +109,14 @@ class Archive:
         under ``_staging/``)."""
         write_whole(self.fs, self.path(rel), data, staging=self.path(STAGING_DIR))
 
+    def write_json(self, rel: str, obj: dict) -> None:
+        """A control file (metadata, job summary, compaction plan, quarantine note), written as
+        a data file is: whole-or-nothing and durable."""
+        self._put(rel, json.dumps(obj, indent=2).encode())
+
     def write_job_summary(self, job_id: str, summary: dict) -> str:
         rel = f"{JOBS_DIR}/{job_id}.json"
-        self._put(rel, json.dumps(summary, indent=2).encode())
+        self.write_json(rel, summary)
         return rel
 
     def clean_staging(self) -> None:
@@ -141,7 +146,7 @@ class Archive:
         kept for inspection, no longer read by any job (its assets are encoded again)."""
         name = posixpath.basename(rel)
         note = {"file": rel, "reason": reason, "quarantined_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-        self._put(f"{QUARANTINE_DIR}/{name}.json", json.dumps(note, indent=2).encode())
+        self.write_json(f"{QUARANTINE_DIR}/{name}.json", note)
         self.fs.makedirs(self.path(QUARANTINE_DIR), exist_ok=True)
         self.fs.mv(self.path(rel), self.path(f"{QUARANTINE_DIR}/{name}"))
         self.quarantined.append({"file": rel, "reason": reason})

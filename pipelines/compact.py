@@ -21,7 +21,7 @@ steps 4 and 5 are done again (both are idempotent). Either way every asset is ke
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,15 +57,15 @@ def compact(archive: str, storage_options: dict[str, Any] | None = None, rows_pe
             return {"archive": archive, "files_before": len(before), "files_after": len(before), "rows_copied": 0,
                     "recovered": recovered}  # fmt: skip
         plan = {"job_id": job_id, "inputs": inputs, "outputs": [], "copied": False}
-        _put_plan(arc, plan)
+        arc.write_json(COMPACT_PLAN, plan)
         copied = 0
         for n, table in enumerate(_live_rows(arc, index, inputs, rows_per_file)):
             rel = arc.write_data_file(table, f"{job_id}-compact-{n:05d}", {"job_id": job_id, "compacted": "true"})
             plan["outputs"].append(rel)
-            _put_plan(arc, plan)  # a crash now leaves the outputs written so far listed, to be undone
+            arc.write_json(COMPACT_PLAN, plan)  # a crash now leaves the outputs written so far listed, to be undone
             copied += table.num_rows
         plan["copied"] = True
-        _put_plan(arc, plan)
+        arc.write_json(COMPACT_PLAN, plan)
         _finish(arc, plan)
         return {"archive": archive, "files_before": len(before), "files_after": len(arc.data_files()),
                 "rows_copied": copied, "recovered": recovered}  # fmt: skip
@@ -107,32 +107,39 @@ def _remove_outputs_from_index(arc: Archive, outputs: list[str]) -> None:
         arc.repair()
 
 
-def _put_plan(arc: Archive, plan: dict) -> None:
-    arc._put(COMPACT_PLAN, json.dumps(plan, indent=2).encode())
-
-
 def _has_dead_rows(arc: Archive, index: pa.Table, files: list[str]) -> bool:
-    """Whether any of ``files`` holds more rows than the index points at (superseded rows). A file
-    this compaction wrote holds only rows that counted (its newer failures are in no index row)."""
+    """Whether any of ``files`` holds a row that no longer counts (superseded since it was
+    written, compacted files included)."""
+    keep = _keep_rule(index, files)
     for rel in files:
         with arc.fs.open(arc.path(rel), "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-        if (meta.metadata or {}).get(b"compacted") == b"true":
-            continue
-        if meta.num_rows > (pc.sum(pc.equal(index.column("file"), rel)).as_py() or 0):
-            return True
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                if not all(keep(rel, g, pf.read_row_group(g, columns=["key", "status", "written_at"]).to_pylist())):
+                    return True
     return False
 
 
-def _live_rows(arc: Archive, index: pa.Table, inputs: list[str], rows_per_file: int):
-    """The rows of ``inputs`` that still count, in tables of ``rows_per_file`` rows: the index's
-    row of each key, and a failure newer than it (its ``last_*`` columns)."""
+def _keep_rule(index: pa.Table, inputs: list[str]) -> Callable[[str, int, list[dict]], list[bool]]:
+    """Which rows of a row group of ``inputs`` still count: the index's row of each key, and a
+    failure newer than it (its ``last_*`` columns)."""
     chosen = {(r["file"], r["row_group"], r["row"]) for r in
               index.filter(pc.is_in(index.column("file"), value_set=pa.array(inputs, pa.string())))
               .select(["file", "row_group", "row"]).to_pylist()}  # fmt: skip
     newer_failure = index.filter(pc.and_(pc.equal(index.column("last_status"), STATUS_FAILED),
                                          pc.not_equal(index.column("status"), STATUS_FAILED)))  # fmt: skip
     failures = {(r["key"], r["last_written_at"]) for r in newer_failure.select(["key", "last_written_at"]).to_pylist()}
+
+    def keep(rel: str, group: int, rows: list[dict]) -> list[bool]:
+        return [(rel, group, i) in chosen or (m["status"] == STATUS_FAILED and (m["key"], m["written_at"]) in failures)
+                for i, m in enumerate(rows)]  # fmt: skip
+
+    return keep
+
+
+def _live_rows(arc: Archive, index: pa.Table, inputs: list[str], rows_per_file: int):
+    """The rows of ``inputs`` that still count (:func:`_keep_rule`), in tables of ``rows_per_file`` rows."""
+    keep_rows = _keep_rule(index, inputs)
     pending: list[pa.Table] = []
     count = 0
     for rel in inputs:
@@ -140,9 +147,7 @@ def _live_rows(arc: Archive, index: pa.Table, inputs: list[str], rows_per_file: 
             pf = pq.ParquetFile(f)
             for g in range(pf.num_row_groups):
                 group = pf.read_row_group(g).select(ASSET_SCHEMA.names)
-                meta = group.select(["key", "status", "written_at"]).to_pylist()
-                keep = [(rel, g, i) in chosen or (m["status"] == STATUS_FAILED and (m["key"], m["written_at"]) in failures)
-                        for i, m in enumerate(meta)]  # fmt: skip
+                keep = keep_rows(rel, g, group.select(["key", "status", "written_at"]).to_pylist())
                 kept = group.filter(pa.array(keep, pa.bool_()))
                 if kept.num_rows:
                     pending.append(kept)

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
@@ -61,6 +62,22 @@ def test_compact_cuts_files_and_keeps_every_asset_once(tmp_path):
     again = compact(arc.url, rows_per_file=16)
     assert again["rows_copied"] == 0 and again["files_after"] == 2
     assert not os.path.exists(arc.path(COMPACT_PLAN))
+
+
+def test_a_lone_compacted_file_is_compacted_again_once_rows_in_it_are_superseded(tmp_path):
+    arc = _nightly_archive(tmp_path / "a")
+    compact(arc.url, rows_per_file=16)  # one full file and one of 15 rows
+    by_file: dict[str, list[str]] = {}
+    for entry in Archive(arc.url).refresh_index(write=False).to_pylist():
+        by_file.setdefault(entry["file"], []).append(entry["key"])
+    small = min(by_file, key=lambda f: len(by_file[f]))
+    stale = sorted(k for k in by_file[small] if k != "n3-1")[:3]  # sources changed since
+    arc.write_data_file(_rows(stale + [f"new-{i}" for i in range(13)], "j20", fp="20:x"), "j20", {})  # a full file
+    before, rows_in_small = _state(arc), pq.ParquetFile(arc.path(small)).metadata.num_rows
+    r = compact(arc.url, rows_per_file=16)
+    assert r["rows_copied"] == rows_in_small - 3 and (r["files_before"], r["files_after"]) == (3, 3)
+    assert _state(arc) == before and small not in Archive(arc.url).data_files()
+    assert compact(arc.url, rows_per_file=16)["rows_copied"] == 0  # nothing dead is left
 
 
 class Crash(BaseException):

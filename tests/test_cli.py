@@ -63,6 +63,7 @@ def test_detail_gain_flag(tmp_path):
     assert res.returncode != 0 and "detail gain 99.0 is outside" in res.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # three encodes in subprocesses, about 20 s; refinement itself: test_latent_refine.py
 def test_refine_flag(tmp_path):
     src, plain, refined = tmp_path / "in.png", tmp_path / "p.rsl", tmp_path / "r.rsl"
     photo(96, 64).save(src)

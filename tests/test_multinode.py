@@ -63,6 +63,7 @@ def _committed(archive) -> int:
     return len(list(data.glob("*.parquet"))) if data.exists() else 0
 
 
+@pytest.mark.slow  # about 60 s; the two-node default check: test_actors_run_on_both_nodes
 def test_compress_on_two_nodes_survives_losing_one(cluster, tmp_path):
     c, worker = cluster
     src = photo_folder(tmp_path / "src", {f"p{i:02d}.png": (192, 128) for i in range(N_ASSETS)})

@@ -81,6 +81,7 @@ def test_kill_driver_then_rerun(tmp_path):
     assert summary["unchanged"] >= committed  # committed work is kept, not redone
 
 
+@pytest.mark.slow  # about 55 s; a killed job in the default run: test_kill_driver_then_rerun
 def test_kill_encoder_worker_then_rerun(tmp_path):
     src, arc = _sources(tmp_path), tmp_path / "arc"
     proc = _start(src, arc)

@@ -82,30 +82,38 @@ def service(tmp_path_factory):
                         "damaged.png": (bytes(damaged), None), "crafted.png": (_out_of_range(small), None),
                         "x y/ü.png": (small, None)})  # fmt: skip
     (root / "x").write_bytes(b"outside the archive")  # what a traversal would find, if keys were paths
+    svc = _start(root, "--refresh-seconds", "1")
+    svc.streams = {"a.png": small}
+    yield svc
+    _stop(svc)
+
+
+def _start(root: Path, *args: str) -> Service:
+    """``resulic serve`` on the archive ``root/arc``, once its health check answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"RESULIC_SERVE_TOKEN": TOKEN, "RESULIC_MAX_PIXELS": str(MAX_PIXELS), "RESULIC_LOG_DIR": str(root / "logs")})
     output = root / "serve.out"
     with open(output, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", str(root / "arc"), "--port", str(port),
-                                 "--refresh-seconds", "1"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", str(root / "arc"), "--port", str(port), *args],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     svc = Service(port, root / "arc", proc, output)
-    svc.streams = {"a.png": small}
     deadline = time.time() + 240
     while time.time() < deadline:
         assert proc.poll() is None, output.read_text()
         try:
             if svc.request("/healthz", token=None)[0] == 200:
-                break
+                return svc
         except OSError:
             pass
         time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the service did not start: " + output.read_text())
-    yield svc
-    proc.terminate()
-    assert proc.wait(120) == 0, output.read_text()
+    proc.kill()
+    pytest.fail("the service did not start: " + output.read_text())
+
+
+def _stop(svc: Service) -> None:
+    svc.proc.terminate()
+    assert svc.proc.wait(120) == 0, svc.output.read_text()
 
 
 def test_restores_a_key_as_the_codec_does(service):
@@ -210,3 +218,22 @@ def test_the_token_never_reaches_a_log(service):
     assert len(files) > 5
     for p in files:
         assert TOKEN.encode() not in p.read_bytes(), p
+
+
+@pytest.mark.slow  # a second service (its own Ray): about 40 s
+def test_a_slow_restore_answers_504_and_still_fills_the_cache(tmp_path):
+    a = Archive(str(tmp_path / "arc"))
+    a.create({"preset": "taef2"})
+    _commit(a, "j1-0", {"a.png": (codec.encode(photo(64, 64), rate=2), None)})
+    svc = _start(tmp_path, "--request-timeout", "0.001")  # shorter than any decode
+    try:
+        status, _, body = svc.request("/v1/assets/a.png")
+        assert status == 504 and b"took more than 0.001 s" in body, body
+        deadline = time.time() + 120
+        while (r := svc.request("/v1/assets/a.png"))[0] != 200 and time.time() < deadline:
+            assert r[0] == 504, r
+            time.sleep(0.5)
+        assert r[0] == 200 and r[1]["x-resulic-cache"] == "hit"  # the timed-out decode went on, into the cache
+        assert svc.request("/healthz", token=None)[0] == 200
+    finally:
+        _stop(svc)

@@ -76,6 +76,7 @@ def test_codec_trains_on_object_storage_checkpoints_and_resumes(setup, s3_server
     assert codec.decode(codec.encode(photo(64, 64), rate=2, preset=p)).size == (64, 64)
 
 
+@pytest.mark.slow  # about 30 s; the sd21 trainer's default check: test_codec_trains_on_object_storage_checkpoints_and_resumes
 def test_controlnet_trains_checkpoints_and_resumes(setup, capsys, monkeypatch):
     root, photos, parts = setup
     args = _common(root, photos, parts, 6) + ["--latent-codec", str(parts["latent_codec"]), "--size-ratio", "0.25",

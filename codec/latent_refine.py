@@ -75,7 +75,9 @@ def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.
     if codec.config.transform != "patch":
         # Measured on the v2 (conv, perceptual) model: 15 MSE-only steps raised the rate +
         # distortion cost of a Kodak crop by 12 %; its training loss also weighs LPIPS, which
-        # this objective lacks. Refused rather than silently making streams worse.
+        # this objective lacks. Refused rather than silently making streams worse. With LPIPS
+        # added (benchmarks/refine_perceptual.py) the gain is too small for its cost: see
+        # codec/weights/perceptual_v2/README.md.
         raise UsageError("--refine is not available for this model (its latent codec was trained with a "
                          "perceptual loss that the refinement does not model); encode without it")
     rate = torch.tensor([level / LEVELS_PER_POINT], device=y0.device)

@@ -130,3 +130,15 @@ def test_scales_prints_each_coded_size_with_perceptual_metrics(metric_weights):
     full, half = rows["1"][1:], rows["2"][1:]
     assert float(half[0]) < float(full[0])  # a half-size image costs fewer bits at the same rate
     assert all(0 < float(v) < 1 for v in full[3:] + half[3:])  # LPIPS and DISTS
+
+
+@pytest.mark.slow  # about 30 s
+def test_refine_perceptual_compares_each_weight_at_each_budget(metric_weights):
+    photos = ROOT.parent / "shared" / "datasets" / "photos-train"
+    out = run("refine_perceptual.py", str(photos), "--images", "1", "--targets", "0.06", "--lpips-weight", "0.05",
+              "--steps", "2", "--max-side", "256", "--metric-weights", str(metric_weights))  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| none |") or line.startswith("| w=0.05 |")]
+    assert len(rows) == 2, out
+    for row in rows:
+        _, target, bpp, db, lpips, dists, _ = (c.strip() for c in row.strip("|").split("|"))
+        assert float(bpp) <= float(target) and float(db) > 10 and 0 < float(lpips) < 1 and 0 < float(dists) < 1

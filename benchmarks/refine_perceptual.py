@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, _ in arms:
             m = np.mean(np.array(rows[name, target]), axis=0)
             print(f"| {name} | {target:g} | {m[0]:.4f} | {m[1]:.2f} | {m[2]:.3f} | {m[3]:.3f} | {m[4]:.1f} |")
-    print(f"\n{args.images} photos of {args.folder} at a long side of {args.max_side}; {args.steps} steps, lr {args.lr:g}")
+    print(f"\n{args.images} photos of {args.folder} at a long side of {args.max_side}; "
+          f"{args.steps} steps, lr {args.lr:g}")
 
 
 if __name__ == "__main__":

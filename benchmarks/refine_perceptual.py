@@ -11,7 +11,7 @@ Run it on training photos (never an evaluation set); the figures are in
 ``codec/weights/perceptual_v2/README.md``:
 
     python benchmarks/refine_perceptual.py ../shared/datasets/photos-train-v2 --images 4 \\
-        --lpips-weight 0.01 0.05 0.2 --steps 40
+        --lpips-weight 0.05 0.2 --steps 40
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 
 import codec
 from codec.latent_codec import LEVELS_PER_POINT, LatentCodec
-from codec.latent_refine import DEFAULT_LR, DEFAULT_WINDOW, window_mask
+from codec.latent_refine import DEFAULT_LR, descend, masked_mse
 from codec.presets import load_preset
 from evaluation.metrics import psnr
 from evaluation.perceptual import LPIPS
@@ -37,38 +37,18 @@ from training.photo_crops import load_photo
 
 
 def perceptual_refine(lpips: LPIPS, weight: float, lr: float):
-    """A ``codec.latent_refine.refine_y`` whose distortion is MSE + ``weight``·LPIPS."""
+    """A ``codec.latent_refine.refine_y`` whose distortion is MSE + ``weight``·LPIPS (LPIPS on
+    the window's uncut part, the rectangle its mask keeps)."""
+
+    def distortion(decoded: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask[0, 0].bool()
+        rows, cols = keep.any(1).nonzero()[:, 0], keep.any(0).nonzero()[:, 0]
+        box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        return masked_mse(decoded, target, mask) + weight * lpips(decoded[box].clamp(0, 1), target[box]).mean()
 
     def refine_y(lc: LatentCodec, decoder, y0: torch.Tensor, image: torch.Tensor, size: tuple[int, int], level: int,
-                 steps: int, window: int = DEFAULT_WINDOW, seed: int = 0, **_) -> torch.Tensor:  # fmt: skip
-        if steps == 0:
-            return y0
-        rate = torch.tensor([level / LEVELS_PER_POINT])
-        lam = float(lc.lambdas(rate))
-        lh, lw = (lc.config.patch * n for n in y0.shape[-2:])
-        wh, ww = min(window, lh), min(window, lw)
-        gen = torch.Generator().manual_seed(seed)
-        y = y0.clone().requires_grad_()
-        opt = torch.optim.Adam([y], lr=lr)
-        with torch.enable_grad():
-            for _ in range(steps):
-                top = int(torch.randint(0, lh - wh + 1, (), generator=gen))
-                left = int(torch.randint(0, lw - ww + 1, (), generator=gen))
-                out = lc.forward_y(y, rate, rounded_z=True)
-                bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
-                decoded = decoder.decoder(out["latent_hat"][:, :, top : top + wh, left : left + ww])
-                target = image[:, :, 8 * top : 8 * (top + wh), 8 * left : 8 * (left + ww)]
-                keep = window_mask(top, left, size, (wh, ww), (lh, lw))[0, 0].bool()  # a rectangle
-                rows, cols = keep.any(1).nonzero()[:, 0], keep.any(0).nonzero()[:, 0]
-                box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-                d, t = decoded[box], target[box]
-                distortion = (d - t).pow(2).mean() + weight * lpips(d.clamp(0, 1), t).mean()
-                loss = bits / (size[0] * size[1]) + lam * 255**2 * distortion
-                (grad,) = torch.autograd.grad(loss, [y])
-                opt.zero_grad()
-                y.grad = grad
-                opt.step()
-        return y.detach()
+                 steps: int) -> torch.Tensor:  # fmt: skip
+        return descend(lc, decoder, y0, image, size, level, steps, distortion, lr)
 
     return refine_y
 

@@ -30,6 +30,8 @@ gain at equal size) and ``resulic eval --codecs resulic-refined-scaled`` (BD-rat
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from codec.autoencoder import TAEF2
@@ -39,6 +41,8 @@ from codec.usage import UsageError
 DEFAULT_LR = 0.01  # Adam's step on y, in the analysis transform's units
 DEFAULT_WINDOW = 24  # latents per window side (8 pixels each)
 MARGIN = 8  # pixels left out where a window cuts the image
+# (decoded window, its original, window_mask's weights) -> the distortion to minimise
+Distortion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def window_mask(top: int, left: int, size: tuple[int, int], window: tuple[int, int], latent_size: tuple[int, int],
@@ -80,6 +84,19 @@ def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.
         # codec/weights/perceptual_v2/README.md.
         raise UsageError("--refine is not available for this model (its latent codec was trained with a "
                          "perceptual loss that the refinement does not model); encode without it")
+    return descend(codec, decoder, y0, image, size, level, steps, masked_mse, lr, window, seed)
+
+
+def masked_mse(decoded: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The MSE over the pixels ``mask`` keeps (the refinement's distortion)."""
+    return ((decoded - target).pow(2) * mask).sum() / (3 * mask.sum()).clamp_min(1)
+
+
+def descend(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.Tensor, size: tuple[int, int], level: int,
+            steps: int, distortion: Distortion, lr: float = DEFAULT_LR, window: int = DEFAULT_WINDOW,
+            seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """``steps`` Adam steps on ``y`` against bits per pixel + λ(level)·255²·``distortion`` of one
+    window a step (:func:`refine_y`, which checks its arguments first)."""
     rate = torch.tensor([level / LEVELS_PER_POINT], device=y0.device)
     lam = float(codec.lambdas(rate))
     pixels = size[0] * size[1]
@@ -97,8 +114,7 @@ def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.
             decoded = decoder.decoder(out["latent_hat"][:, :, top : top + wh, left : left + ww])
             target = image[:, :, 8 * top : 8 * (top + wh), 8 * left : 8 * (left + ww)]
             mask = window_mask(top, left, size, (wh, ww), (lh, lw)).to(image)
-            mse = ((decoded - target).pow(2) * mask).sum() / (3 * mask.sum()).clamp_min(1)
-            loss = bits / pixels + lam * 255**2 * mse
+            loss = bits / pixels + lam * 255**2 * distortion(decoded, target, mask)
             (grad,) = torch.autograd.grad(loss, [y])  # the models' own parameters collect no gradient
             opt.zero_grad()
             y.grad = grad

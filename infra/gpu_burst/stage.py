@@ -33,6 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from evaluation.weights import LPIPS_CACHE, cache_dir  # noqa: E402
 from training.data import list_images  # noqa: E402
 
 LIMIT = 64 * 2**20  # what the device tool carries: tracked and untracked files plus carried folders
@@ -126,7 +127,7 @@ def stage(args: argparse.Namespace) -> None:
         fetch_wheels(gpu / "whl")
     shutil.copytree(args.taef2, gpu / "taef2")
     (gpu / "metrics").mkdir()
-    for name in ("lpips_alex.safetensors", "NOTICE"):
+    for name in (LPIPS_CACHE, "NOTICE"):
         shutil.copy2(Path(args.metric_weights) / name, gpu / "metrics" / name)
     budget = LIMIT - MARGIN - travelling_bytes() + sum((ROOT / p).stat().st_size for p in moved)
     if budget <= 0:
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the last N photos of the first folder are not staged: the burst is scored on them")  # fmt: skip
     s.add_argument("--long-side", type=int, default=512)
     s.add_argument("--taef2", default="../shared/weights/taef2")
-    s.add_argument("--metric-weights", default=str(Path.home() / ".cache/resulic/metrics"),
-                   help="a folder with lpips_alex.safetensors (`resulic weights fetch-metrics`)")  # fmt: skip
+    s.add_argument("--metric-weights", default=str(cache_dir()),
+                   help=f"a folder with {LPIPS_CACHE} (`resulic weights fetch-metrics`)")  # fmt: skip
     s.add_argument("--no-wheels", action="store_true", help="skip the wheels (a machine with the packages)")
     sub.add_parser("restore")
     c = sub.add_parser("collect")

@@ -338,9 +338,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.from_csv:
         result = rebuild(args.dataset, args.outdir, anchor=args.anchor, report=args.report)
     else:
-        result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, metrics=args.metrics,
-                          images=args.images, anchor=args.anchor, captions=args.captions, report=args.report,
-                          metric_weights=args.metric_weights)  # fmt: skip
+        result = evaluate(args.dataset, args.outdir, codecs=args.codecs, rates=args.rates, budgets=args.budgets,
+                          metrics=args.metrics, images=args.images, anchor=args.anchor, captions=args.captions,
+                          report=args.report, metric_weights=args.metric_weights)  # fmt: skip
     print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
     for note in result.notes:
         print(f"note: {note}")
@@ -522,9 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="a folder of images")
     p.add_argument("outdir")
     p.add_argument("--codecs", nargs="+", help="resulic, resulic-cdm, resulic-text, resulic-scaled, resulic-cdm-scaled (--scale auto), resulic-refined, "
-                                              "resulic-refined-scaled (--refine 40), jpeg, webp, avif, jxl "
+                                              "resulic-refined-scaled (--refine 40), resulic-budget (at --budgets), "
+                                              "jpeg, webp, avif, jxl "
                                               "(default: all but resulic-text; classical ones also at 2x and 4x downscales)")
     p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
+    p.add_argument("--budgets", type=float, nargs="+", metavar="BPP",
+                   help="resulic-budget's budgets: each image at the highest rate within B bpp (--target-bpp B "
+                        "--scale auto; default 0.005 0.012 0.03 0.1)")  # fmt: skip
     p.add_argument("--metrics", nargs="+", help="psnr ms_ssim hf_ratio lpips dists fid kid (default: all)")
     p.add_argument("--metric-weights", help="folder with the perceptual metrics' published weights (default: "
                                             "$RESULIC_METRIC_WEIGHTS, else the fetch-metrics cache if complete, else "

@@ -28,12 +28,14 @@ from evaluation.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, 
 from pipelines.peak_memory import PeakMemory
 
 # -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates);
-# -refined: each latent refined by EVAL_REFINE_STEPS steps (codec.latent_refine)
+# -refined: each latent refined by EVAL_REFINE_STEPS steps (codec.latent_refine);
+# -budget: at each byte budget (--target-bpp B --scale auto, what a user with a budget runs), so
+#   the figures answer "how good at no more than B bpp" per image, not only on the mean
 RESULIC_CODECS = ("resulic", "resulic-cdm", "resulic-text", "resulic-scaled", "resulic-cdm-scaled",
-                  "resulic-refined", "resulic-refined-scaled")  # fmt: skip
+                  "resulic-refined", "resulic-refined-scaled", "resulic-budget")  # fmt: skip
 EVAL_REFINE_STEPS = 40
 CLASSICAL = ("jpeg", "webp", "avif", "jxl")
-DEFAULT_CODECS = ("resulic", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
+DEFAULT_CODECS = ("resulic", "resulic-budget", "resulic-cdm", "jpeg", "webp", "avif", "jxl")
 COMPUTED_METRICS = ("psnr", "ms_ssim", "hf_ratio")
 PAIR_METRICS = ("lpips", "dists")  # per image
 SET_METRICS = ("fid", "kid")  # per setting, over all its images
@@ -41,12 +43,14 @@ PERCEPTUAL_METRICS = PAIR_METRICS + SET_METRICS
 BD_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 LOWER_IS_BETTER = ("lpips", "dists")
 DEFAULT_RATES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+DEFAULT_BUDGETS = (0.005, 0.012, 0.03, 0.1)  # bpp: the budgets issue 20's targets are set at
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
 class EvalOptions:
     rates: tuple[float, ...] = DEFAULT_RATES
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # bpp, for resulic-budget
     captions: dict[str, str] = field(default_factory=dict)  # image stem -> caption (for resulic-text)
     metric_weights: str | None = None  # folder of the perceptual metrics' published weights
     perceptual: tuple[str, ...] = ()  # the perceptual metrics to compute (their weights were checked)
@@ -103,11 +107,15 @@ def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
         decoder = "cdm" if codec.startswith("resulic-cdm") else "plain"
         scale = "auto" if codec.endswith("-scaled") else 1
         refine = EVAL_REFINE_STEPS if codec.startswith("resulic-refined") else 0
-        for rate in options.rates:
+        if codec == "resulic-budget":
+            settings = [(f"bpp<={b:g}", dict(target_bpp=b, scale="auto")) for b in options.budgets]
+        else:
+            settings = [(f"rate={r:g}", dict(rate=r, scale=scale)) for r in options.rates]
+        for setting, choice in settings:
             with PeakMemory() as mem:
-                stream, t_enc = _timed(rc.encode, ref, rate=rate, text=text, scale=scale, refine_steps=refine)
+                stream, t_enc = _timed(rc.encode, ref, text=text, refine_steps=refine, **choice)
                 out, t_dec = _timed(rc.decode, stream, decoder=decoder)
-            rows.append(_row(name, codec, f"rate={rate:g}", ref, out, len(stream), t_enc, t_dec, mem.peak, options))
+            rows.append(_row(name, codec, setting, ref, out, len(stream), t_enc, t_dec, mem.peak, options))
             outs.append(out)
         return _finish(rows, ref, outs, options)
     fmt, _, scale = codec.partition("-")
@@ -293,12 +301,14 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
 
 
 def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: list[float] | None = None,
-             metrics: list[str] | None = None, images: int | None = None, anchor: str | None = None,
-             captions: str | None = None, progress: bool = True, report: str | None = None,
+             budgets: list[float] | None = None, metrics: list[str] | None = None, images: int | None = None,
+             anchor: str | None = None, captions: str | None = None, progress: bool = True, report: str | None = None,
              metric_weights: str | None = None) -> EvalResult:  # fmt: skip
     from pipelines.eval_report import write_outputs
     from pipelines.perceptual import weights_dir
 
+    if any(b <= 0 for b in budgets or ()):
+        raise UsageError(f"budgets must be positive bits per pixel, got {budgets}")
     paths = list_images(dataset, images)
     run, notes = expand_codecs(list(codecs or DEFAULT_CODECS))
     metrics = list(metrics or (*COMPUTED_METRICS, *PERCEPTUAL_METRICS))
@@ -311,7 +321,8 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     if captions:  # a JSON list of {"image_index": stem, "original_caption": ...}, like Kodak's captions_40.json
         items = json.loads(Path(captions).read_text())
         cap = {it["image_index"]: it["original_caption"] for it in items if isinstance(it, dict) and "image_index" in it}
-    options = EvalOptions(tuple(rates or DEFAULT_RATES), cap, str(weights_dir(metric_weights)), perceptual)
+    options = EvalOptions(tuple(rates or DEFAULT_RATES), tuple(budgets or DEFAULT_BUDGETS), cap,
+                          str(weights_dir(metric_weights)), perceptual)  # fmt: skip
     t0 = time.time()
     rows = run_all(paths, run, options, progress)
     summary = summarise(rows)

@@ -71,6 +71,20 @@ def test_eval_writes_the_promised_files(dataset, tmp_path):
     assert any("not computed" in n for n in res.notes)
 
 
+def test_budget_codec_keeps_every_image_within_each_budget(dataset, tmp_path):
+    budgets = [0.03, 0.1]  # 0.03: below full size's lowest rate (0.035), so met at a smaller size
+    evaluate(str(dataset), str(tmp_path / "o"), codecs=["resulic-budget"], budgets=budgets, metrics=["psnr"],
+             progress=False)  # fmt: skip
+    per = read(tmp_path / "o" / "per_image.csv")
+    assert sorted({r["setting"] for r in per}) == ["bpp<=0.03", "bpp<=0.1"]
+    by = {(r["image"], r["setting"]): float(r["bpp"]) for r in per}
+    for image in ("img0", "img1"):
+        low, high = by[(image, "bpp<=0.03")], by[(image, "bpp<=0.1")]
+        assert 0 < low <= 0.03 and low < high <= 0.1  # each image within its budget, more bits for more budget
+    with pytest.raises(ValueError, match="budgets must be positive"):
+        evaluate(str(dataset), str(tmp_path / "p"), codecs=["resulic-budget"], budgets=[0.0], progress=False)
+
+
 def test_bd_rates_from_summaries_match_a_hand_computed_case():
     rows = []
     for codec, factor in (("a", 1.0), ("b", 0.5)):

@@ -54,3 +54,31 @@ def test_init_from_needs_a_release_with_its_own_decoder(tmp_path, train_photos):
     with pytest.raises(SystemExit, match="no decoder of its own"):
         main(["--data", str(train_photos), "--out", str(tmp_path / "run"), "--init-from", "75b3a217d25759b2",
               "--crop", "128", "--device", "cpu", "--metric-weights", str(PERCEPTUAL)])  # fmt: skip
+
+
+def test_freeze_codec_trains_the_decoder_alone_and_keeps_the_release_codec_file(tmp_path, train_photos):
+    import hashlib
+
+    from codec.presets import WEIGHTS_DIR, release
+
+    entry = release("taef2", "8147641cb2d9cfd8")
+    out = tmp_path / "run"
+    args = ["--data", str(train_photos), "--out", str(out), "--batch", "1", "--crop", "128", "--scales", "1",
+            "--device", "cpu", "--metric-weights", str(PERCEPTUAL), "--init-from", "8147641cb2d9cfd8",
+            "--freeze-codec", "--decoder-lr", "1e-3", "--log-every", "1"]  # fmt: skip
+    main([*args, "--steps", "1"])
+    main([*args, "--steps", "2"])  # resumes at step 1
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and "codec" not in ckpt and "aux_opt" not in ckpt
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(out / "latent_codec.safetensors") == digest(WEIGHTS_DIR / entry["latent_codec"])
+    ae = TAEF2.from_pretrained()
+    files = (out / "decoder.safetensors", WEIGHTS_DIR / entry["decoder"])
+    tuned, own = (ae.with_decoder(f).decoder.state_dict() for f in files)
+    assert any(not torch.equal(tuned[k], own[k]) for k in own)  # the decoder moved
+    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all("aux" not in r and r["lpips"] > 0 for r in log)
+    with pytest.raises(SystemExit, match="made with --freeze-codec"):
+        main([a for a in args if a != "--freeze-codec"] + ["--steps", "3"])
+    with pytest.raises(SystemExit, match="needs --init-from"):
+        main(["--data", str(train_photos), "--out", str(tmp_path / "x"), "--freeze-codec", "--device", "cpu"])

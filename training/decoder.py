@@ -56,7 +56,7 @@ BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the deco
 
 
 def save_decoder(decoder: torch.nn.Module, path: Path, meta: dict) -> None:
-    tensors = {k: v.detach().float().contiguous() for k, v in decoder.state_dict().items()}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     tmp.replace(path)

@@ -17,6 +17,10 @@ pixels, with the decoder (TAEF2's architecture, initialised from TAEF2) fine-tun
   units like the others; the discriminator sees the decoded latent, detached, beside the image.
 - ``--init-from MODEL_ID``: start from a release's latent codec and decoder instead of from
   scratch, so a GPU burst can spend its minutes fine-tuning (e.g. with the adversarial term).
+- ``--freeze-codec`` (with ``--init-from``): train the decoder alone. The latent codec stays the
+  release's, byte for byte (its file is copied into the export), so a release made from the run
+  adds a 5 MB decoder instead of a 27 MB codec, and every stream's symbols stay those of the
+  release's codec. The loss is the same; its rate term is then a constant.
 
 The same command runs on a CPU (resumable, in the background) and on one GPU (``--device
 cuda``: bfloat16 autocast for the autoencoder, decoder and LPIPS; the entropy model stays in
@@ -31,18 +35,19 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from codec.presets import WEIGHTS_DIR, load_latent_codec, release
 from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
+from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, codec_step, save_weights
 from training.photo_crops import PhotoCrops
@@ -73,12 +78,19 @@ def channel_sensitivity(ae: TAEF2, latent: torch.Tensor, sigma: float = 0.3) -> 
     return out
 
 
+def decoder_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    """One step of the decoder alone (the codec frozen), clipped as :func:`codec_step` clips."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+
+
 def export(codec: LatentCodec, decoder: torch.nn.Module, out: Path, meta: dict) -> None:
     """The release files: the latent codec (float16 + frozen tables) and the decoder (float32)."""
     cpu_codec = copy.deepcopy(codec).cpu().float()
     save_weights(cpu_codec, out / "latent_codec.safetensors", meta)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()}
-    save_file(state, str(out / "decoder.safetensors"), metadata=meta)
+    save_decoder(decoder, out / "decoder.safetensors", meta)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -101,6 +113,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--disc-lr", type=float, default=1e-4, help="the discriminator's learning rate")
     p.add_argument("--init-from", metavar="MODEL_ID",
                    help="start from this taef2 release's latent codec and decoder (a fine-tune) instead of from scratch")  # fmt: skip
+    p.add_argument("--freeze-codec", action="store_true",
+                   help="with --init-from: train the decoder alone against the release's latent codec, "
+                        "unchanged")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
@@ -115,6 +130,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = build_parser(prog).parse_args(argv)
+    if args.freeze_codec and not args.init_from:
+        raise SystemExit("--freeze-codec needs --init-from: the release whose latent codec stays as it is")
     if args.crop % 128:
         raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
     device = resolve_device(args.device)
@@ -135,11 +152,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         entry = release("taef2", args.init_from)
         if "decoder" not in entry:
             raise SystemExit(f"--init-from {args.init_from}: that release has no decoder of its own to start from")
-        codec = load_latent_codec(WEIGHTS_DIR / entry["latent_codec"])
+        codec_file = WEIGHTS_DIR / entry["latent_codec"]
+        codec = load_latent_codec(codec_file)
         decoder = copy.deepcopy(ae.with_decoder(WEIGHTS_DIR / entry["decoder"]).decoder)
     else:
         codec, decoder = LatentCodec(LatentCodecConfig(**V2_CONFIG)), copy.deepcopy(ae.decoder)
-    codec = codec.to(device).requires_grad_(True).train()
+    train_codec = not args.freeze_codec
+    codec = codec.to(device).requires_grad_(train_codec).train(train_codec)
     decoder = decoder.to(device).requires_grad_(True).train()
     data = PhotoCrops(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
     print(f"{len(data)} photo scales on {device}; codec {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M "
@@ -149,14 +168,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     density = [p for n, p in codec.named_parameters() if n.startswith("entropy_bottleneck.") and not n.endswith("quantiles")]
     special = {id(p) for p in quantiles + density} | {id(codec.log_gain)}
     # The gains and the hyperprior's density get larger steps (see training.latent_codec).
-    opt = torch.optim.Adam(
-        [{"params": [p for p in codec.parameters() if id(p) not in special], "lr_factor": 1.0},
-         {"params": [codec.log_gain], "lr_factor": args.gain_lr_factor},
-         {"params": density, "lr_factor": args.density_lr_factor},
-         {"params": list(decoder.parameters()), "lr_factor": args.decoder_lr / args.lr}],
-        lr=args.lr,
-    )  # fmt: skip
-    aux_opt = torch.optim.Adam(quantiles, lr=1e-3)
+    groups = [{"params": [p for p in codec.parameters() if id(p) not in special], "lr_factor": 1.0},
+              {"params": [codec.log_gain], "lr_factor": args.gain_lr_factor},
+              {"params": density, "lr_factor": args.density_lr_factor}] if train_codec else []  # fmt: skip
+    opt = torch.optim.Adam(groups + [{"params": list(decoder.parameters()), "lr_factor": args.decoder_lr / args.lr}],
+                           lr=args.lr)  # fmt: skip
+    aux_opt = torch.optim.Adam(quantiles, lr=1e-3) if train_codec else None
     # float32 outside autocast: spectral norm's power iteration wants the precision, and it is small
     adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
 
@@ -164,10 +181,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     step, elapsed = 0, 0.0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        codec.load_state_dict(ckpt["codec"], strict=False)
+        if ("codec" in ckpt) != train_codec:
+            how = "not " if train_codec else ""
+            raise SystemExit(f"{ckpt_path} was {how}made with --freeze-codec: resume it the same way")
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["opt"])
-        aux_opt.load_state_dict(ckpt["aux_opt"])
+        if train_codec:
+            codec.load_state_dict(ckpt["codec"], strict=False)
+            aux_opt.load_state_dict(ckpt["aux_opt"])
         if adversarial:
             adversarial.load_state_dict(ckpt)
         step, elapsed, sens = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt["sensitivity"].to(device)
@@ -178,11 +199,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         (out / "config.json").write_text(json.dumps({"codec": codec.config.to_dict(), "args": vars(args)}, indent=1))
 
     def checkpoint() -> None:
-        state = {"codec": codec.state_dict(), "decoder": decoder.state_dict(), "opt": opt.state_dict(),
-                 "aux_opt": aux_opt.state_dict(), "step": step, "elapsed": elapsed, "sensitivity": sens,
-                 **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
+        state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                 "sensitivity": sens, **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
+        if train_codec:
+            state |= {"codec": codec.state_dict(), "aux_opt": aux_opt.state_dict()}
         save_checkpoint(state, ckpt_path)
-        export(codec, decoder, out, {"step": str(step), "trainer": "training.perceptual_codec"})
+        meta = {"step": str(step), "trainer": "training.perceptual_codec"}
+        if train_codec:
+            export(codec, decoder, out, meta)
+        else:  # the release's own file: the same bytes, so the same codec for every stream
+            save_decoder(decoder, out / "decoder.safetensors", meta | {"latent_codec_model_id": args.init_from})
+            shutil.copyfile(codec_file, out / "latent_codec.safetensors")
 
     log = open(out / "train.log", "a")
     k = codec.config.num_rate_points
@@ -197,7 +224,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         with torch.no_grad(), autocast():
             lat = ae.encode(x).float()
         rate = torch.rand(args.batch, device=device) * (k - 1)
-        res = codec(lat, rate)
+        with contextlib.nullcontext() if train_codec else torch.no_grad():
+            res = codec(lat, rate)
         with autocast():
             x_hat = decoder(res["latent_hat"]).float()
             lp = lpips(x_hat.clamp(0, 1), x).float()
@@ -213,7 +241,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             d = d + args.adversarial_weight * adv
             extra["adv"] = round(adv.mean().item(), 4)
         loss = (bpp + codec.lambdas(rate) * 255**2 * d).mean()
-        aux_loss = codec_step(loss, codec, opt, aux_opt)
+        if train_codec:
+            extra["aux"] = round(codec_step(loss, codec, opt, aux_opt).item(), 2)
+        else:
+            decoder_step(loss, opt)
         step += 1
         elapsed = time.time() - t_start
         if step % args.log_every == 0:
@@ -224,7 +255,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 "psnr_latent": round(-10 * math.log10(max(d_lat.mean().item(), 1e-10)), 2),
                 "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
                 "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
-                "aux": round(aux_loss.item(), 2), **extra, "lr": lr, "sec": round(elapsed, 1),
+                **extra, "lr": lr, "sec": round(elapsed, 1),
             }  # fmt: skip
             log.write(json.dumps(rec) + "\n")
             log.flush()

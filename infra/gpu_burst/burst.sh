@@ -2,6 +2,8 @@
 # The GPU side of a training burst staged by infra/gpu_burst/stage.py (see its docstring).
 # Run from the repository root with .gpu/ beside it; results go to $OUT (default runs/burst-out):
 #   MINUTES=7 BATCH=32 EXTRA="--adversarial-weight 0.002" bash infra/gpu_burst/burst.sh
+# EXTRA="--freeze-codec ..." trains the decoder alone: the export's latent codec is then the
+# release's own file, byte for byte, and a release made from it adds only a 5 MB decoder.
 # It fine-tunes the staged release (`train perceptual-codec --init-from`) for MINUTES of wall
 # time, then writes the export for `stage.py collect`: the decoder, the latent codec in parts
 # of at most 15 MiB (the device tool returns files of 16 MiB at most), the log, the config and

@@ -142,3 +142,14 @@ def test_refine_perceptual_compares_each_weight_at_each_budget(metric_weights):
     for row in rows:
         _, target, bpp, db, lpips, dists, _ = (c.strip() for c in row.strip("|").split("|"))
         assert float(bpp) <= float(target) and float(db) > 10 and 0 < float(lpips) < 1 and 0 < float(dists) < 1
+
+
+def test_low_rate_points_sets_full_size_below_rate_0_beside_smaller_images(metric_weights):
+    photos = ROOT.parent / "shared" / "datasets" / "photos-train"
+    out = run("low_rate_points.py", str(photos), "--images", "1", "--max-side", "256", "--below", "-2",
+              "--full-rates", "0", "--scaled-rates", "0", "--metric-weights", str(metric_weights))  # fmt: skip
+    rows = {k: [float(c) for c in v] for k, v in table(out).items() if k != "coding"}
+    assert set(rows) == {"full r=-2", "full r=0", "1/2 r=0", "1/4 r=0"}, out
+    bpp = {k: v[0] for k, v in rows.items()}
+    assert bpp["full r=-2"] < bpp["full r=0"] and bpp["1/4 r=0"] < bpp["1/2 r=0"] < bpp["full r=0"]
+    assert all(v[1] > 10 and 0 < v[2] < 1 and 0 < v[3] < 1 for v in rows.values())  # PSNR, LPIPS, DISTS

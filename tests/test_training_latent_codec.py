@@ -32,3 +32,34 @@ def test_extend_gains_continues_the_top_step():
     assert torch.equal(out[:3], g)
     assert torch.allclose(out[3:], torch.tensor([[1.5, 2.0], [2.0, 2.4]]))
     assert extend_gains(g, 3) is g
+
+
+def test_gains_at_reads_the_table_in_log_lambda_and_extends_its_end_lines():
+    import math
+
+    import pytest
+
+    from training.latent_codec import gains_at
+
+    lam = [1e-6, 1e-5, 1e-4]  # a decade apart
+    g = torch.tensor([[0.0, 1.0], [1.0, 1.5], [3.0, 2.5]])
+    assert torch.allclose(gains_at(g, lam, lam), g)
+    out = gains_at(g, lam, [1e-7, math.sqrt(1e-6 * 1e-5), 1e-3])
+    assert torch.allclose(out, torch.tensor([[-1.0, 0.5], [0.5, 1.25], [5.0, 3.5]]))
+    with pytest.raises(ValueError, match="increasing"):
+        gains_at(g, lam, [1e-5, 1e-6])
+
+
+def test_a_codec_moved_to_new_lambdas_keeps_its_transforms():
+    from codec.latent_codec import LatentCodec
+    from training.perceptual_codec import with_lambdas
+
+    cfg = LatentCodecConfig(transform="conv", hidden=16, y_channels=32, z_channels=8, slices=[16, 16],
+                            param_hidden=16, num_rate_points=3, lambdas=[1e-6, 1e-5, 1e-4])  # fmt: skip
+    codec = LatentCodec(cfg)
+    moved = with_lambdas(codec, [1e-7, 1e-6, 1e-5, 1e-4])
+    assert moved.config.lambdas == [1e-7, 1e-6, 1e-5, 1e-4] and moved.config.num_rate_points == 4
+    assert torch.allclose(moved.log_gain[1:], codec.log_gain, atol=1e-6)
+    assert torch.allclose(moved.log_gain[0], 2 * codec.log_gain[0] - codec.log_gain[1], atol=1e-6)
+    own = dict(codec.named_parameters())
+    assert all(torch.equal(v, own[k]) for k, v in moved.named_parameters() if k != "log_gain")

@@ -1,5 +1,5 @@
-"""A real (tiny) run of the perceptual codec trainer on CPU, adversarial term on: two steps, checkpoint, resume,
-exports that load as a latent codec and a TAEF2 decoder."""
+"""A real (tiny) run of the perceptual codec trainer on CPU, adversarial term on and its own λs: two steps,
+checkpoint, resume, exports that load as a latent codec and a TAEF2 decoder; the decoder alone (--freeze-codec)."""
 
 import json
 from pathlib import Path
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from codec.autoencoder import TAEF2
+from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import load_latent_codec
 from training.perceptual_codec import main
 
@@ -19,7 +20,7 @@ def test_train_resume_and_export(tmp_path, train_photos):
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), "--batch", "2", "--crop", "128", "--scales", "1",
             "--save-every", "100", "--log-every", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL),
-            "--adversarial-weight", "0.001"]  # fmt: skip
+            "--adversarial-weight", "0.001", "--lambdas", "1e-7", "1e-6", "1e-5"]  # fmt: skip
     main([*args, "--steps", "2"])
     main([*args, "--steps", "3"])  # resumes at step 2
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -28,7 +29,8 @@ def test_train_resume_and_export(tmp_path, train_photos):
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(r["lpips"] > 0 and r["bpp"] > 0 and r["psnr"] > 5 and r["adv"] > 0 and r["d_loss"] > 0 for r in log)
     codec = load_latent_codec(out / "latent_codec.safetensors")
-    assert codec.config.transform == "conv"
+    assert codec.config.transform == "conv" and codec.config.lambdas == [1e-7, 1e-6, 1e-5]
+    assert codec.num_levels == 2 * LEVELS_PER_POINT + 1
     TAEF2.from_pretrained().with_decoder(out / "decoder.safetensors")  # the same network, key for key
 
 
@@ -82,3 +84,5 @@ def test_freeze_codec_trains_the_decoder_alone_and_keeps_the_release_codec_file(
         main([a for a in args if a != "--freeze-codec"] + ["--steps", "3"])
     with pytest.raises(SystemExit, match="needs --init-from"):
         main(["--data", str(train_photos), "--out", str(tmp_path / "x"), "--freeze-codec", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="cannot go with --freeze-codec"):
+        main([*args, "--lambdas", "1e-7", "1e-6"])

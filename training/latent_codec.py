@@ -106,6 +106,22 @@ def extend_gains(log_gain: torch.Tensor, rate_points: int) -> torch.Tensor:
     return torch.cat([log_gain, extra])
 
 
+def gains_at(log_gain: torch.Tensor, lambdas: list[float], new_lambdas: list[float]) -> torch.Tensor:
+    """Each channel's log gain read off the trained points at other λ values: linear in log λ
+    between points (as rates between points interpolate), and beyond either end along the end
+    segment's line, so a fine-tune toward a wider rate range starts near each new point's optimum."""
+    if len(new_lambdas) < 2 or min(new_lambdas) <= 0 or list(new_lambdas) != sorted(set(new_lambdas)):
+        raise ValueError(f"lambdas must be positive and increasing, at least two: {new_lambdas}")
+    x = torch.tensor(lambdas, dtype=torch.float64).log()
+    out = []
+    for lam in new_lambdas:
+        v = math.log(lam)
+        i = int(torch.searchsorted(x, torch.tensor(v, dtype=torch.float64)).clamp(1, len(x) - 1)) - 1
+        t = (v - x[i].item()) / (x[i + 1] - x[i]).item()
+        out.append(log_gain[i] * (1 - t) + log_gain[i + 1] * t)
+    return torch.stack(out)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)

@@ -21,6 +21,9 @@ pixels, with the decoder (TAEF2's architecture, initialised from TAEF2) fine-tun
   release's, byte for byte (its file is copied into the export), so a release made from the run
   adds a 5 MB decoder instead of a 27 MB codec, and every stream's symbols stay those of the
   release's codec. The loss is the same; its rate term is then a constant.
+- ``--lambdas``: the rate points' λ values (with ``--init-from``: each new point's gains start
+  from the release's, read off at its λ, ``training.latent_codec.gains_at``), e.g. to reach lower
+  rates at full size than the release's lowest point instead of coding a smaller image.
 
 The same command runs on a CPU (resumable, in the background) and on one GPU (``--device
 cuda``: bfloat16 autocast for the autoencoder, decoder and LPIPS; the entropy model stays in
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -49,7 +53,7 @@ from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
 from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
-from training.latent_codec import bits_per_pixel, codec_step, save_weights
+from training.latent_codec import bits_per_pixel, codec_step, gains_at, load_model_weights, save_weights
 from training.photo_crops import PhotoCrops
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
@@ -76,6 +80,16 @@ def channel_sensitivity(ae: TAEF2, latent: torch.Tensor, sigma: float = 0.3) -> 
         noisy[:, c] += sigma * torch.randn(noisy[:, c].shape, generator=gen, device=latent.device)
         out[c] = F.mse_loss(ae.decode(noisy), base) * latent.shape[1] / sigma**2
     return out
+
+
+def with_lambdas(codec: LatentCodec, lambdas: list[float]) -> LatentCodec:
+    """A trainable copy of ``codec`` with rate points at ``lambdas``, its gains read off the old ones."""
+    config = dataclasses.replace(codec.config, lambdas=list(lambdas), num_rate_points=len(lambdas))
+    new = LatentCodec(config)
+    state = codec.state_dict()
+    state["log_gain"] = gains_at(state["log_gain"], codec.config.lambdas, list(lambdas))
+    load_model_weights(new, state)
+    return new
 
 
 def decoder_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
@@ -116,6 +130,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--freeze-codec", action="store_true",
                    help="with --init-from: train the decoder alone against the release's latent codec, "
                         "unchanged")  # fmt: skip
+    p.add_argument("--lambdas", type=float, nargs="+",
+                   help="the rate points' λ, increasing (default: the release's with --init-from, else v2's)")  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
@@ -132,6 +148,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = build_parser(prog).parse_args(argv)
     if args.freeze_codec and not args.init_from:
         raise SystemExit("--freeze-codec needs --init-from: the release whose latent codec stays as it is")
+    if args.freeze_codec and args.lambdas:
+        raise SystemExit("--lambdas retrains the gains: it cannot go with --freeze-codec")
     if args.crop % 128:
         raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
     device = resolve_device(args.device)
@@ -154,9 +172,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             raise SystemExit(f"--init-from {args.init_from}: that release has no decoder of its own to start from")
         codec_file = WEIGHTS_DIR / entry["latent_codec"]
         codec = load_latent_codec(codec_file)
+        if args.lambdas:
+            codec = with_lambdas(codec, args.lambdas)
         decoder = copy.deepcopy(ae.with_decoder(WEIGHTS_DIR / entry["decoder"]).decoder)
     else:
-        codec, decoder = LatentCodec(LatentCodecConfig(**V2_CONFIG)), copy.deepcopy(ae.decoder)
+        config = V2_CONFIG | ({"lambdas": args.lambdas, "num_rate_points": len(args.lambdas)} if args.lambdas else {})
+        codec, decoder = LatentCodec(LatentCodecConfig(**config)), copy.deepcopy(ae.decoder)
     train_codec = not args.freeze_codec
     codec = codec.to(device).requires_grad_(train_codec).train(train_codec)
     decoder = decoder.to(device).requires_grad_(True).train()

@@ -40,8 +40,10 @@ def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.T
 
 
 class ArchiveDatasink(Datasink[dict]):
-    def __init__(self, url: str, storage_options: dict[str, Any], job_id: str, min_rows: int = 128) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any], job_id: str, min_rows: int = 128,
+                 target_bpp: float | None = None) -> None:  # fmt: skip
         self.url, self.storage_options, self.job_id, self.min_rows = url, storage_options, job_id, min_rows
+        self.target_bpp = target_bpp  # written rows above it are counted (the lowest rate at their size)
         self.result: WriteResult[dict] | None = None
 
     @property
@@ -52,7 +54,8 @@ class ArchiveDatasink(Datasink[dict]):
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
         tally = {"written": 0, "unchanged": 0, "still_failed": 0, "failed": 0, "failures": [], "bytes_in": 0,
-                 "bytes_out": 0, "pixels": 0, "bits_text": 0, "files": [], "nodes": {}, "shards": []}  # fmt: skip
+                 "bytes_out": 0, "pixels": 0, "bits_text": 0, "over_target": 0, "files": [], "nodes": {},
+                 "shards": []}  # fmt: skip
         if not tables:
             return tally
         table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id,
@@ -73,7 +76,7 @@ class ArchiveDatasink(Datasink[dict]):
             chunk = kept.slice(start, self.min_rows)
             tally["files"].append(arc.write_data_file(chunk, name, {"job_id": self.job_id}))
         for row in kept.select(["source_uri", "status", "error", "source_size", "bitstream", "width", "height",
-                                "bits_text"]).to_pylist():  # fmt: skip
+                                "bits_text", "bpp"]).to_pylist():  # fmt: skip
             if row["status"] == STATUS_FAILED:
                 tally["failed"] += 1
                 tally["failures"].append({"source": row["source_uri"], "reason": row["error"]})
@@ -83,6 +86,7 @@ class ArchiveDatasink(Datasink[dict]):
                 tally["bytes_out"] += len(row["bitstream"])
                 tally["pixels"] += row["width"] * row["height"]
                 tally["bits_text"] += row["bits_text"] or 0
+                tally["over_target"] += self.target_bpp is not None and row["bpp"] > self.target_bpp
         return tally
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -104,6 +104,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
           f"preset {meta['preset']} rate {meta['rate']:g}"
           + (f" at 1/{meta['scale']} size" if meta["scale"] != 1 else "") + f", {time.perf_counter() - t:.2f} s")  # fmt: skip
+    if args.target_bpp is not None and meta["bpp"] > args.target_bpp:
+        print(f"warning: {args.output}: {meta['bpp']:.5f} bpp is over --target-bpp {args.target_bpp:g}: the lowest "
+              f"rate at this size; --scale auto codes a smaller image to meet it", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -119,7 +119,8 @@ def compress(
         ds = build_pipeline(src, known, shards, preset, settings, plan, device, captions, monitor, batch_size=batch_size,
                             max_pixels=max_pixels, caption_workers=caption_workers,
                             caption_gpus_per_worker=caption_gpus_per_worker)  # fmt: skip
-        sink = ArchiveDatasink(archive, src.storage_options, job_id, min_rows=rows_per_file)
+        sink = ArchiveDatasink(archive, src.storage_options, job_id, min_rows=rows_per_file,
+                               target_bpp=settings.target_bpp)  # fmt: skip
         aborted = None
         reporter = ProgressReporter(monitor, progress) if progress else contextlib.nullcontext()
         try:
@@ -245,7 +246,8 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
               settings: EncodeSettings, wall: float) -> dict:  # fmt: skip
     tallies = sink.result.write_returns if sink.result else []
     total = {k: sum(t.get(k, 0) for t in tallies)
-             for k in ("written", "unchanged", "still_failed", "failed", "bytes_in", "bytes_out", "pixels", "bits_text")}  # fmt: skip
+             for k in ("written", "unchanged", "still_failed", "failed", "bytes_in", "bytes_out", "pixels", "bits_text",
+                       "over_target")}  # fmt: skip
     failures = [f for t in tallies for f in t["failures"]]
     nodes: dict[str, int] = {}
     for t in tallies:
@@ -255,7 +257,7 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
         "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
         "rate": settings.rate, "target_bpp": settings.target_bpp,
         "written": total["written"], "unchanged": total["unchanged"], "still_failed": total["still_failed"],
-        "failed": total["failed"],
+        "failed": total["failed"], "over_target_bpp": total["over_target"],
         "failures": sorted(failures, key=lambda f: f["source"]),
         "bytes_in": total["bytes_in"], "bytes_out": total["bytes_out"],
         "mean_bpp": total["bytes_out"] * 8 / total["pixels"] if total["pixels"] else None,
@@ -289,6 +291,9 @@ def format_table(summary: dict) -> str:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if summary.get("over_target_bpp"):
+        lines.append(f"OVER TARGET {summary['over_target_bpp']} written assets are over --target-bpp "
+                     f"{summary['target_bpp']:g}: the lowest rate at their size (--scale auto codes them smaller)")  # fmt: skip
     lines += [f"FAILED {f['source']}: {f['reason']}" for f in summary["failures"]]
     lines += [f"QUARANTINED {q['file']}: {q['reason']} (its assets are encoded again)" for q in summary.get("quarantined", [])]
     if summary.get("aborted"):

@@ -77,8 +77,10 @@ def test_refine_flag(tmp_path):
 
 def test_target_bpp_flag(tmp_path):
     stream = tmp_path / "x.rsl"
-    run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.1")
-    assert json.loads(run("info", stream, "--json").stdout)["bpp"] <= 0.1
+    res = run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.1")
+    assert json.loads(run("info", stream, "--json").stdout)["bpp"] <= 0.1 and "warning" not in res.stderr
+    res = run("encode", KODAK / "kodim05.png", stream, "--target-bpp", "0.001")  # below full size's lowest rate
+    assert res.returncode == 0 and "is over --target-bpp 0.001" in res.stderr and "--scale auto" in res.stderr
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
         w.writerow([str(src / "gone.png"), "cats/gone.png", ""])
     arc = str(tmp_path / "arc")
     s = compress(str(manifest), arc, settings=EncodeSettings(rate=1))
-    assert (s["written"], s["failed"]) == (2, 1)
+    assert (s["written"], s["failed"], s["over_target_bpp"]) == (2, 1, 0)
     assert s["failures"] == [{"source": str(src / "gone.png"), "reason": "I/O error: file not found"}]
     rows = _archived(arc)
     _check_written(rows, ["cats/x.png", "cats/y.png"])
@@ -228,3 +228,10 @@ def test_a_damaged_committed_file_is_quarantined_and_its_assets_encoded_again(ra
     assert (c["files_before"], c["files_after"], c["rows_copied"]) == (2, 1, 2)
     assert sorted(r["key"] for r in list_assets(str(arc))) == ["a.png", "b.png"]
     assert compress(str(src), str(arc))["unchanged"] == 2
+
+
+def test_assets_over_the_target_bpp_are_counted_and_shown(ray_local, tmp_path):
+    src = photo_folder(tmp_path / "photos", {"x.png": (64, 64), "y.png": (96, 64)})
+    s = compress(str(src), str(tmp_path / "arc"), settings=EncodeSettings(target_bpp=1e-4))  # below any stream
+    assert (s["written"], s["over_target_bpp"]) == (2, 2)  # written at their lowest rate, and said so
+    assert "OVER TARGET 2 written assets are over --target-bpp 0.0001" in format_table(s)

@@ -43,7 +43,7 @@ PERCEPTUAL_METRICS = PAIR_METRICS + SET_METRICS
 BD_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 LOWER_IS_BETTER = ("lpips", "dists")
 DEFAULT_RATES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
-DEFAULT_BUDGETS = (0.005, 0.012, 0.03, 0.1)  # bpp: the budgets issue 20's targets are set at
+DEFAULT_BUDGETS = (0.005, 0.012, 0.03, 0.1)  # bpp: reference budgets across the ultra-low range
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 

@@ -52,6 +52,7 @@ def test_kodak_rd_prints_rate_points_and_times():
     assert float(bpp0) < float(bpp8) and float(psnr0) < float(psnr8)
 
 
+@pytest.mark.slow  # about 20 s
 def test_speed_prints_the_ratio_to_the_autoencoder():
     out = run("speed.py", str(KODAK), "--images", "1", "--repeats", "1")
     (cells,) = [c for name, c in table(out).items() if name.endswith(".png")]
@@ -60,6 +61,7 @@ def test_speed_prints_the_ratio_to_the_autoencoder():
     assert re.search(r"mean ratio to the autoencoder: encode [\d.]+x, decode [\d.]+x", out)
 
 
+@pytest.mark.slow  # about 16 s
 def test_gpu_benchmark_runs_on_the_cpu_and_says_what_is_pending():
     out = run("gpu.py", str(KODAK), "--images", "2", "--batch", "2")
     rows = table(out)
@@ -112,8 +114,8 @@ def test_soak_in_miniature_keeps_every_asset_once():
 
 def test_decoder_compare_scores_each_decoder_and_model_like_the_release(metric_weights):
     folder = "codec/weights/perceptual_v2"  # the newest release's own files, as a training run exports them
-    out = run("decoder_compare.py", str(KODAK), "--images", "1", "--rates", "0", "--decoder", "release",
-              "--decoder", f"same={folder}/decoder.safetensors", "--model", f"model={folder}",
+    out = run("decoder_compare.py", str(KODAK), "--images", "1", "--max-side", "256", "--rates", "0",
+              "--decoder", "release", "--decoder", f"same={folder}/decoder.safetensors", "--model", f"model={folder}",
               "--metric-weights", str(metric_weights))  # fmt: skip
     rows = table(out)
     own, same, model = rows["release"][1:], rows["same"][1:], rows["model"][1:]

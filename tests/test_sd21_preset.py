@@ -102,6 +102,7 @@ def test_pfo_refines_the_residual_against_this_decoder(parts, monkeypatch):
     assert stream == codec.encode(img, rate=2, preset=p, text=text)  # the same stream a plain encode of that text makes
 
 
+@pytest.mark.slow  # about 28 s of subprocesses; the same components in process: test_encode_decode_end_to_end
 def test_cli_encodes_and_decodes_with_the_components_named(parts, tmp_path):
     import os
     import subprocess

@@ -34,17 +34,18 @@ def extrapolated(p, img: Image.Image, rates: list[float]) -> list[tuple[float, I
     """(estimated bpp, restoration) of ``img`` at full size for each rate (r < 0 extrapolates)."""
     w, h = img.size
     x = pad(to_tensor(img), p.pad_multiple)
-    latent = p.autoencoder.encode(x)
     lc = p.latent_codec
-    real = rc.encode(img, rate=0, preset=p)  # the real stream's overhead beyond the entropy estimate
+    y = lc.g_a(p.autoencoder.encode(x))
+
+    def coded(r: float) -> tuple[float, torch.Tensor]:
+        res = lc.forward_y(y, torch.tensor([r]), rounded_z=True)
+        return sum(-torch.log2(v).sum().item() for v in res["likelihoods"].values()), res["latent_hat"]
+
+    overhead = 8 * len(rc.encode(img, rate=0, preset=p)) - coded(0.0)[0]  # the real stream's, beyond the estimate
     out = []
-    for r in [0.0, *rates]:
-        res = lc.forward_y(lc.g_a(latent), torch.tensor([r]), rounded_z=True)
-        bits = sum(-torch.log2(v).sum().item() for v in res["likelihoods"].values())
-        if r == 0.0:
-            overhead = 8 * len(real) - bits
-            continue
-        restored = p.plain(0).decode(res["latent_hat"])[:, :, :h, :w].clamp(0, 1)
+    for r in rates:
+        bits, latent_hat = coded(r)
+        restored = p.plain(0).decode(latent_hat)[:, :, :h, :w].clamp(0, 1)
         out.append(((bits + overhead) / (w * h), to_image(restored)))
     return out
 

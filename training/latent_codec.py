@@ -45,13 +45,18 @@ def bits_per_pixel(likelihoods: dict, pixels: int) -> torch.Tensor:
     return total / pixels
 
 
-def codec_step(loss: torch.Tensor, model: LatentCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer) -> torch.Tensor:
-    """One step on ``loss`` (gradient norm clipped to 1 over the parameters ``opt`` holds) and one
-    of the hyperprior's quantiles on their own aux loss, which is returned."""
+def clipped_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    """One step of ``opt`` on ``loss``, the gradient norm clipped to 1 over the parameters it holds."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
+
+
+def codec_step(loss: torch.Tensor, model: LatentCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One step on ``loss`` (gradient norm clipped to 1 over the parameters ``opt`` holds) and one
+    of the hyperprior's quantiles on their own aux loss, which is returned."""
+    clipped_step(loss, opt)
     aux_loss = model.entropy_bottleneck.loss()
     aux_opt.zero_grad(set_to_none=True)
     aux_loss.backward()

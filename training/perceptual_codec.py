@@ -53,7 +53,7 @@ from evaluation.perceptual import LPIPS, default_weights_dir
 from training.data import save_checkpoint
 from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
-from training.latent_codec import bits_per_pixel, codec_step, gains_at, load_model_weights, save_weights
+from training.latent_codec import bits_per_pixel, clipped_step, codec_step, gains_at, load_model_weights, save_weights
 from training.photo_crops import PhotoCrops
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
@@ -90,14 +90,6 @@ def with_lambdas(codec: LatentCodec, lambdas: list[float]) -> LatentCodec:
     state["log_gain"] = gains_at(state["log_gain"], codec.config.lambdas, list(lambdas))
     load_model_weights(new, state)
     return new
-
-
-def decoder_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-    """One step of the decoder alone (the codec frozen), clipped as :func:`codec_step` clips."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-    opt.step()
 
 
 def export(codec: LatentCodec, decoder: torch.nn.Module, out: Path, meta: dict) -> None:
@@ -218,6 +210,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         with autocast():
             sens = channel_sensitivity(ae, ae.encode(data.batch(8)).float()).float()
         (out / "config.json").write_text(json.dumps({"codec": codec.config.to_dict(), "args": vars(args)}, indent=1))
+    if not train_codec:  # the export's codec is the release's own file: the same bytes for every stream
+        shutil.copyfile(codec_file, out / "latent_codec.safetensors")
 
     def checkpoint() -> None:
         state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
@@ -228,9 +222,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         meta = {"step": str(step), "trainer": "training.perceptual_codec"}
         if train_codec:
             export(codec, decoder, out, meta)
-        else:  # the release's own file: the same bytes, so the same codec for every stream
+        else:
             save_decoder(decoder, out / "decoder.safetensors", meta | {"latent_codec_model_id": args.init_from})
-            shutil.copyfile(codec_file, out / "latent_codec.safetensors")
 
     log = open(out / "train.log", "a")
     k = codec.config.num_rate_points
@@ -264,8 +257,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         loss = (bpp + codec.lambdas(rate) * 255**2 * d).mean()
         if train_codec:
             extra["aux"] = round(codec_step(loss, codec, opt, aux_opt).item(), 2)
-        else:
-            decoder_step(loss, opt)
+        else:  # the decoder alone
+            clipped_step(loss, opt)
         step += 1
         elapsed = time.time() - t_start
         if step % args.log_every == 0:

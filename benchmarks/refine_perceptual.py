@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
         for target in args.targets:
             t0 = time.perf_counter()
-            base = codec.encode(img, target_bpp=target, preset=preset)
+            base = codec.encode(img, target_bpp=target, preset=preset, scale=1)  # refined at full size
             outs = [(base, codec.decode(base), time.perf_counter() - t0)]
             for _, refine in arms[1:]:
                 t0 = time.perf_counter()

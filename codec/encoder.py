@@ -245,7 +245,7 @@ def encode_batch(
     rate: float | None = None,
     target_bpp: float | None = None,
     detail_gain: str | float = "search",
-    scale: int | str = 1,
+    scale: int | str | None = None,
     refine_steps: int = 0,
     device: str | torch.device | None = None,
 ) -> list[bytes]:
@@ -275,7 +275,7 @@ def encode(
     rate: float | None = None,
     target_bpp: float | None = None,
     detail_gain: str | float = "search",
-    scale: int | str = 1,
+    scale: int | str | None = None,
     refine_steps: int = 0,
     pfo_steps: int = 0,
     pfo_seconds: float | None = None,

@@ -38,12 +38,13 @@ class EncodeSettings:
     pixel (level 0 if none does); neither: the preset's default rate.
     ``detail_gain``: how the CDM detail gain is set ("search", "table" or a gain; see
     ``DETAIL_GAIN_MODES``).
-    ``scale``: code each image at 1/scale of its size (1, the default, 2 or 4), or "auto": the
-    release's choice for the stream's size (:func:`scale_for_bpp`); with ``rate``, the size
-    that rate gives at full size; with ``target_bpp``, also a smaller size whenever the chosen
-    one cannot get within the budget. The stream's head says the scale; a decoder upsamples.
-    Full size is the default: on the perceptual model it beats a smaller image at every size
-    both reach (LPIPS), and on the older ones CDM restores little texture on a smaller image.
+    ``scale``: code each image at 1/scale of its size (1, 2 or 4), or "auto": the release's
+    choice for the stream's size (:func:`scale_for_bpp`); with ``rate``, the size that rate
+    gives at full size; with ``target_bpp``, also a smaller size whenever the chosen one cannot
+    get within the budget. The stream's head says the scale; a decoder upsamples. Not given: 1
+    with a rate (on the perceptual model full size beats a smaller image at every size both
+    reach, in LPIPS; on the older ones CDM restores little texture on a smaller image), "auto"
+    with ``target_bpp``, so that a budget below full size's lowest rate is met, not overshot.
     ``refine_steps``: refine each image's latent for its stream by that many gradient steps
     through the decoder (``codec.latent_refine``; 0: none). Smaller streams for the same
     fidelity, at about 0.7 s a step on 2 CPU threads for a Kodak image.
@@ -55,7 +56,7 @@ class EncodeSettings:
     rate: float | None = None
     target_bpp: float | None = None
     detail_gain: str | float = "search"
-    scale: int | str = 1
+    scale: int | str | None = None
     refine_steps: int = 0
     pfo_steps: int = 0
     pfo_seconds: float | None = None
@@ -65,6 +66,8 @@ class EncodeSettings:
             raise UsageError("give either rate or target_bpp, not both")
         if self.target_bpp is not None and self.target_bpp <= 0:
             raise UsageError("target_bpp must be positive")
+        if self.scale is None:  # frozen: the default is resolved once, here, so every reader sees the same
+            object.__setattr__(self, "scale", 1 if self.target_bpp is None else "auto")
         if self.scale != "auto" and self.scale not in SCALES:
             raise UsageError(f"unknown scale {self.scale!r} (one of auto, {', '.join(map(str, SCALES))})")
         steps = self.refine_steps
@@ -91,6 +94,14 @@ def scale_for_bpp(p: Preset, bpp: float) -> int:
     """The coded-size factor for a stream of ``bpp`` (the release's measured thresholds): the
     largest scale whose threshold lies above it, else 1."""
     return max([s for s, below in (p.scale_below_bpp or {}).items() if bpp < below], default=1)
+
+
+def over_target_reason(scale: int | str) -> str:
+    """Why a stream coded at ``scale`` is over its ``target_bpp``: the lowest rate of the sizes it
+    could take (the warning ``encode`` and ``compress`` give)."""
+    if scale == "auto":
+        return "the lowest rate at the smallest coded size"
+    return f"the lowest rate at 1/{scale} size (--scale auto codes a smaller image to meet it)"
 
 
 def parse_detail_gain(text: str) -> str | float:

@@ -55,10 +55,11 @@ def _scale(value: str) -> str | int:
 
 
 def _add_scale_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", type=_scale, default=1, metavar="auto|1|2|4",
-                   help="code the image at 1/SCALE of its size (decoders upsample it back; default 1); auto: the "
-                        "release's choice for the stream's size (with --rate: the size that rate gives at full size; "
-                        "with --target-bpp: also a smaller size where the larger cannot meet the target)")
+    p.add_argument("--scale", type=_scale, default=None, metavar="auto|1|2|4",
+                   help="code the image at 1/SCALE of its size (decoders upsample it back); auto: the release's "
+                        "choice for the stream's size (with --rate: the size that rate gives at full size; with "
+                        "--target-bpp: also a smaller size where the larger cannot meet the target); default: 1 with "
+                        "--rate, auto with --target-bpp")
 
 
 def _add_refine_arg(p: argparse.ArgumentParser) -> None:
@@ -95,9 +96,11 @@ def _encode_settings(args: argparse.Namespace) -> EncodeSettings:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import codec
+    from codec.settings import over_target_reason
 
     t = time.perf_counter()
-    data = codec.encode(Path(args.input), settings=_encode_settings(args), preset=args.preset, text=args.text,
+    settings = _encode_settings(args)
+    data = codec.encode(Path(args.input), settings=settings, preset=args.preset, text=args.text,
                         device=args.device)  # fmt: skip
     Path(args.output).write_bytes(data)
     meta = codec.info(data)
@@ -105,8 +108,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
           f"preset {meta['preset']} rate {meta['rate']:g}"
           + (f" at 1/{meta['scale']} size" if meta["scale"] != 1 else "") + f", {time.perf_counter() - t:.2f} s")  # fmt: skip
     if args.target_bpp is not None and meta["bpp"] > args.target_bpp:
-        print(f"warning: {args.output}: {meta['bpp']:.5f} bpp is over --target-bpp {args.target_bpp:g}: the lowest "
-              f"rate at this size; --scale auto codes a smaller image to meet it", file=sys.stderr)  # fmt: skip
+        print(f"warning: {args.output}: {meta['bpp']:.5f} bpp is over --target-bpp {args.target_bpp:g}: "
+              + over_target_reason(settings.scale), file=sys.stderr)  # fmt: skip
     return 0
 
 

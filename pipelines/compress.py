@@ -24,7 +24,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from codec.semantic.captioners import CaptionConfig
-from codec.settings import EncodeSettings, detail_mode
+from codec.settings import EncodeSettings, detail_mode, over_target_reason
 from codec.usage import UsageError
 from operators.archive import Archive, new_job_id
 from operators.caption import Captioner
@@ -293,7 +293,7 @@ def format_table(summary: dict) -> str:
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if summary.get("over_target_bpp"):
         lines.append(f"OVER TARGET {summary['over_target_bpp']} written assets are over --target-bpp "
-                     f"{summary['target_bpp']:g}: the lowest rate at their size (--scale auto codes them smaller)")  # fmt: skip
+                     f"{summary['target_bpp']:g}: {over_target_reason(summary['scale'])}")  # fmt: skip
     lines += [f"FAILED {f['source']}: {f['reason']}" for f in summary["failures"]]
     lines += [f"QUARANTINED {q['file']}: {q['reason']} (its assets are encoded again)" for q in summary.get("quarantined", [])]
     if summary.get("aborted"):

@@ -255,7 +255,8 @@ def test_auto_scale_of_the_perceptual_model_codes_smaller_only_to_meet_a_budget(
     assert codec.info(codec.encode(img, rate=0, preset=preset, scale="auto"))["scale"] == 1
     fits = codec.info(codec.encode(img, target_bpp=1.5 * full_min, preset=preset, scale="auto"))
     assert fits["scale"] == 1 and fits["bpp"] <= 1.5 * full_min
-    tight = codec.info(codec.encode(img, target_bpp=full_min / 3, preset=preset, scale="auto"))
+    tight = codec.info(tight_stream := codec.encode(img, target_bpp=full_min / 3, preset=preset, scale="auto"))
     assert tight["scale"] in (2, 4) and tight["bpp"] <= full_min / 3
-    over = codec.info(codec.encode(img, target_bpp=full_min / 3, preset=preset))  # scale 1: the budget is not met
+    assert codec.encode(img, target_bpp=full_min / 3, preset=preset) == tight_stream  # auto: a target's default
+    over = codec.info(codec.encode(img, target_bpp=full_min / 3, preset=preset, scale=1))  # the budget is not met
     assert over["scale"] == 1 and over["bpp"] == full_min

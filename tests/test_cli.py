@@ -84,8 +84,10 @@ def test_target_bpp_flag(tmp_path):
     photo(192, 128).save(src)
     res = run("encode", src, stream, "--target-bpp", "0.1")
     assert codec.info(stream.read_bytes())["bpp"] <= 0.1 and "warning" not in res.stderr
-    res = run("encode", src, stream, "--target-bpp", "0.001")  # below full size's lowest rate
+    res = run("encode", src, stream, "--target-bpp", "0.001", "--scale", "1")  # below full size's lowest rate
     assert res.returncode == 0 and "is over --target-bpp 0.001" in res.stderr and "--scale auto" in res.stderr
+    res = run("encode", src, stream, "--target-bpp", "0.001")  # auto, a target's default: smaller, still over
+    assert codec.info(stream.read_bytes())["scale"] == 4 and "at the smallest coded size" in res.stderr
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ def test_settings_refuse_bad_choices_when_made():
         with pytest.raises(ValueError, match=match):
             EncodeSettings(**bad)
     s = EncodeSettings(target_bpp=0.05, scale="auto", detail_gain=1.5, refine_steps=40)
+    assert EncodeSettings(target_bpp=0.05, detail_gain=1.5, refine_steps=40) == s  # a budget is met at any size
+    assert EncodeSettings(target_bpp=0.05, scale=1).scale == 1 and EncodeSettings(rate=2).scale == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.rate = 2  # one object travels to every actor of a job: nobody changes it on the way
     with pytest.raises(ValueError, match="either"):

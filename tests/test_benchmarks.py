@@ -155,3 +155,32 @@ def test_low_rate_points_sets_full_size_below_rate_0_beside_smaller_images(metri
     bpp = {k: v[0] for k, v in rows.items()}
     assert bpp["full r=-2"] < bpp["full r=0"] and bpp["1/4 r=0"] < bpp["1/2 r=0"] < bpp["full r=0"]
     assert all(v[1] > 10 and 0 < v[2] < 1 and 0 < v[3] < 1 for v in rows.values())  # PSNR, LPIPS, DISTS
+
+
+def test_zhat_grid_measures_the_grid_and_the_notch_removes_it(metric_weights):
+    photos = ROOT.parent / "shared" / "datasets" / "photos-train"
+    out = run("zhat_grid.py", str(photos), "--images", "1", "--max-side", "256", "--rates", "0", "--notch",
+              "--metric-weights", str(metric_weights))  # fmt: skip
+    rows = table(out)
+    bpp, zhat, own, notched, restored = (float(c) for c in rows["0"])
+    assert 0 < bpp < 0.1 and all(0 <= v <= 1 for v in (zhat, own, restored))
+    assert notched < 1e-4  # ẑ less its grid has none left
+    for decode in ("plain", "notch"):
+        db, lpips, dists = (float(c) for c in rows[decode][1:])
+        assert db > 10 and 0 < lpips < 1 and 0 < dists < 1
+
+
+def test_grid_recovers_a_fixed_phase_pattern_under_noise():
+    import torch
+
+    from benchmarks.zhat_grid import grid, grid_share
+
+    torch.manual_seed(0)
+    pattern = torch.randn(1, 2, 4, 4)
+    pattern -= pattern.mean((2, 3), keepdim=True)
+    pattern /= pattern.pow(2).mean((2, 3), keepdim=True).sqrt()  # energy 1, as the noise's
+    noise = torch.randn(1, 2, 64, 60)
+    t = pattern.repeat(1, 1, 16, 15) + noise
+    assert torch.allclose(grid(t, 4)[..., :4, :4], pattern, atol=0.3)  # 240 samples a phase: sd 0.065
+    assert grid_share(noise, 4) < 0.01  # chance: 16/3840
+    assert grid_share(t, 4) > 0.4  # half the energy is the pattern's

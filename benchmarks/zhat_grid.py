@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for rate, rows in shares.items():
         m = np.mean(np.array(rows), axis=0)
-        print(f"| {rate:g} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.4f} |")
+        after_notch = f"{m[3]:.4f}" if args.notch else "-"
+        print(f"| {rate:g} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {after_notch} | {m[4]:.4f} |")
     if args.notch:
         print("\n| decode | rate | PSNR | LPIPS | DISTS |\n|---|---|---|---|---|")
         for rate in args.rates:

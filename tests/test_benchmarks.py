@@ -157,6 +157,7 @@ def test_low_rate_points_sets_full_size_below_rate_0_beside_smaller_images(metri
     assert all(v[1] > 10 and 0 < v[2] < 1 and 0 < v[3] < 1 for v in rows.values())  # PSNR, LPIPS, DISTS
 
 
+@pytest.mark.slow  # about 15 s: keeps the default run under 20 minutes
 def test_zhat_grid_measures_the_grid_and_the_notch_removes_it(metric_weights):
     photos = ROOT.parent / "shared" / "datasets" / "photos-train"
     out = run("zhat_grid.py", str(photos), "--images", "1", "--max-side", "256", "--rates", "0", "--notch",

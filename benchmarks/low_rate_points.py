@@ -26,7 +26,7 @@ from codec.presets import load_preset
 from evaluation.metrics import psnr
 from pipelines.perceptual import pair_metrics, weights_dir
 from training.data import list_images
-from training.photo_crops import load_photo
+from training.photo_crops import load_photo_image
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     wdir = str(weights_dir(args.metric_weights))
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     for path in list_images(args.folder)[-args.images :]:
-        img = to_image(load_photo(path, args.max_side)[None].float() / 255)
+        img = load_photo_image(path, args.max_side)
         cands = [(f"full r={r:g}", b, out) for r, (b, out) in zip(args.below, extrapolated(p, img, args.below))]
         for scale, rates in ((1, args.full_rates), (2, args.scaled_rates), (4, args.scaled_rates)):
             for r in rates:

@@ -33,7 +33,7 @@ from evaluation.metrics import psnr
 from evaluation.perceptual import LPIPS
 from pipelines.perceptual import pair_metrics, weights_dir
 from training.data import list_images
-from training.photo_crops import load_photo
+from training.photo_crops import load_photo_image
 
 
 def perceptual_refine(lpips: LPIPS, weight: float, lr: float):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     arms = [("none", None)] + [(f"w={w:g}", perceptual_refine(lpips, w, args.lr)) for w in args.lpips_weight]
     rows: dict[tuple[str, float], list[tuple[float, float, float, float, float]]] = {}  # (arm, target)
     for path in list_images(Path(args.folder))[-args.images :]:
-        img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
+        img = load_photo_image(path, args.max_side)
         for target in args.targets:
             t0 = time.perf_counter()
             base = codec.encode(img, target_bpp=target, preset=preset, scale=1)  # refined at full size

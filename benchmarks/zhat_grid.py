@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,7 +42,7 @@ from codec.settings import EncodeSettings
 from evaluation.metrics import psnr
 from pipelines.perceptual import pair_metrics, weights_dir
 from training.data import list_images
-from training.photo_crops import load_photo
+from training.photo_crops import load_photo_image
 
 PERIOD = 4  # latent pixels: the synthesis transform's two ×2 pixel shuffles
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     shares: dict[float, list[tuple[float, float, float, float, float]]] = {}
     scores: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
     for path in list_images(Path(args.folder))[: args.images]:
-        img = Image.fromarray(load_photo(path, args.max_side).permute(1, 2, 0).numpy())
+        img = load_photo_image(path, args.max_side)
         with torch.no_grad():  # the photo's own latent, of the padded image the encoder analyses
             z = p.autoencoder.encode(pad(to_tensor(img), p.pad_multiple))
         for rate in args.rates:

@@ -110,7 +110,7 @@ def _cdm_decode(p: Preset, streams: list[Bitstream], latent: torch.Tensor, steps
     restored = cdm_decode_latent(p.cdm, latent, level, n_r, seeds, steps, texts, guidance)
     codes = [s.header.detail_gain for s in streams]
     gains = torch.tensor([gain_of(UNIT_GAIN_CODE if c is None else c) for c in codes], device=latent.device)
-    return decode_restored(p.autoencoder, p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)
+    return decode_restored(p.restored_decoder(level), p.plain(level), latent, restored, p.cdm.config.detail_sigma, gains)
 
 
 def reconstruct(y_hats: list[torch.Tensor], levels: list[int], width: int, height: int,

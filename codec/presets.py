@@ -92,6 +92,11 @@ class Preset:
             self._plain[alpha] = self.autoencoder.blended(self.decoder_finetune, alpha)
         return self._plain[alpha]
 
+    def restored_decoder(self, level: int) -> TAEF2:
+        """The autoencoder that decodes the CDM's restored latent at this level: TAEF2's own, or
+        the plain decoder for a CDM trained through it (its config's ``decoder``)."""
+        return self.plain(level) if self.cdm is not None and self.cdm.config.decoder == "plain" else self.autoencoder
+
     @property
     def model_id(self) -> bytes:
         return bytes.fromhex(self.weights_sha256)[:MODEL_ID_BYTES]

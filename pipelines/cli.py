@@ -576,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="train_command", required=True)
     tsub.add_parser("latent-codec", help="train the taef2 latent codec (its own --help lists the flags)")
     tsub.add_parser("cdm", help="train the taef2 CDM denoiser (its own --help lists the flags)")
+    tsub.add_parser("cdm-perceptual", help="train a CDM through a release's own decoder with LPIPS, CPU or GPU (its own --help)")
     tsub.add_parser("cdm-calibrate", help="set a CDM's per-rate blends on training photos (its own --help lists the flags)")
     tsub.add_parser("detail-gains", help="measure a release's per-rate detail gain table (its own --help lists the flags)")
     tsub.add_parser("decoder", help="fine-tune the taef2 decoder on decoded latents (its own --help lists the flags)")
@@ -594,6 +595,7 @@ TRAINERS = {
     "decoder-calibrate": ("training.decoder_calibrate", "main"),
     "detail-gains": ("training.detail_gains", "main"),
     "cdm-calibrate": ("training.cdm_calibrate", "main"),
+    "cdm-perceptual": ("training.cdm_perceptual", "main"),
     "perceptual-codec": ("training.perceptual_codec", "main"),
     "sd21-codec": ("training.sd21_codec", "main"),
     "sd21-controlnet": ("training.sd21_controlnet", "main"),

@@ -112,16 +112,23 @@ def test_soak_in_miniature_keeps_every_asset_once():
     assert out.count("ok   ") == 4 and "FAIL" not in out
 
 
-def test_decoder_compare_scores_each_decoder_and_model_like_the_release(metric_weights):
+def test_decoder_compare_scores_each_decoder_and_model_like_the_release(metric_weights, tmp_path):
+    from codec.cdm.model import CDMConfig, CDMDenoiser
+
     folder = "codec/weights/perceptual_v2"  # the newest release's own files, as a training run exports them
+    # an untrained CDM through the release's decoder restores ẑ itself: it must score as the plain decode
+    CDMDenoiser(CDMConfig(block_out_channels=(32, 32), norm_num_groups=8, decoder="plain")).save_pretrained(tmp_path)
     out = run("decoder_compare.py", str(KODAK), "--images", "1", "--max-side", "256", "--rates", "0",
               "--decoder", "release", "--decoder", f"same={folder}/decoder.safetensors", "--model", f"model={folder}",
-              "--metric-weights", str(metric_weights))  # fmt: skip
+              "--cdm", f"untrained={tmp_path}", "--metric-weights", str(metric_weights))  # fmt: skip
     rows = table(out)
     own, same, model = rows["release"][1:], rows["same"][1:], rows["model"][1:]
     assert own == same == model  # the same files, whether as a decoder or as a whole model: the same figures
     bpp, psnr, lpips, dists = (float(c) for c in own)
     assert 0 < bpp < 0.05 and psnr > 15 and 0 < lpips < 1 and 0 < dists < 1
+    cdm = [float(c) for c in rows["untrained"][1:]]
+    assert 0 <= cdm[0] - bpp < 0.002 and abs(cdm[1] - psnr) < 0.05  # the same symbols, a CDM's head fields
+    assert abs(cdm[2] - lpips) < 0.002 and abs(cdm[3] - dists) < 0.002
 
 
 @pytest.mark.slow  # two full Kodak encodes and DISTS

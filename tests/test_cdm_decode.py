@@ -58,6 +58,26 @@ def test_an_epsilon_model_config_is_refused():
         CDMConfig.from_dict({"block_out_channels": [32, 32], "prediction_type": "epsilon"})
 
 
+def test_a_cdm_config_names_a_known_decoder():
+    with pytest.raises(ValueError, match="CDM decoder 'vae' is not one of"):
+        CDMConfig.from_dict({"block_out_channels": [32, 32], "prediction_type": "sample", "decoder": "vae"})
+
+
+@pytest.mark.parametrize("decoder", ["plain", "autoencoder"])
+def test_the_restored_latent_goes_to_the_decoder_the_config_names(tmp_path, monkeypatch, decoder):
+    """A CDM trained through the model's own decoder ("plain") hands its restored latent to that
+    decoder; a v1 CDM's goes to TAEF2's own. An untrained CDM restores ẑ itself, so with "plain"
+    it decodes as the plain path does, and with "autoencoder" (the release's decoder being a
+    fine-tune) it does not."""
+    CDMDenoiser(CDMConfig(block_out_channels=(32, 32), norm_num_groups=8, decoder=decoder)).save_pretrained(tmp_path)
+    monkeypatch.setenv(CDM_ENV, str(tmp_path))
+    assert load_preset().decoder_finetune is not None
+    stream = codec.encode(photo(64, 48), rate=1)
+    cdm, plain = (np.asarray(codec.decode(stream, decoder=d)).astype(int) for d in ("cdm", "plain"))
+    gap = np.abs(cdm - plain).max()
+    assert gap <= 1 if decoder == "plain" else gap > 8
+
+
 def test_stream_fields_and_deterministic_cdm_decode(tiny_cdm, monkeypatch):
     shipped = load_preset()
     monkeypatch.setenv(CDM_ENV, str(tiny_cdm))

@@ -18,7 +18,6 @@ from PIL import Image
 from training.data import list_images
 
 
-
 def load_photo(path: Path, max_side: int, scale: float = 1.0) -> torch.Tensor:
     """(3, H, W) uint8, long side at most ``max_side * scale`` (Lanczos)."""
     with Image.open(path) as im:
@@ -27,6 +26,12 @@ def load_photo(path: Path, max_side: int, scale: float = 1.0) -> torch.Tensor:
     if f < 1.0:
         img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.LANCZOS)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_photo_image(path: Path, max_side: int) -> Image.Image:
+    """:func:`load_photo` as an RGB image: a held-out photo at the scale the trainers see, for
+    the benchmarks that code it."""
+    return Image.fromarray(load_photo(path, max_side).permute(1, 2, 0).numpy())
 
 
 class PhotoCrops:

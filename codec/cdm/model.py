@@ -48,6 +48,11 @@ class CDMConfig:
     # Gaussian σ in pixels: keep only the restoration's detail above it, on the plain decode's
     # lower frequencies (``codec.cdm.detail``); None: decode the restored latent as it is (v1).
     detail_sigma: float | None = None
+    # What decodes the restored latent: "autoencoder", TAEF2's own decoder (a restored latent is
+    # near a clean one; the v1 CDMs), or "plain", the model's plain decoder of the stream's level,
+    # for a CDM trained through the decoder its latent codec was trained with
+    # (``training.cdm_perceptual``).
+    decoder: str = "autoencoder"
 
     @classmethod
     def from_dict(cls, d: dict) -> "CDMConfig":
@@ -56,6 +61,8 @@ class CDMConfig:
         if d.get("prediction_type", "epsilon") != "sample":
             raise ValueError(f"CDM prediction_type {d.get('prediction_type', 'epsilon')!r} is not supported: this code "
                              "runs denoisers that predict the clean latent ('sample')")  # fmt: skip
+        if d.get("decoder", "autoencoder") not in ("autoencoder", "plain"):
+            raise ValueError(f"CDM decoder {d['decoder']!r} is not one of: autoencoder, plain")
         return cls(**d)
 
 

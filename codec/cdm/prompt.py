@@ -73,5 +73,5 @@ class CDMPromptDecoder:
             x = self.preset.autoencoder.decode(self.cdm.denoise(c.z_hat, n_r, noise, self.steps, text, self.uncond))
             return x[:, :, : c.height, : c.width]
         latent = denoise(self.cdm, c.z_hat, c.level, n_r, noise, self.steps, text, self.uncond, self.cdm.config.guidance_scale)
-        x = decode_restored(self.preset.autoencoder, self.preset.plain(c.level), c.z_hat, latent, self.cdm.config.detail_sigma)
+        x = decode_restored(self.preset.restored_decoder(c.level), self.preset.plain(c.level), c.z_hat, latent, self.cdm.config.detail_sigma)
         return x[:, :, : c.height, : c.width]

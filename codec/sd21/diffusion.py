@@ -26,6 +26,7 @@ class SD21DiffusionConfig:
     guidance_scale: float = GUIDANCE_SCALE
     negative_prompt: str = ""
     detail_sigma: None = None  # no detail transfer: the VAE decodes the restored latent itself
+    decoder: str = "autoencoder"  # that VAE (codec.presets.Preset.restored_decoder)
 
 
 class SD21Diffusion(nn.Module):

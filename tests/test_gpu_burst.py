@@ -72,6 +72,18 @@ def test_collect_rebuilds_parts_and_refuses_a_corrupt_one(tmp_path):
 
 
 @pytest.mark.slow  # a few CPU training steps from the release (about 40 s on 2 cores)
+def test_collect_keeps_a_cdm_folder(tmp_path):
+    src = tmp_path / "out"
+    (src / "cdm").mkdir(parents=True)
+    files = {"cdm/config.json": b"{}", "cdm/model.safetensors": os.urandom(700), "args.json": b"{}"}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    (src / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in files.items()))
+    stage.main(["collect", str(src), str(tmp_path / "a")])
+    assert all((tmp_path / "a" / n).read_bytes() == b for n, b in files.items())
+    assert not (tmp_path / "a/latent_codec.safetensors").exists()
+
+
 def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
     for pkg in ("codec", "training", "evaluation", "pipelines", "infra"):
         (tmp_path / pkg).symlink_to(ROOT / pkg)
@@ -98,6 +110,30 @@ def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
     model = with_model(load_preset("taef2"), str(tmp_path / "export"))
     assert model.latent_codec.num_levels == load_preset("taef2").latent_codec.num_levels
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+@pytest.mark.slow  # a CDM training step through the release's decoder (about 20 s on 2 cores)
+def test_a_cdm_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
+    for pkg in ("codec", "training", "evaluation", "pipelines", "infra"):
+        (tmp_path / pkg).symlink_to(ROOT / pkg)
+    gpu = tmp_path / ".gpu"
+    stage.stage_photos(stage.training_photos([PHOTOS], held_out=0)[:2], gpu / "photos", 384, 10**8)
+    shutil.copytree(SHARED / "weights/taef2", gpu / "taef2")
+    (gpu / "metrics").mkdir()
+    shutil.copy2(Path(metric_weights) / "lpips_alex.safetensors", gpu / "metrics")
+    (gpu / "STAGED.json").write_text(json.dumps({"model_id": NEWEST["model_id"], "photos": 2, "long_side": 384}))
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "MINUTES": "0.01", "BATCH": "1", "LOG_EVERY": "1",
+           "TRAINER": "cdm", "EXTRA": '--config {"block_out_channels":[32,32],"norm_num_groups":8}',
+           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}  # fmt: skip
+    res = subprocess.run(["bash", "infra/gpu_burst/burst.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    stage.main(["collect", str(tmp_path / "out"), str(tmp_path / "export")])
+    from codec.cdm.model import CDMDenoiser
+
+    cdm = CDMDenoiser.from_pretrained(tmp_path / "export" / "cdm")
+    assert cdm.config.decoder == "plain" and cdm.config.block_out_channels == (32, 32)
+    assert json.loads((tmp_path / "export" / "args.json").read_text())["model"] == NEWEST["model_id"]
 
 
 def test_stage_then_restore_on_a_clone(tmp_path, metric_weights):

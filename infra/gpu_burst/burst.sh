@@ -9,6 +9,8 @@
 # of at most 15 MiB (the device tool returns files of 16 MiB at most), the log, the config and
 # SHA256SUMS. The photos were staged small (512 px), so they are used at their own scale
 # (SCALES). DEVICE=cpu runs the same steps without a GPU (the test does).
+# TRAINER=cdm trains a CDM for the staged release instead (`train cdm-perceptual --model`): the
+# export is cdm/ (config.json, model.safetensors), for `decoder_compare.py --cdm NAME=FOLDER/cdm`.
 set -euo pipefail
 PY="${PYTHON:-python3}"
 OUT="${OUT:-runs/burst-out}"
@@ -23,14 +25,25 @@ if ! "$PY" -c "import compressai, pytorch_msssim" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi -L
-# shellcheck disable=SC2086  # EXTRA is a list of arguments
-"$PY" -m training.perceptual_codec --data .gpu/photos --max-side "$LONG_SIDE" --scales ${SCALES:-1.0} --init-from "$MODEL_ID" \
-  --device "${DEVICE:-cuda}" --batch "${BATCH:-32}" --minutes "${MINUTES:-7}" --save-every "${SAVE_EVERY:-1000000}" \
-  --log-every "${LOG_EVERY:-25}" --weights-dir .gpu/taef2 --metric-weights .gpu/metrics --out "$RUN" ${EXTRA:-} \
-  2>&1 | tee "$OUT/stdout.log"
-cp "$RUN/decoder.safetensors" "$RUN/config.json" "$OUT/"
+COMMON=(--data .gpu/photos --max-side "$LONG_SIDE" --device "${DEVICE:-cuda}" --batch "${BATCH:-32}"
+        --minutes "${MINUTES:-7}" --save-every "${SAVE_EVERY:-1000000}" --log-every "${LOG_EVERY:-25}"
+        --weights-dir .gpu/taef2 --metric-weights .gpu/metrics --out "$RUN")
+if [ "${TRAINER:-codec}" = cdm ]; then  # a CDM for the staged release (8.5 MB: no parts)
+  # shellcheck disable=SC2086  # SCALES and EXTRA are lists of arguments
+  "$PY" -m training.cdm_perceptual "${COMMON[@]}" --scales ${SCALES:-1.0} --model "$MODEL_ID" ${EXTRA:-} \
+    2>&1 | tee "$OUT/stdout.log"
+  mkdir -p "$OUT/cdm"
+  cp "$RUN/cdm/config.json" "$RUN/cdm/model.safetensors" "$OUT/cdm/"
+  cp "$RUN/args.json" "$OUT/"
+  (cd "$RUN" && sha256sum cdm/config.json cdm/model.safetensors args.json) > "$OUT/SHA256SUMS"
+else
+  # shellcheck disable=SC2086
+  "$PY" -m training.perceptual_codec "${COMMON[@]}" --scales ${SCALES:-1.0} --init-from "$MODEL_ID" ${EXTRA:-} \
+    2>&1 | tee "$OUT/stdout.log"
+  cp "$RUN/decoder.safetensors" "$RUN/config.json" "$OUT/"
+  split -b 15M -d "$RUN/latent_codec.safetensors" "$OUT/latent_codec.safetensors.part-"
+  (cd "$RUN" && sha256sum latent_codec.safetensors decoder.safetensors config.json) > "$OUT/SHA256SUMS"
+fi
 cp "$RUN/train.log" "$OUT/train_log.jsonl"
-split -b 15M -d "$RUN/latent_codec.safetensors" "$OUT/latent_codec.safetensors.part-"
-(cd "$RUN" && sha256sum latent_codec.safetensors decoder.safetensors config.json) > "$OUT/SHA256SUMS"
 tail -n 3 "$OUT/train_log.jsonl"
 ls -l "$OUT"

@@ -9,6 +9,9 @@ is larger than that (every release's weights are kept, so that old streams still
     python infra/gpu_burst/stage.py collect FILES_AT runs/burst1   # here: rebuild the export
     python infra/gpu_burst/stage.py restore    # here: put the moved files back
 
+``TRAINER=cdm bash infra/gpu_burst/burst.sh`` trains a CDM for the staged release instead
+(``resulic train cdm-perceptual``); ``collect`` then brings back its ``cdm/`` folder.
+
 ``stage`` writes ``.gpu/``: the wheels PyTorch's image lacks (CompressAI's rANS extension for
 CPython 3.12, pytorch-msssim), TAEF2's weights, the LPIPS weights (training's perceptual term;
 DISTS, the judge, is scored back here by ``benchmarks/decoder_compare.py --model``) and as many
@@ -158,21 +161,26 @@ def restore(_: argparse.Namespace) -> None:
 
 
 def collect(args: argparse.Namespace) -> None:
-    """Rebuild a burst's export (its latent codec came back in parts) and check every SHA-256."""
+    """Rebuild a burst's export (a latent codec comes back in parts; a CDM as its folder) and
+    check every SHA-256."""
     src, dst = Path(args.files_at), Path(args.into)
     dst.mkdir(parents=True, exist_ok=True)
     parts = sorted(src.glob("latent_codec.safetensors.part-*"))
-    with open(dst / "latent_codec.safetensors", "wb") as f:
-        for part in parts:
-            f.write(part.read_bytes())
-    for p in src.iterdir():
+    if parts:
+        with open(dst / "latent_codec.safetensors", "wb") as f:
+            for part in parts:
+                f.write(part.read_bytes())
+    for p in src.rglob("*"):
         if ".part-" not in p.name and p.is_file():
-            shutil.copy2(p, dst / p.name)
+            (dst / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst / p.relative_to(src))
+    names = []
     for line in (src / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         if hashlib.sha256((dst / name).read_bytes()).hexdigest() != digest:
             raise SystemExit(f"{name}: SHA-256 mismatch after collecting")
-    print(f"{dst}: latent_codec.safetensors ({len(parts)} parts) and decoder.safetensors, checksums verified")
+        names.append(name)
+    print(f"{dst}: {', '.join(names)} ({len(parts)} parts), checksums verified")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("restore")
     c = sub.add_parser("collect")
     c.add_argument("files_at", help="the folder the device's $OUT came back to")
-    c.add_argument("into", help="where the export goes (a folder `decoder_compare.py --model` reads)")
+    c.add_argument("into", help="where the export goes (a folder `decoder_compare.py --model` reads, or --cdm INTO/cdm)")
     args = ap.parse_args(argv)
     {"stage": stage, "restore": restore, "collect": collect}[args.cmd](args)
 

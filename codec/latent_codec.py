@@ -332,27 +332,38 @@ class LatentCodec(nn.Module):
         return {"y": y, "z_strings": z_strings, "z_shape": tuple(z.shape[-2:]), "hyper_fx": fx.h_s(to_fixed(z_hat))}
 
     @torch.no_grad()
-    def code_latent(self, analysed: dict, level: int) -> tuple[list[bytes], torch.Tensor]:
-        """Entropy-code y at one rate level: one string per batch item, and the exact fixed-point
-        ``y_hat`` a decoder must recover from them (what verify-after-encode compares)."""
+    def quantise(self, analysed: dict, level: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """y at one rate level as a decoder will recover it, without entropy coding: each slice's
+        integer symbols and scale-table indexes, in coding order, and the exact fixed-point
+        ``y_hat`` (trainers that need ẑ but no stream call this alone)."""
         fx = self._require_frozen()
         y, hyper_fx = analysed["y"], analysed["hyper_fx"]
         gain = fx.gain[level].float()[None, :, None, None] / 2**GAIN_BITS
         y_r = y * gain
-        encoders = [BufferedRansEncoder() for _ in range(y.shape[0])]
-        done_fx: list[torch.Tensor] = []
+        slices, done_fx = [], []
         start = 0
         for k, size in enumerate(self.config.slices):
             mu_r_fx, idx = self._fixed_params(level, k, hyper_fx, done_fx)
             symbols = torch.round(y_r[:, start : start + size].double() - from_fixed(mu_r_fx).double())
+            slices.append((symbols, idx))
+            done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
+            start += size
+        return slices, torch.cat(done_fx, dim=1)
+
+    @torch.no_grad()
+    def code_latent(self, analysed: dict, level: int) -> tuple[list[bytes], torch.Tensor]:
+        """Entropy-code y at one rate level: one string per batch item, and the exact fixed-point
+        ``y_hat`` a decoder must recover from them (what verify-after-encode compares)."""
+        fx = self._require_frozen()
+        slices, y_hat = self.quantise(analysed, level)
+        encoders = [BufferedRansEncoder() for _ in range(y_hat.shape[0])]
+        for symbols, idx in slices:
             for b, enc in enumerate(encoders):
                 enc.encode_with_indexes(
                     symbols[b].int().reshape(-1).tolist(), idx[b].reshape(-1).tolist(),
                     fx.y_cdf, fx.y_len, fx.y_off,
                 )  # fmt: skip
-            done_fx.append(self._unscale(level, k, symbols * 2**ACT_BITS + mu_r_fx))
-            start += size
-        return [enc.flush() for enc in encoders], torch.cat(done_fx, dim=1)
+        return [enc.flush() for enc in encoders], y_hat
 
     @torch.no_grad()
     def compress(self, latent: torch.Tensor, level: int) -> dict:

@@ -38,6 +38,7 @@ def test_compress_decompress_gives_encoder_symbols_at_every_level():
         strings, y_hat_enc = model.code_latent(analysed, level)
         y_hat = model.decompress_symbols(strings, analysed["z_strings"], analysed["z_shape"], level)
         assert torch.equal(y_hat, y_hat_enc)  # what verify-after-encode relies on
+        assert torch.equal(model.quantise(analysed, level)[1], y_hat)  # a trainer's ẑ without coding: the same
         # the decoded y_hat is within half a quantisation step (in the scaled domain) of y
         gain = model.coding.gain[level].float()[None, :, None, None] / 2**12
         err = (y_hat.float() / 2**ACT_BITS - analysed["y"]) * gain

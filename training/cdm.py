@@ -54,7 +54,7 @@ def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
 def decoded_latent(preset, z0: torch.Tensor, level: int) -> torch.Tensor:
     """ẑ: what a plain decoder recovers from z₀ coded at ``level`` (the exact codec path)."""
     lc = preset.latent_codec
-    _, y_hat = lc.code_latent(lc.analyse(z0), level)
+    _, y_hat = lc.quantise(lc.analyse(z0), level)
     return lc.g_s(from_fixed(y_hat))
 
 

@@ -84,20 +84,25 @@ def test_collect_keeps_a_cdm_folder(tmp_path):
     assert not (tmp_path / "a/latent_codec.safetensors").exists()
 
 
-def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
+def run_burst(tmp_path: Path, metric_weights: str, photos: int, **env: str) -> None:
+    """burst.sh in a checkout of symlinks with a staged .gpu/ of ``photos`` photos, on the CPU."""
     for pkg in ("codec", "training", "evaluation", "pipelines", "infra"):
         (tmp_path / pkg).symlink_to(ROOT / pkg)
     gpu = tmp_path / ".gpu"
-    stage.stage_photos(stage.training_photos([PHOTOS], held_out=0)[:4], gpu / "photos", 384, 10**8)
+    stage.stage_photos(stage.training_photos([PHOTOS], held_out=0)[:photos], gpu / "photos", 384, 10**8)
     shutil.copytree(SHARED / "weights/taef2", gpu / "taef2")
     (gpu / "metrics").mkdir()
     shutil.copy2(Path(metric_weights) / "lpips_alex.safetensors", gpu / "metrics")
-    (gpu / "STAGED.json").write_text(json.dumps({"model_id": NEWEST["model_id"], "photos": 4, "long_side": 384}))
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "MINUTES": "0.02", "BATCH": "1", "LOG_EVERY": "1",
-           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}  # fmt: skip
+    (gpu / "STAGED.json").write_text(json.dumps({"model_id": NEWEST["model_id"], "photos": photos, "long_side": 384}))
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "BATCH": "1", "LOG_EVERY": "1",
+           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run"), **env}  # fmt: skip
     res = subprocess.run(["bash", "infra/gpu_burst/burst.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
+    run_burst(tmp_path, metric_weights, 4, MINUTES="0.02")
     out = tmp_path / "out"
     assert len(list(out.glob("latent_codec.safetensors.part-*"))) == 2  # 27 MB in parts of 15 MiB
     assert len(list(out.iterdir())) <= 8  # what the device tool returns
@@ -114,20 +119,8 @@ def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
 
 @pytest.mark.slow  # a CDM training step through the release's decoder (about 20 s on 2 cores)
 def test_a_cdm_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
-    for pkg in ("codec", "training", "evaluation", "pipelines", "infra"):
-        (tmp_path / pkg).symlink_to(ROOT / pkg)
-    gpu = tmp_path / ".gpu"
-    stage.stage_photos(stage.training_photos([PHOTOS], held_out=0)[:2], gpu / "photos", 384, 10**8)
-    shutil.copytree(SHARED / "weights/taef2", gpu / "taef2")
-    (gpu / "metrics").mkdir()
-    shutil.copy2(Path(metric_weights) / "lpips_alex.safetensors", gpu / "metrics")
-    (gpu / "STAGED.json").write_text(json.dumps({"model_id": NEWEST["model_id"], "photos": 2, "long_side": 384}))
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "MINUTES": "0.01", "BATCH": "1", "LOG_EVERY": "1",
-           "TRAINER": "cdm", "EXTRA": '--config {"block_out_channels":[32,32],"norm_num_groups":8}',
-           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}  # fmt: skip
-    res = subprocess.run(["bash", "infra/gpu_burst/burst.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    run_burst(tmp_path, metric_weights, 2, MINUTES="0.01", TRAINER="cdm",
+              EXTRA='--config {"block_out_channels":[32,32],"norm_num_groups":8}')
     stage.main(["collect", str(tmp_path / "out"), str(tmp_path / "export")])
     from codec.cdm.model import CDMDenoiser
 

@@ -26,7 +26,6 @@ decoder and LPIPS). ``--minutes`` bounds a run by wall time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -44,8 +43,9 @@ from evaluation.perceptual import LPIPS, default_weights_dir
 from training.cdm import decoded_latent
 from training.data import save_checkpoint
 from training.discriminator import AdversarialTerm
-from training.perceptual_codec import DEFAULT_DATA, resolve_device
+from training.perceptual_codec import DEFAULT_DATA
 from training.photo_crops import PhotoCrops
+from training.runtime import add_runtime_arguments, start_runtime
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -65,15 +65,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--disc-lr", type=float, default=1e-4)
     p.add_argument("--decode-steps", type=int, default=4, help="the DDIM evaluations decoding uses")
     p.add_argument("--config", help="JSON object of CDMConfig fields (default: the offline preset's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the decoder and LPIPS (default: on for cuda)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
-    p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
+    add_runtime_arguments(p, autocast_covers="the decoder and LPIPS", save_every=200)
     return p
 
 
@@ -81,11 +73,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = build_parser(prog).parse_args(argv)
     if args.crop % 128:
         raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
-    device = resolve_device(args.device)
-    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    rt = start_runtime(args)
+    device, bf16, autocast = rt.device, rt.bf16, rt.autocast
     rng = random.Random(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +155,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             with torch.no_grad(), autocast():  # the plain decode of the same crops, for comparison
                 x_plain = plain.decode(z_hat).float().clamp(0, 1)
                 lp_plain = lpips(x_plain, x).float()
-            psnr = lambda e: round(-10 * math.log10(max(e, 1e-10)), 2)  # noqa: E731
+            psnr = lambda e: round(-10 * math.log10(max(e, 1e-10)), 2)
             rec = {"step": step, "level": level, "n_r": n_r, "loss": round(loss.item(), 4),
                    "psnr": psnr(mse.mean().item()), "psnr_plain": psnr((x_plain - x).pow(2).mean().item()),
                    "lpips": round(lp.mean().item(), 4), "lpips_plain": round(lp_plain.mean().item(), 4),

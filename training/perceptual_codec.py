@@ -55,18 +55,11 @@ from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, clipped_step, codec_step, gains_at, load_model_weights, save_weights
 from training.photo_crops import PhotoCrops
+from training.runtime import add_runtime_arguments, start_runtime
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
                  slices=[16, 16, 32, 64, 192], param_hidden=128)  # fmt: skip
 DEFAULT_DATA = ["../shared/datasets/photos-train-v2", "../shared/datasets/photos-train"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -124,15 +117,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "unchanged")  # fmt: skip
     p.add_argument("--lambdas", type=float, nargs="+",
                    help="the rate points' λ, increasing (default: the release's with --init-from, else v2's)")  # fmt: skip
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for autoencoder, decoder and LPIPS (default: on for cuda)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
-    p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
+    add_runtime_arguments(p, autocast_covers="autoencoder, decoder and LPIPS", save_every=500)
     return p
 
 
@@ -144,15 +129,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         raise SystemExit("--lambdas retrains the gains: it cannot go with --freeze-codec")
     if args.crop % 128:
         raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
-    device = resolve_device(args.device)
-    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    rt = start_runtime(args)
+    device, bf16, autocast = rt.device, rt.bf16, rt.autocast
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

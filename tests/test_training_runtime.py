@@ -1,0 +1,51 @@
+"""training.runtime: the device options the CPU-or-GPU trainers share."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from tests.conftest import torch_threads
+from training.runtime import add_runtime_arguments, resolve_device, start_runtime
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_runtime_arguments(p, autocast_covers="the decoder", save_every=123)
+    return p.parse_args(list(argv))
+
+
+def test_defaults_and_help():
+    args = parse()
+    assert (args.device, args.bf16, args.threads, args.save_every, args.log_every, args.seed) == ("auto", None, 2, 123, 25, 0)
+    p = argparse.ArgumentParser()
+    add_runtime_arguments(p, autocast_covers="the decoder", save_every=1)
+    assert "bfloat16 autocast for the decoder" in p.format_help()
+
+
+def test_cpu_runs_in_float32_unless_bf16_is_asked():
+    with torch_threads(torch.get_num_threads()):  # start_runtime sets 1: restore the count after
+        rt = start_runtime(parse("--device", "cpu", "--threads", "1"))
+        assert rt.device == torch.device("cpu") and not rt.bf16 and torch.get_num_threads() == 1
+        with rt.autocast():
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        rt = start_runtime(parse("--device", "cpu", "--bf16", "--threads", "1"))
+        with rt.autocast():
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_the_seed_is_set():
+    n = str(torch.get_num_threads())
+    start_runtime(parse("--device", "cpu", "--seed", "7", "--threads", n))
+    a = torch.rand(3)
+    start_runtime(parse("--device", "cpu", "--seed", "7", "--threads", n))
+    assert torch.equal(a, torch.rand(3))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_device_stops_with_a_reason():
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        resolve_device("cuda")

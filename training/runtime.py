@@ -1,0 +1,60 @@
+"""Where a trainer runs: the options shared by the trainers whose one command runs on a CPU
+and on one GPU (``perceptual_codec``, ``cdm_perceptual``), and what they resolve to.
+
+One place, so that both trainers read ``--device``/``--bf16``/``--threads`` the same way and a
+GPU burst gets the same CUDA settings (TF32 matmuls, cuDNN autotuning) whichever it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast where ``bf16`` is on, else nothing: wrap what may run in bfloat16."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, *, autocast_covers: str, save_every: int) -> None:
+    """``--device --bf16 --threads --save-every --log-every --seed --weights-dir --metric-weights``."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"bfloat16 autocast for {autocast_covers} (default: on for cuda)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--save-every", type=int, default=save_every)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
+    p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA where torch sees it, else the CPU; ``cuda`` without a visible device stops."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+def start_runtime(args: argparse.Namespace) -> Runtime:
+    """Resolve the options of :func:`add_runtime_arguments`, set threads and seed, and turn on TF32
+    and cuDNN autotuning on CUDA (the crops have one shape a run)."""
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device, device.type == "cuda" if args.bf16 is None else args.bf16)
+

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import torch_threads
-from training.runtime import add_runtime_arguments, resolve_device, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, resolve_device, start_runtime
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -49,3 +51,30 @@ def test_cuda_without_a_device_stops_with_a_reason():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(SystemExit, match="no CUDA device"):
         resolve_device("cuda")
+
+
+def test_the_clock_logs_saves_and_resumes(tmp_path):
+    args = argparse.Namespace(steps=5, minutes=None, log_every=2, save_every=3)
+    saves: list[int] = []
+    run = RunClock(args, tmp_path / "train.log")
+    while run.running():
+        assert run.lr_scale() == (0.1 if run.step >= 5 * 0.85 else 1.0)
+        run.tick()
+        if run.log_due():
+            run.log({"loss": run.step / 10})
+        run.save_if_due(lambda: saves.append(run.step))
+    run.finish(lambda: saves.append(run.step))
+    assert saves == [3, 5]  # on the cadence, then where the run ended between two
+    records = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in records] == [(2, 0.2), (4, 0.4)] and list(records[0]) == ["step", "loss", "sec"]
+    again = RunClock(argparse.Namespace(steps=8, minutes=None, log_every=2, save_every=3), tmp_path / "train.log")
+    again.resume(run.state())
+    assert again.step == 5 and again.running() and again.elapsed == run.elapsed
+
+
+def test_the_clock_stops_at_its_minutes():
+    run = RunClock(argparse.Namespace(steps=10**9, minutes=1.0, log_every=1, save_every=1), Path("unused"))
+    run.resume({"step": 3, "elapsed": 59.0})
+    assert run.running() and run.lr_scale() == 0.1  # 59 of 60 s spent: past 85 %
+    run.resume({"step": 3, "elapsed": 61.0})
+    assert not run.running()

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ from training.data import save_checkpoint
 from training.discriminator import AdversarialTerm
 from training.perceptual_codec import DEFAULT_DATA
 from training.photo_crops import PhotoCrops
-from training.runtime import add_runtime_arguments, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, start_runtime
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -98,32 +97,27 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     model = CDMDenoiser(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
-    step, elapsed = 0, 0.0
+    run = RunClock(args, out / "train.log")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         if adversarial:
             adversarial.load_state_dict(ckpt)
-        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-        print(f"resumed at step {step}", flush=True)
+        run.resume(ckpt)
     else:
         (out / "args.json").write_text(json.dumps(vars(args), indent=1) + "\n")
     print(f"CDM for model {preset.model_id.hex()}: {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M "
           f"parameters, {len(data)} photo scales on {device}; bf16 {bf16}", flush=True)  # fmt: skip
 
     def checkpoint() -> None:
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                 "config": dataclasses.asdict(config),
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), **run.state(), "config": dataclasses.asdict(config),
                  **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
         save_checkpoint(state, ckpt_path)
-        model.save_pretrained(out / "cdm", {"step": step, "latent_codec_model_id": preset.model_id.hex(),
+        model.save_pretrained(out / "cdm", {"step": run.step, "latent_codec_model_id": preset.model_id.hex(),
                                             "trainer": "training.cdm_perceptual"})  # fmt: skip
 
-    log = open(out / "train.log", "a")
-    budget = args.minutes * 60 if args.minutes else math.inf
-    t_start = time.time() - elapsed
-    while step < args.steps and elapsed < budget:
-        lr = args.lr * (0.1 if max(step / args.steps, elapsed / budget) > 0.85 else 1.0)
+    while run.running():
+        lr = args.lr * run.lr_scale()
         for g in opt.param_groups:
             g["lr"] = lr
         x = data.batch(args.batch)
@@ -149,24 +143,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
-        elapsed = time.time() - t_start
-        if step % args.log_every == 0:
+        run.tick()
+        if run.log_due():
             with torch.no_grad(), autocast():  # the plain decode of the same crops, for comparison
                 x_plain = plain.decode(z_hat).float().clamp(0, 1)
                 lp_plain = lpips(x_plain, x).float()
             psnr = lambda e: round(-10 * math.log10(max(e, 1e-10)), 2)
-            rec = {"step": step, "level": level, "n_r": n_r, "loss": round(loss.item(), 4),
-                   "psnr": psnr(mse.mean().item()), "psnr_plain": psnr((x_plain - x).pow(2).mean().item()),
-                   "lpips": round(lp.mean().item(), 4), "lpips_plain": round(lp_plain.mean().item(), 4),
-                   **extra, "lr": lr, "sec": round(elapsed, 1)}  # fmt: skip
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if step % args.save_every == 0:
-            checkpoint()
-    if step % args.save_every:
-        checkpoint()
-    print(f"stopped at step {step} after {elapsed:.0f} s; the CDM is in {out / 'cdm'}", flush=True)
+            run.log({"level": level, "n_r": n_r, "loss": round(loss.item(), 4),
+                     "psnr": psnr(mse.mean().item()), "psnr_plain": psnr((x_plain - x).pow(2).mean().item()),
+                     "lpips": round(lp.mean().item(), 4), "lpips_plain": round(lp_plain.mean().item(), 4),
+                     **extra, "lr": lr})  # fmt: skip
+        run.save_if_due(checkpoint)
+    run.finish(checkpoint)
+    print(f"stopped at step {run.step} after {run.elapsed:.0f} s; the CDM is in {out / 'cdm'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -55,7 +54,7 @@ from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, clipped_step, codec_step, gains_at, load_model_weights, save_weights
 from training.photo_crops import PhotoCrops
-from training.runtime import add_runtime_arguments, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, start_runtime
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
                  slices=[16, 16, 32, 64, 192], param_hidden=128)  # fmt: skip
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
 
     ckpt_path = out / "checkpoint.pt"
-    step, elapsed = 0, 0.0
+    run = RunClock(args, out / "train.log")
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ("codec" in ckpt) != train_codec:
@@ -182,8 +181,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             aux_opt.load_state_dict(ckpt["aux_opt"])
         if adversarial:
             adversarial.load_state_dict(ckpt)
-        step, elapsed, sens = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt["sensitivity"].to(device)
-        print(f"resumed at step {step}", flush=True)
+        run.resume(ckpt)
+        sens = ckpt["sensitivity"].to(device)
     else:
         with autocast():
             sens = channel_sensitivity(ae, ae.encode(data.batch(8)).float()).float()
@@ -192,24 +191,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         shutil.copyfile(codec_file, out / "latent_codec.safetensors")
 
     def checkpoint() -> None:
-        state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+        state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), **run.state(),
                  "sensitivity": sens, **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
         if train_codec:
             state |= {"codec": codec.state_dict(), "aux_opt": aux_opt.state_dict()}
         save_checkpoint(state, ckpt_path)
-        meta = {"step": str(step), "trainer": "training.perceptual_codec"}
+        meta = {"step": str(run.step), "trainer": "training.perceptual_codec"}
         if train_codec:
             export(codec, decoder, out, meta)
         else:
             save_decoder(decoder, out / "decoder.safetensors", meta | {"latent_codec_model_id": args.init_from})
 
-    log = open(out / "train.log", "a")
     k = codec.config.num_rate_points
-    budget = args.minutes * 60 if args.minutes else math.inf
-    t_start = time.time() - elapsed
-    while step < args.steps and elapsed < budget:
-        progress = max(step / args.steps, elapsed / budget)
-        lr = args.lr * (0.1 if progress > 0.85 else 1.0)
+    while run.running():
+        lr = args.lr * run.lr_scale()
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_factor"]
         x = data.batch(args.batch)
@@ -237,25 +232,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             extra["aux"] = round(codec_step(loss, codec, opt, aux_opt).item(), 2)
         else:  # the decoder alone
             clipped_step(loss, opt)
-        step += 1
-        elapsed = time.time() - t_start
-        if step % args.log_every == 0:
+        run.tick()
+        if run.log_due():
             lo, hi = rate < 1, rate > k - 2
-            rec = {
-                "step": step, "loss": round(loss.item(), 4), "bpp": round(bpp.mean().item(), 4),
+            run.log({
+                "loss": round(loss.item(), 4), "bpp": round(bpp.mean().item(), 4),
                 "psnr": round(-10 * math.log10(max(mse.mean().item(), 1e-10)), 2), "lpips": round(lp.mean().item(), 4),
                 "psnr_latent": round(-10 * math.log10(max(d_lat.mean().item(), 1e-10)), 2),
                 "bpp_low": round(bpp[lo].mean().item(), 4) if lo.any() else None,
                 "bpp_high": round(bpp[hi].mean().item(), 4) if hi.any() else None,
-                **extra, "lr": lr, "sec": round(elapsed, 1),
-            }  # fmt: skip
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if step % args.save_every == 0:
-            checkpoint()
-    if step % args.save_every:
-        checkpoint()
-    print(f"stopped at step {step} after {elapsed:.0f} s; exports in {out}", flush=True)
+                **extra, "lr": lr,
+            })  # fmt: skip
+        run.save_if_due(checkpoint)
+    run.finish(checkpoint)
+    print(f"stopped at step {run.step} after {run.elapsed:.0f} s; exports in {out}", flush=True)
 
 
 if __name__ == "__main__":

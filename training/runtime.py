@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -58,3 +63,51 @@ def start_runtime(args: argparse.Namespace) -> Runtime:
         torch.backends.cudnn.benchmark = True
     return Runtime(device, device.type == "cuda" if args.bf16 is None else args.bf16)
 
+
+
+class RunClock:
+    """A run bounded by ``--steps`` and by ``--minutes`` of wall time, whichever ends first, and
+    resumable at a step and an elapsed time. The learning rate falls tenfold after 85 % of that
+    budget; log records and checkpoints come on the ``--log-every``/``--save-every`` cadence, and
+    a last checkpoint when the run ends between two."""
+
+    def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
+        self.steps, self.budget = args.steps, args.minutes * 60 if args.minutes else math.inf
+        self.log_every, self.save_every = args.log_every, args.save_every
+        self.log_path, self.step, self.elapsed = log_path, 0, 0.0
+        self._start = time.time()
+
+    def resume(self, checkpoint: dict) -> None:
+        """Go on from a checkpoint's ``step`` and ``elapsed`` (what :meth:`state` gave it)."""
+        self.step, self.elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
+        self._start = time.time() - self.elapsed
+        print(f"resumed at step {self.step}", flush=True)
+
+    def state(self) -> dict:
+        return {"step": self.step, "elapsed": self.elapsed}
+
+    def running(self) -> bool:
+        return self.step < self.steps and self.elapsed < self.budget
+
+    def lr_scale(self) -> float:
+        return 0.1 if max(self.step / self.steps, self.elapsed / self.budget) > 0.85 else 1.0
+
+    def tick(self) -> None:
+        """Count a finished step."""
+        self.step += 1
+        self.elapsed = time.time() - self._start
+
+    def log_due(self) -> bool:
+        return self.step % self.log_every == 0
+
+    def log(self, record: dict) -> None:
+        with open(self.log_path, "a") as log:
+            log.write(json.dumps({"step": self.step, **record, "sec": round(self.elapsed, 1)}) + "\n")
+
+    def save_if_due(self, checkpoint: Callable[[], None]) -> None:
+        if self.step % self.save_every == 0:
+            checkpoint()
+
+    def finish(self, checkpoint: Callable[[], None]) -> None:
+        if self.step % self.save_every:
+            checkpoint()

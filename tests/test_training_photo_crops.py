@@ -1,11 +1,13 @@
 """Training photos in memory: downscaled once on load, cut into random flipped crops; and the same
-photo as an image for the benchmarks that code held-out photos."""
+photo as an image for the benchmarks that code held-out photos; the trainers' photo options."""
+
+import argparse
 
 import numpy as np
 import pytest
 import torch
 
-from training.photo_crops import PhotoCrops, load_photo, load_photo_image
+from training.photo_crops import PhotoCrops, add_photo_arguments, load_photo, load_photo_image
 
 
 def test_photos_load_at_most_the_long_side_and_as_the_same_image(train_photos):
@@ -32,3 +34,17 @@ def test_missing_or_empty_folders_are_refused(tmp_path):
         PhotoCrops([tmp_path / "nope"], crop=128)
     with pytest.raises(ValueError, match="no photos"):
         PhotoCrops([tmp_path], crop=128)
+
+
+def test_the_photo_options_build_the_crops_and_refuse_a_crop_off_the_grid(train_photos, capsys):
+    p = argparse.ArgumentParser()
+    add_photo_arguments(p)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(["--data", str(train_photos), "--crop", "128", "--scales", "1"])
+    crops = PhotoCrops.from_args(args, torch.device("cpu"))
+    assert crops.batch(2).shape == (2, 3, 128, 128)
+    assert len(crops) == len(PhotoCrops([train_photos], crop=128, scales=[1.0]))
+    for bad in ("100", "0"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--crop", bad])
+        assert "multiple of 128" in capsys.readouterr().err

@@ -42,22 +42,18 @@ from evaluation.perceptual import LPIPS, default_weights_dir
 from training.cdm import decoded_latent
 from training.data import save_checkpoint
 from training.discriminator import AdversarialTerm
-from training.perceptual_codec import DEFAULT_DATA
-from training.photo_crops import PhotoCrops
+from training.photo_crops import PhotoCrops, add_photo_arguments
 from training.runtime import RunClock, add_runtime_arguments, start_runtime
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="the taef2 release (model id) the CDM is for (default: the newest)")
-    p.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="photo folders (never an evaluation set)")
-    p.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side on load")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.6], help="relative scales of each photo")
+    add_photo_arguments(p)
     p.add_argument("--out", default="runs/cdm-perceptual")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--crop", type=int, default=256, help="crop side in pixels, a multiple of 128")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lpips-weight", type=float, default=0.01, help="LPIPS in image-MSE units (the codec's)")
     p.add_argument("--adversarial-weight", type=float, default=0.0, help="the adversarial term, in image-MSE units")
@@ -70,8 +66,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = build_parser(prog).parse_args(argv)
-    if args.crop % 128:
-        raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
     rt = start_runtime(args)
     device, bf16, autocast = rt.device, rt.bf16, rt.autocast
     rng = random.Random(args.seed)
@@ -83,7 +77,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         raise SystemExit(f"model {preset.model_id.hex()} has no decoder of its own: train its CDM with `resulic train cdm`")
     ae = preset.autoencoder
     lpips = LPIPS.from_dir(args.metric_weights or default_weights_dir()).to(device)
-    data = PhotoCrops(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
+    data = PhotoCrops.from_args(args, device)
 
     ckpt_path = out / "checkpoint.pt"
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=True) if ckpt_path.exists() else None

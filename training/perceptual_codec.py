@@ -53,12 +53,11 @@ from training.data import save_checkpoint
 from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, clipped_step, codec_step, gains_at, load_model_weights, save_weights
-from training.photo_crops import PhotoCrops
+from training.photo_crops import PhotoCrops, add_photo_arguments
 from training.runtime import RunClock, add_runtime_arguments, start_runtime
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
                  slices=[16, 16, 32, 64, 192], param_hidden=128)  # fmt: skip
-DEFAULT_DATA = ["../shared/datasets/photos-train-v2", "../shared/datasets/photos-train"]
 
 
 @torch.no_grad()
@@ -93,14 +92,11 @@ def export(codec: LatentCodec, decoder: torch.nn.Module, out: Path, meta: dict) 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="photo folders (never an evaluation set)")
-    p.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side on load")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.6], help="relative scales of each photo")
+    add_photo_arguments(p)
     p.add_argument("--out", default="runs/perceptual-codec")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=256, help="crop side in pixels, a multiple of 128")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--decoder-lr", type=float, default=5e-5)
     p.add_argument("--gain-lr-factor", type=float, default=10.0)
@@ -126,8 +122,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         raise SystemExit("--freeze-codec needs --init-from: the release whose latent codec stays as it is")
     if args.freeze_codec and args.lambdas:
         raise SystemExit("--lambdas retrains the gains: it cannot go with --freeze-codec")
-    if args.crop % 128:
-        raise SystemExit("--crop must be a multiple of 128 (8 for the autoencoder times the codec's stride 16)")
     rt = start_runtime(args)
     device, bf16, autocast = rt.device, rt.bf16, rt.autocast
     out = Path(args.out)
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     train_codec = not args.freeze_codec
     codec = codec.to(device).requires_grad_(train_codec).train(train_codec)
     decoder = decoder.to(device).requires_grad_(True).train()
-    data = PhotoCrops(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
+    data = PhotoCrops.from_args(args, device)
     print(f"{len(data)} photo scales on {device}; codec {sum(p.numel() for p in codec.parameters()) / 1e6:.1f} M "
           f"parameters; bf16 {bf16}", flush=True)  # fmt: skip
 

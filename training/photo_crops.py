@@ -8,6 +8,7 @@ most ``max_side`` (Kodak-like scale: 768), at one or more relative scales.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,24 @@ import torch
 from PIL import Image
 
 from training.data import list_images
+
+DEFAULT_DATA = ["../shared/datasets/photos-train-v2", "../shared/datasets/photos-train"]
+
+
+def crop_side(text: str) -> int:
+    """A ``--crop`` value: a multiple of 128 (8 for the autoencoder times the codec's stride 16)."""
+    side = int(text)
+    if side <= 0 or side % 128:
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 128 (the autoencoder's 8 times the codec's 16)")
+    return side
+
+
+def add_photo_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data --max-side --scales --crop``: what :meth:`PhotoCrops.from_args` reads."""
+    p.add_argument("--data", nargs="+", default=DEFAULT_DATA, help="photo folders (never an evaluation set)")
+    p.add_argument("--max-side", type=int, default=768, help="photos are downscaled to this long side on load")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.6], help="relative scales of each photo")
+    p.add_argument("--crop", type=crop_side, default=256, help="crop side in pixels, a multiple of 128")
 
 
 def load_photo(path: Path, max_side: int, scale: float = 1.0) -> torch.Tensor:
@@ -59,6 +78,11 @@ class PhotoCrops:
         self.crop = crop
         self.device = torch.device(device)
         self.gen = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: torch.device) -> PhotoCrops:
+        """The crops that the options of :func:`add_photo_arguments` (and ``--seed``) ask for."""
+        return cls(args.data, args.crop, args.max_side, args.scales, device, seed=args.seed)
 
     def __len__(self) -> int:
         return len(self.photos)

@@ -15,15 +15,16 @@ from training.runtime import RunClock, add_runtime_arguments, resolve_device, st
 
 def parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    add_runtime_arguments(p, autocast_covers="the decoder", save_every=123)
+    add_runtime_arguments(p, steps=9, autocast_covers="the decoder", save_every=123)
     return p.parse_args(list(argv))
 
 
 def test_defaults_and_help():
     args = parse()
+    assert (args.steps, args.minutes) == (9, None)
     assert (args.device, args.bf16, args.threads, args.save_every, args.log_every, args.seed) == ("auto", None, 2, 123, 25, 0)
     p = argparse.ArgumentParser()
-    add_runtime_arguments(p, autocast_covers="the decoder", save_every=1)
+    add_runtime_arguments(p, steps=9, autocast_covers="the decoder", save_every=1)
     assert "bfloat16 autocast for the decoder" in p.format_help()
 
 

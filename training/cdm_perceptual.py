@@ -51,8 +51,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", help="the taef2 release (model id) the CDM is for (default: the newest)")
     add_photo_arguments(p)
     p.add_argument("--out", default="runs/cdm-perceptual")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lpips-weight", type=float, default=0.01, help="LPIPS in image-MSE units (the codec's)")
@@ -60,7 +58,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--disc-lr", type=float, default=1e-4)
     p.add_argument("--decode-steps", type=int, default=4, help="the DDIM evaluations decoding uses")
     p.add_argument("--config", help="JSON object of CDMConfig fields (default: the offline preset's)")
-    add_runtime_arguments(p, autocast_covers="the decoder and LPIPS", save_every=200)
+    add_runtime_arguments(p, steps=4000, autocast_covers="the decoder and LPIPS", save_every=200)
     return p
 
 

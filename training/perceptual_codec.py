@@ -94,8 +94,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_photo_arguments(p)
     p.add_argument("--out", default="runs/perceptual-codec")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--decoder-lr", type=float, default=5e-5)
@@ -112,7 +110,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "unchanged")  # fmt: skip
     p.add_argument("--lambdas", type=float, nargs="+",
                    help="the rate points' λ, increasing (default: the release's with --init-from, else v2's)")  # fmt: skip
-    add_runtime_arguments(p, autocast_covers="autoencoder, decoder and LPIPS", save_every=500)
+    add_runtime_arguments(p, steps=20000, autocast_covers="autoencoder, decoder and LPIPS", save_every=500)
     return p
 
 

@@ -29,8 +29,11 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser, *, autocast_covers: str, save_every: int) -> None:
-    """``--device --bf16 --threads --save-every --log-every --seed --weights-dir --metric-weights``."""
+def add_runtime_arguments(p: argparse.ArgumentParser, *, steps: int, autocast_covers: str, save_every: int) -> None:
+    """``--steps --minutes`` (what :class:`RunClock` reads), ``--device --bf16 --threads --save-every
+    --log-every --seed --weights-dir --metric-weights``."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help=f"bfloat16 autocast for {autocast_covers} (default: on for cuda)")  # fmt: skip

@@ -67,7 +67,6 @@ def start_runtime(args: argparse.Namespace) -> Runtime:
     return Runtime(device, device.type == "cuda" if args.bf16 is None else args.bf16)
 
 
-
 class RunClock:
     """A run bounded by ``--steps`` and by ``--minutes`` of wall time, whichever ends first, and
     resumable at a step and an elapsed time. The learning rate falls tenfold after 85 % of that

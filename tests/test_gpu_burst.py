@@ -101,6 +101,7 @@ def run_burst(tmp_path: Path, metric_weights: str, photos: int, **env: str) -> N
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
+@pytest.mark.slow  # the whole codec burst on the CPU: about 90 s on 2 cores (collect is tested by default)
 def test_burst_runs_on_cpu_and_its_export_loads(tmp_path, metric_weights):
     run_burst(tmp_path, metric_weights, 4, MINUTES="0.02")
     out = tmp_path / "out"

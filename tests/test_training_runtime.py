@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import torch_threads
-from training.runtime import RunClock, add_runtime_arguments, resolve_device, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, start_runtime
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -49,9 +49,9 @@ def test_the_seed_is_set():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_device_stops_with_a_reason():
-    assert resolve_device("auto") == torch.device("cpu")
+    assert start_runtime(parse("--device", "auto", "--threads", str(torch.get_num_threads()))).device == torch.device("cpu")
     with pytest.raises(SystemExit, match="no CUDA device"):
-        resolve_device("cuda")
+        start_runtime(parse("--device", "cuda"))
 
 
 def test_the_clock_logs_saves_and_resumes(tmp_path):

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from codec.device import resolve_device
+from codec.usage import UsageError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -45,19 +48,14 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, steps: int, autocast_co
     p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA where torch sees it, else the CPU; ``cuda`` without a visible device stops."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    return torch.device(name)
-
-
 def start_runtime(args: argparse.Namespace) -> Runtime:
     """Resolve the options of :func:`add_runtime_arguments`, set threads and seed, and turn on TF32
-    and cuDNN autotuning on CUDA (the crops have one shape a run)."""
-    device = resolve_device(args.device)
+    and cuDNN autotuning on CUDA (the crops have one shape a run). A device that is not there
+    stops the run with the codec's reason (``codec.device.resolve_device``)."""
+    try:
+        device = resolve_device(args.device)
+    except UsageError as e:
+        raise SystemExit(str(e)) from None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if device.type == "cuda":

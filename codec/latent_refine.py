@@ -67,6 +67,20 @@ def window_mask(top: int, left: int, size: tuple[int, int], window: tuple[int, i
     return (row_ok[:, None] & col_ok[None, :]).float()[None, None]
 
 
+def refusal(codec: LatentCodec) -> str | None:
+    """Why this latent codec's streams cannot be refined, or None when they can.
+
+    Measured on the v2 (conv, perceptual) model: 15 MSE-only steps raised the rate + distortion
+    cost of a Kodak crop by 12 %; its training loss also weighs LPIPS, which this objective
+    lacks. Refused rather than silently making streams worse. With LPIPS added
+    (benchmarks/refine_perceptual.py) the gain is too small for its cost: see
+    codec/weights/perceptual_v2/README.md."""
+    if codec.config.transform == "patch":
+        return None
+    return ("--refine is not available for this model (its latent codec was trained with a "
+            "perceptual loss that the refinement does not model); encode without it")
+
+
 def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
              level: int, steps: int, lr: float = DEFAULT_LR, window: int = DEFAULT_WINDOW, seed: int = 0) -> torch.Tensor:  # fmt: skip
     """The refined ``y`` (1, M, h, w) of one image, from ``y0`` (the analysis transform's of
@@ -76,14 +90,8 @@ def refine_y(codec: LatentCodec, decoder: TAEF2, y0: torch.Tensor, image: torch.
         raise UsageError("refinement steps must be >= 0")
     if steps == 0:
         return y0
-    if codec.config.transform != "patch":
-        # Measured on the v2 (conv, perceptual) model: 15 MSE-only steps raised the rate +
-        # distortion cost of a Kodak crop by 12 %; its training loss also weighs LPIPS, which
-        # this objective lacks. Refused rather than silently making streams worse. With LPIPS
-        # added (benchmarks/refine_perceptual.py) the gain is too small for its cost: see
-        # codec/weights/perceptual_v2/README.md.
-        raise UsageError("--refine is not available for this model (its latent codec was trained with a "
-                         "perceptual loss that the refinement does not model); encode without it")
+    if reason := refusal(codec):
+        raise UsageError(reason)
     return descend(codec, decoder, y0, image, size, level, steps, masked_mse, lr, window, seed)
 
 

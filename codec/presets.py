@@ -177,7 +177,7 @@ def _load_taef2(weights_dir: str | None, latent_codec_path: str | None, model_id
 
 
 def detail_gain_table(entry: dict, num_levels: int) -> dict[int, tuple[int, ...]] | None:
-    """A release's detail gain codes per coded-size factor and level (``codec.cdm.gain_table``),
+    """A release's detail gain codes per coded-size factor and level (built by ``training/detail_gains.py``),
     if it has a table. Only for the release's own files: the table was measured with those
     weights, and an override (another CDM, decoder or latent codec) is a new model that has none."""
     if "detail_gains" not in entry:

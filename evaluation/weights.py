@@ -35,6 +35,7 @@ DISTS_RAW = ("vgg16.ckpt", "dists/weights.pt")
 LPIPS_CACHE = "lpips_alex.safetensors"
 DISTS_CACHE = "dists_vgg16.safetensors"
 SHARED_DIR = Path("..") / "shared" / "weights" / "perceptual"
+METRIC_WEIGHTS_ENV = "RESULIC_METRIC_WEIGHTS"
 
 
 class WeightsError(RuntimeError):
@@ -121,8 +122,8 @@ def cache_dir() -> Path:
 def default_weights_dir() -> Path:
     """``$RESULIC_METRIC_WEIGHTS`` if set; else the fetch cache when it holds both metrics' files;
     else ``../shared/weights/perceptual`` (relative to the current directory)."""
-    if os.environ.get("RESULIC_METRIC_WEIGHTS"):
-        return Path(os.environ["RESULIC_METRIC_WEIGHTS"])
+    if os.environ.get(METRIC_WEIGHTS_ENV):
+        return Path(os.environ[METRIC_WEIGHTS_ENV])
     cache = cache_dir()
     if (cache / LPIPS_CACHE).is_file() and (cache / DISTS_CACHE).is_file():
         return cache

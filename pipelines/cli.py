@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", nargs="+", help="resulic, resulic-cdm, resulic-text, resulic-scaled, resulic-cdm-scaled (--scale auto), resulic-refined, "
                                               "resulic-refined-scaled (--refine 40), resulic-budget (at --budgets), "
                                               "jpeg, webp, avif, jxl "
-                                              "(default: all but resulic-text; classical ones also at 2x and 4x downscales)")
+                                              "(default: resulic resulic-budget resulic-cdm jpeg webp avif jxl; classical ones also at 2x "
+                                              "and 4x downscales)")
     p.add_argument("--rates", type=float, nargs="+", help="resulic rate points (default 0..9)")
     p.add_argument("--budgets", type=float, nargs="+", metavar="BPP",
                    help="resulic-budget's budgets: each image at the highest rate within B bpp (--target-bpp B "

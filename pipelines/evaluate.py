@@ -145,6 +145,14 @@ def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
                 notes.append(f"{c}: the default preset's model has no CDM denoiser")
             else:
                 run.append(c)
+        elif c.startswith("resulic-refined"):
+            from codec.latent_refine import refusal
+            from codec.presets import load_preset
+
+            if reason := refusal(load_preset().latent_codec):
+                notes.append(f"{c}: {reason}")
+            else:
+                run.append(c)
         elif c in RESULIC_CODECS:
             run.append(c)
         else:

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 
 import ray
 
+from codec.presets import PRESET_ENV
 from codec.usage import UsageError
+from evaluation.weights import METRIC_WEIGHTS_ENV
 
 LOOPBACK = "127.0.0.1"
-# Environment a worker needs to find the same weights and limits as the driver.
-FORWARDED_ENV = ("RESULIC_TAEF2_DIR", "RESULIC_LATENT_CODEC", "RESULIC_CDM", "RESULIC_MAX_PIXELS", "RESULIC_SD_MODEL",
-                 "RESULIC_CONTROLNET")
+# Environment a worker needs to find the same weights and limits as the driver: everything a
+# loaded preset depends on (taken from the preset module, so that a new override cannot be left
+# behind on the driver and silently change the model a cluster's workers code with), the pixel
+# cap, and the metric weights of `resulic eval`.
+FORWARDED_ENV = (*PRESET_ENV, "RESULIC_MAX_PIXELS", METRIC_WEIGHTS_ENV)
 
 
 def worker_env() -> dict[str, str]:

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import os
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

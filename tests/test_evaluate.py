@@ -109,6 +109,18 @@ def test_unknown_codec_and_unavailable_ones():
         assert run == ["resulic-cdm"] and not notes
 
 
+def test_refined_codecs_are_left_out_with_a_note_when_the_model_refuses_refinement():
+    """The default (perceptual) model refuses --refine: eval says so instead of stopping the run."""
+    from codec.latent_refine import refusal
+    from codec.presets import load_preset
+
+    assert refusal(load_preset().latent_codec)  # the default model is a conv model
+    run, notes = expand_codecs(["resulic", "resulic-refined", "resulic-refined-scaled"])
+    assert run == ["resulic"]
+    assert [n.split(":")[0] for n in notes] == ["resulic-refined", "resulic-refined-scaled"]
+    assert all("--refine is not available" in n for n in notes)
+
+
 def test_cli(dataset, tmp_path):
     res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(dataset), str(tmp_path / "o"), "--codecs",
                           "webp", "--images", "1", "--metrics", "psnr", "ms_ssim", "lpips", "--report",

@@ -69,3 +69,18 @@ def test_local_ray_ignores_a_stale_latest_cluster_file() -> None:
     finally:
         subprocess.run(["pkill", "-f", tmp], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_workers_get_every_override_the_model_depends_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An override set on the driver (RESULIC_DECODER, say) reaches every Ray worker: a worker
+    that missed one would code with another model than the one the job reports."""
+    from codec.presets import PRESET_ENV
+    from evaluation.weights import METRIC_WEIGHTS_ENV
+    from pipelines.ray_runtime import worker_env
+
+    wanted = {name: f"/set/by/driver/{name}" for name in (*PRESET_ENV, "RESULIC_MAX_PIXELS", METRIC_WEIGHTS_ENV)}
+    for name, value in wanted.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RESULIC_UNRELATED", "x")
+    assert worker_env() == wanted
+    assert "RESULIC_DECODER" in wanted

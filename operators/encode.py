@@ -57,7 +57,12 @@ def _node_id() -> str | None:
 
 class Encoder:
     """Holds one preset on ``device`` (``codec.device``). Configuration travels as plain values and the
-    encoder's choices as one (picklable) ``EncodeSettings``."""
+    encoder's choices as one (picklable) ``EncodeSettings``.
+
+    ``model_id`` is the model the job announced (the archive's metadata, from the driver's
+    weights). An actor whose own weights hash to another model (a node with other files, or
+    an override the driver set and the node lacks) writes nothing: its first batch stops the
+    job, since its streams would name a model the archive's readers may not have."""
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class Encoder:
         env: dict[str, str] | None = None,
         reconstruct: bool = False,
         device: str = "auto",
+        model_id: str | None = None,
     ) -> None:
         os.environ.update(env or {})  # weight paths chosen on the driver
         if threads:
@@ -77,6 +83,10 @@ class Encoder:
         self.preset = load_preset(preset, device=device)  # "auto": the GPU Ray gave this actor, if any
         self.settings, self.reconstruct = settings or EncodeSettings(), reconstruct
         self.node = _node_id()
+        own = self.preset.model_id.hex()
+        self.mismatch = None if model_id in (None, own) else (
+            f"encoder on node {self.node}: its weights are model {own}, the job's {model_id} "
+            "(a weights file or RESULIC_* variable differs between this node and the driver)")
 
     def _encode(self, images: list[Image.Image]) -> list[tuple[bytes, float, float, bytes | None]]:
         from codec.bitstream import Bitstream
@@ -101,6 +111,9 @@ class Encoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from codec.parsing import info
+
+        if self.mismatch:
+            raise SystemicError(self.mismatch)
 
         rows = batch.select(["status", "error", "pixels", "width", "height"]).to_pylist()
         results: dict[int, tuple[bytes, float, float, bytes | None] | str] = {}

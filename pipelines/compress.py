@@ -118,7 +118,7 @@ def compress(
         plan = plan_pool(workers, gpus_for(device, gpus_per_worker), share=0.5 if two_pools else 1.0)
         ds = build_pipeline(src, known, shards, preset, settings, plan, device, captions, monitor, batch_size=batch_size,
                             max_pixels=max_pixels, caption_workers=caption_workers,
-                            caption_gpus_per_worker=caption_gpus_per_worker)  # fmt: skip
+                            caption_gpus_per_worker=caption_gpus_per_worker, model_id=p.model_id.hex())  # fmt: skip
         sink = ArchiveDatasink(archive, src.storage_options, job_id, min_rows=rows_per_file,
                                target_bpp=settings.target_bpp)  # fmt: skip
         aborted = None
@@ -176,8 +176,10 @@ class ProgressReporter:
 
 def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset: str, settings: EncodeSettings, plan: PoolPlan, device: str,
                    captions: CaptionConfig, monitor: Any, *, batch_size: int, max_pixels: int | None,
-                   caption_workers: int | None, caption_gpus_per_worker: float | None) -> ray.data.Dataset:  # fmt: skip
-    """The job as one chain: list, skip what is archived, fetch, decode, encode, caption, check."""
+                   caption_workers: int | None, caption_gpus_per_worker: float | None,
+                   model_id: str | None = None) -> ray.data.Dataset:  # fmt: skip
+    """The job as one chain: list, skip what is archived, fetch, decode, encode, caption, check.
+    ``model_id``: the model the driver loaded, which every encoder actor must hold too."""
     so, two_pools = src.storage_options, captions.captions_reconstructions
     light = {"batch_format": "pyarrow", "num_cpus": 0.5}
     ds = ray.data.read_datasource(ListingDatasource(src), num_cpus=0.5)
@@ -197,7 +199,8 @@ def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset
     ds = ds.map_batches(
         Encoder,
         fn_constructor_kwargs={"preset": preset, "settings": settings, "threads": plan.threads_per_actor,
-                               "env": worker_env(), "reconstruct": two_pools, "device": device},  # fmt: skip
+                               "env": worker_env(), "reconstruct": two_pools, "device": device,
+                               "model_id": model_id},  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         batch_size=batch_size,
         batch_format="pyarrow",

@@ -46,8 +46,8 @@ def cluster():
         c.shutdown()
 
 
-def _cli(args: list[str], address: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": address}
+def _cli(args: list[str], address: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, **(env or {}), "RAY_ADDRESS": address}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
 
@@ -104,13 +104,24 @@ def test_compress_on_two_nodes_survives_losing_one(cluster, tmp_path):
     assert set(index.column("status").to_pylist()) == {"written"}
 
 
-def test_actors_run_on_both_nodes(cluster, tmp_path):
+def test_actors_run_on_both_nodes(cluster, tmp_path, monkeypatch):
+    """Also: an override set only where the job is submitted (RESULIC_DECODER; the nodes were
+    started without it) reaches the actors on both nodes, so every stream names the job's model."""
     c, _ = cluster
+    decoder = str(ROOT / "codec/weights/decoder_taef2_v1/decoder.safetensors")  # another decoder: another model
     src = photo_folder(tmp_path / "src", {f"p{i:02d}.png": (96, 64) for i in range(8)})
     res = _cli(["compress", str(src), str(tmp_path / "arc"), "--workers", "2", "--batch-size", "1",
-                "--device", "cpu", "--json"], c.address)  # fmt: skip
+                "--device", "cpu", "--json"], c.address, env={"RESULIC_DECODER": decoder})  # fmt: skip
     out, err = res.communicate(timeout=400)
-    assert res.returncode == 0, err[-3000:]
+    assert res.returncode == 0, (out + err)[-3000:]
     summary = _summary(out)
     assert summary["written"] == 8
     assert len(summary["encoder_nodes"]) == 2 and sum(summary["encoder_nodes"].values()) == 8, summary["encoder_nodes"]
+    from codec.presets import DECODER_ENV, load_preset
+
+    release = load_preset().model_id.hex()
+    monkeypatch.setenv(DECODER_ENV, decoder)
+    job_model = load_preset().model_id.hex()
+    assert job_model != release
+    ids = pq.read_table(tmp_path / "arc" / "data", columns=["model_id"]).column("model_id").to_pylist()
+    assert ids == [job_model] * 8

@@ -56,9 +56,11 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if byte == 0 and shift:  # a zero last group: another writing of a shorter number
+                raise BitstreamError("bitstream is corrupted (number not written in its shortest form)")
             return value, pos
         shift += 7
-        if shift > 63:
+        if shift >= 63:  # nine bytes hold 63 bits; a ninth with its high bit set is too long
             raise BitstreamError("bitstream is corrupted (number too long)")
 
 
@@ -85,7 +87,7 @@ class Header:
     # by the encoder; None: the field is absent (models without detail transfer), read as 64 (gain 1).
     detail_gain: int | None = None
     # the image was coded at ceil(width / scale) × ceil(height / scale) and is upsampled back
-    # (spec section 8, step 7; codec.resample); 1: the field is absent
+    # (spec section 3.1; codec.resample); 1: the field is absent
     scale: int = 1
 
     @property
@@ -113,6 +115,8 @@ class Header:
         if not data:
             raise BitstreamError("bitstream header is empty")
         n = data[0]
+        if not 0 < n < 128:
+            raise BitstreamError(f"bitstream header is corrupted (preset name of {n} bytes)")
         pos = id_end = 1 + n + MODEL_ID_BYTES
         if len(data) < pos:
             raise BitstreamError("bitstream header is truncated")
@@ -131,7 +135,7 @@ class Header:
                 raise BitstreamError(f"bitstream header has an impossible detail gain {gain}")
         if pos < len(data):  # the optional seventh field
             scale, pos = read_varint(data, pos)
-            if not 1 <= scale <= MAX_SCALE:
+            if not 2 <= scale <= MAX_SCALE:  # 1 is written by leaving the field out
                 raise BitstreamError(f"bitstream header has an impossible scale {scale}")
         if pos != len(data):
             raise BitstreamError("bitstream header has trailing bytes")

@@ -24,7 +24,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.ops import LowerBound
 from torch import nn
 
-from codec.fixed_point import ACT_BITS, FixedSequential, from_fixed, shift_floor, to_fixed
+from codec.fixed_point import ACT_BITS, ACT_LIMIT, FixedSequential, from_fixed, shift_floor, to_fixed
 from codec.layers import ResBlock, ResidualStack, conv3, conv5
 from codec.rans_guard import room_after
 
@@ -302,7 +302,10 @@ class LatentCodec(nn.Module):
         fx = self._require_frozen()
         start = sum(self.config.slices[:k])
         size = self.config.slices[k]
-        out = fx.params[k](torch.cat([hyper_fx, *done_fx], dim=1))
+        # the decoded slices enter as activations, clamped like every other one (spec section 4.1):
+        # a real ŷ stays far inside (|ŷ| < 2**17 measured), a crafted one cannot push a sum past 2**53
+        done = [d.clamp(-ACT_LIMIT, ACT_LIMIT) for d in done_fx]
+        out = fx.params[k](torch.cat([hyper_fx, *done], dim=1))
         mu_fx, log2_sigma_fx = out[:, :size], out[:, size:]
         gain = fx.gain[level, start : start + size][None, :, None, None]
         log2_gain = fx.log2_gain[level, start : start + size][None, :, None, None]

@@ -10,7 +10,7 @@ image at the same stream size. Measured with the plain decoder on 14 held-out ph
 
 The encoder shrinks with Pillow's Lanczos filter: that is its own choice, and no decoder needs
 to repeat it. The decoder's upsampler is written out here instead of taken from torch or
-Pillow, because the bitstream spec (``schemas/bitstream_v1.md`` section 8) pins it: an archived
+Pillow, because the bitstream spec (``schemas/bitstream_v1.md`` section 3.1) pins it: an archived
 stream's pixels should not move with a library's resampling defaults.
 
 The upsampler is separable Lanczos-3:

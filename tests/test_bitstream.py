@@ -97,3 +97,24 @@ def test_scale_field_is_optional_and_checked():
         Header.decode(full.encode() + write_varint(9))
     with pytest.raises(BitstreamError, match="trailing"):
         Header.decode(half.encode() + b"\x00")
+
+
+def test_numbers_have_one_writing_of_at_most_nine_bytes():
+    """Spec section 1: a varint is at most 9 bytes (63 bits) and written in its shortest form,
+    so that a stream has one byte string (no second writing of the same numbers)."""
+    assert read_varint(b"\xff" * 8 + b"\x7f", 0) == (2**63 - 1, 9)
+    with pytest.raises(BitstreamError, match="too long"):
+        read_varint(b"\x80" * 9 + b"\x7f", 0)
+    for padded in (b"\x80\x00", b"\x81\x80\x00", b"\xff\x00"):
+        with pytest.raises(BitstreamError, match="shortest form"):
+            read_varint(padded, 0)
+    assert read_varint(b"\x00", 0) == (0, 1)
+
+
+def test_head_refuses_a_bad_preset_length_and_an_explicit_scale_of_one():
+    good = Header("taef2", bytes(range(8)), 64, 64, 3, detail_gain=64).encode()
+    for n in (0, 128, 200):
+        with pytest.raises(BitstreamError, match=f"preset name of {n} bytes"):
+            Header.decode(bytes([n]) + good[1:])
+    with pytest.raises(BitstreamError, match="impossible scale 1"):
+        Header.decode(good + write_varint(1))

@@ -97,3 +97,17 @@ def test_unknown_transform_is_refused():
 
     with pytest.raises(ValueError, match="unknown transform"):
         LatentCodec(LatentCodecConfig(transform="wavelet"))
+
+
+def test_decoded_slices_condition_the_next_ones_as_clamped_activations():
+    """Spec section 4.1: ŷ enters param_k clamped to ±2**20 like every activation, so that a
+    crafted stream's huge ŷ cannot push a sum past 2**53 (where float64 stops being exact)."""
+    from codec.fixed_point import ACT_LIMIT
+
+    model = _small()
+    analysed = model.analyse(torch.randn(1, 8, 16, 16))
+    hyper = analysed["hyper_fx"]
+    done = torch.full((1, 8, 4, 4), 2.0**30)
+    huge = model._fixed_params(5, 1, hyper, [done])
+    at_limit = model._fixed_params(5, 1, hyper, [done.clamp(-ACT_LIMIT, ACT_LIMIT)])
+    assert all(torch.equal(a, b) for a, b in zip(huge, at_limit))

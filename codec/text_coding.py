@@ -225,6 +225,8 @@ def decode_text(data: bytes, model: TextModel) -> str:
             out.append(word.capitalize() if case == "cap" else word.upper() if case == "upper" else word)
             case = None
         elif kind in ("cap", "upper"):
+            if case is not None:  # the encoder writes one mark before a word, never two
+                raise BitstreamError("text section is corrupted (a case mark not followed by a word)")
             case = kind
         elif kind == "space":
             out.append(" ")

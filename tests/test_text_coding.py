@@ -61,3 +61,27 @@ def test_corrupted_payload_is_refused_or_decodes_without_hanging():
             decode_text(bytes(damaged), MODEL)  # may decode to other text: the CRC catches damage first
         except BitstreamError:
             pass
+
+
+def _payload(symbols: list[int], tables: list) -> bytes:
+    """A payload coded from given symbols (what a crafted stream could hold)."""
+    from codec.arithmetic_coding import ArithmeticEncoder
+
+    enc = ArithmeticEncoder()
+    for s, t in zip(symbols, tables):
+        enc.encode(MODEL.cdfs[t] if isinstance(t, int) else t, s)
+    return enc.finish()
+
+
+def test_two_case_marks_in_a_row_are_refused():
+    """Spec section 7: a case mark is followed by a word; the encoder never writes two."""
+    from codec.text_coding import _symbols
+    from codec.text_model import C, K, TextModel
+
+    assert MODEL.version >= 2
+    symbols, tables = _symbols("Harbour", MODEL)
+    assert decode_text(_payload(symbols, tables), MODEL) == "Harbour"
+    symbols.insert(1, K["upper"])
+    tables.insert(1, TextModel.kind_table(C["cap"]))
+    with pytest.raises(BitstreamError, match="case mark not followed by a word"):
+        decode_text(_payload(symbols, tables), MODEL)

@@ -48,6 +48,9 @@ def test_nightly_job_submits_once_with_the_token_and_a_valid_compress():
     submitter = next(r for r in policy["spec"]["ingress"] if r.get("ports"))
     assert submitter["from"][0]["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
     assert submitter["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    # the id is the UTC date: the schedule is read in UTC too, and a stuck night ends before the next
+    assert job["spec"]["timeZone"] == "Etc/UTC"
+    assert job["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] < 24 * 3600
 
 
 def test_submit_script_is_valid_shell():
@@ -78,6 +81,33 @@ def test_cluster_launcher_config():
     # the checkout is mounted without a virtual environment, caches or git history
     assert ".venv" in cfg["rsync_exclude"] and ".gitignore" in cfg["rsync_filter"]
     assert "[cluster]" in " ".join(cfg["setup_commands"])  # ray[default]: the job server
+    # everything the ssh user writes is in its home: /opt is root's on the AMI
+    assert all(k.startswith("~/") for k in cfg["file_mounts"])
+    commands = cfg["setup_commands"] + cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert not any("/opt" in c for c in commands)
+
+
+def test_every_pod_mounts_the_weights_volume_that_weights_yaml_creates_and_fills():
+    claim, job = yaml.safe_load_all((ROOT / "infra" / "kuberay" / "weights.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in claim["spec"]["accessModes"]
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    taef2_dir = next(line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ENV RESULIC_TAEF2_DIR="))
+    fetch = job["spec"]["template"]["spec"]
+    args = build_parser().parse_args(_resulic_args(fetch["containers"][0]["command"]))
+    assert (args.command, args.dest) == ("weights", taef2_dir)
+    assert fetch["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    rc = yaml.safe_load((ROOT / "infra" / "kuberay" / "raycluster.yaml").read_text())["spec"]
+    svc = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    pods = [c["headGroupSpec"]["template"]["spec"] for c in (rc, svc)]
+    pods += [g["template"]["spec"] for c in (rc, svc) for g in c["workerGroupSpecs"]]
+    for pod in pods:
+        volume = next(v for v in pod["volumes"] if v["name"] == "weights")
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "weights")
+        assert taef2_dir.startswith(mount["mountPath"] + "/")
+        # object-store credentials: a Secret if there is one, else the nodes' role
+        assert all(e["secretRef"].get("optional") for e in pod["containers"][0].get("envFrom", []))
+    assert " wget " in dockerfile  # KubeRay's injected probes run it
 
 
 def test_dockerfile_copies_what_the_package_needs_and_installs_the_job_server():

@@ -177,7 +177,7 @@ class ProgressReporter:
 def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset: str, settings: EncodeSettings, plan: PoolPlan, device: str,
                    captions: CaptionConfig, monitor: Any, *, batch_size: int, max_pixels: int | None,
                    caption_workers: int | None, caption_gpus_per_worker: float | None,
-                   model_id: str | None = None) -> ray.data.Dataset:  # fmt: skip
+                   model_id: str) -> ray.data.Dataset:  # fmt: skip
     """The job as one chain: list, skip what is archived, fetch, decode, encode, caption, check.
     ``model_id``: the model the driver loaded, which every encoder actor must hold too."""
     so, two_pools = src.storage_options, captions.captions_reconstructions

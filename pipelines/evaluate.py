@@ -138,26 +138,28 @@ def expand_codecs(codecs: list[str]) -> tuple[list[str], list[str]]:
                 run += [c if s == 1 else f"{c}-{s}x" for s in SCALES]
             else:
                 notes.append(f"{c}: not available in this Pillow (install pillow-jxl-plugin for JPEG XL)")
-        elif c.startswith("resulic-cdm"):
-            from codec.presets import load_preset
-
-            if load_preset().cdm is None:
-                notes.append(f"{c}: the default preset's model has no CDM denoiser")
-            else:
-                run.append(c)
-        elif c.startswith("resulic-refined"):
-            from codec.latent_refine import refusal
-            from codec.presets import load_preset
-
-            if reason := refusal(load_preset().latent_codec):
+        elif c in RESULIC_CODECS:
+            if reason := _unavailable(c):
                 notes.append(f"{c}: {reason}")
             else:
                 run.append(c)
-        elif c in RESULIC_CODECS:
-            run.append(c)
         else:
             raise UsageError(f"unknown codec {c!r} (known: {', '.join(RESULIC_CODECS + CLASSICAL)})")
     return run, notes
+
+
+def _unavailable(codec: str) -> str | None:
+    """Why the default model cannot run this resulic codec (no CDM, or it refuses ``--refine``);
+    None when it can. Loads the model only for the codecs that depend on it."""
+    if not codec.startswith(("resulic-cdm", "resulic-refined")):
+        return None
+    from codec.latent_refine import refusal
+    from codec.presets import load_preset
+
+    p = load_preset()
+    if codec.startswith("resulic-cdm"):
+        return "the default preset's model has no CDM denoiser" if p.cdm is None else None
+    return refusal(p.latent_codec)
 
 
 def list_images(dataset: str, limit: int | None) -> list[str]:

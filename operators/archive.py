@@ -29,6 +29,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -48,9 +49,17 @@ from schemas.archive import (
     QUARANTINE_DIR,
     ROW_GROUP_ROWS,
     STAGING_DIR,
+    ROW_STATUSES,
     STATUS_FAILED,
     STATUS_SHARD,
 )
+
+
+# What reading a file that is not a data file (or not an index) of this layout raises: bad
+# bytes (ArrowInvalid is a ValueError), a column missing (KeyError), a null in a required
+# column (ValueError), a type that cannot be cast (ArrowTypeError, ArrowNotImplementedError).
+# Storage errors (OSError) are not here: a file is never judged by a failed request.
+UNREADABLE = (ValueError, TypeError, KeyError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 def new_job_id() -> str:
@@ -159,7 +168,7 @@ class Archive:
         for rel in files:
             try:
                 tables.append(self._index_rows(rel))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+            except UNREADABLE as e:
                 if quarantine:
                     self.quarantine(rel, f"not a readable data file: {type(e).__name__}: {e}")
         return tables
@@ -180,6 +189,9 @@ class Archive:
         table = table.append_column("row", pa.array(rows, pa.int32()))
         for last, own in LAST_COLUMNS.items():  # a single row is its key's newest one
             table = table.append_column(last, table.column(own))
+        # A row of a status this version does not know (a later version's) is not a v1 row: it
+        # is left out, so that it can neither hide an archived asset nor stand for one.
+        table = table.filter(pc.is_in(table.column("status"), value_set=pa.array(ROW_STATUSES)))
         return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
     # ----- index -------------------------------------------------------------------------
@@ -191,12 +203,12 @@ class Archive:
         try:
             with self.fs.open(self.path(INDEX_FILE), "rb") as f:
                 table = pq.read_table(f)
-        except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
+            if table.schema.names != INDEX_SCHEMA.names:
+                return INDEX_SCHEMA.empty_table(), set()
+            files = _indexed_files(table.schema)
+            return table.cast(INDEX_SCHEMA), files if files is not None else set(table.column("file").to_pylist())
+        except (FileNotFoundError, *UNREADABLE):
             return INDEX_SCHEMA.empty_table(), set()
-        if table.schema.names != INDEX_SCHEMA.names:
-            return INDEX_SCHEMA.empty_table(), set()
-        files = _indexed_files(table.schema)
-        return table.cast(INDEX_SCHEMA), files if files is not None else set(table.column("file").to_pylist())
 
     def load_index(self) -> pa.Table:
         return self._read_index()[0]
@@ -220,14 +232,15 @@ class Archive:
 
     def replace_files(self, removed: list[str], added: list[str]) -> pa.Table:
         """Index after a compaction: rows of ``removed`` files leave, rows of ``added`` ones come in
-        (stored; the lease holder only)."""
-        import pyarrow.compute as pc
-
+        (stored; the lease holder only). A key's ``last_*`` columns may come from a file the
+        compaction did not touch (a newer failure in a full file): they are kept from the old
+        index unless the new rows hold a newer row (compaction keeps each key's newest row)."""
         index, indexed = self._read_index()
         gone = pa.array(removed, pa.string())
         kept = index.filter(pc.invert(pc.is_in(index.column("file"), value_set=gone)))
         rows = [self._index_rows(rel) for rel in added if rel not in indexed]
-        return self._store_index(latest_per_key(pa.concat_tables([kept, *rows])), (indexed - set(removed)) | set(added), True)
+        new = latest_per_key(pa.concat_tables([kept, *rows]))
+        return self._store_index(_newest_last(new, index), (indexed - set(removed)) | set(added), True)
 
     def repair(self) -> dict:
         """Rebuild the index from every data file, quarantining those that cannot be read."""
@@ -252,8 +265,6 @@ class Archive:
     def assets(self) -> pa.Table:
         """The index's asset rows, refreshed without writing (not the markers of WebDataset shards
         read to their end): what readers list and restore."""
-        import pyarrow.compute as pc
-
         index = self.refresh_index(write=False)
         return index.filter(pc.not_equal(index.column("status"), STATUS_SHARD))
 
@@ -262,8 +273,6 @@ class Archive:
         and the rows of committed data files the index has not read (a job killed before its
         index update): as the spec says, readers index unlisted files themselves. Never writes
         (read-only credentials suffice)."""
-        import pyarrow.compute as pc
-
         wanted = pa.array(keys, pa.string())
         indexed, table = set(), INDEX_SCHEMA.empty_table()
         try:
@@ -272,8 +281,8 @@ class Archive:
                 if schema.names == INDEX_SCHEMA.names and (listed := _indexed_files(schema)) is not None:
                     indexed = listed
                     table = pq.read_table(f, filters=[("key", "in", list(keys))]).cast(INDEX_SCHEMA)
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, *UNREADABLE):  # no index, or one that cannot be read: the files alone
+            indexed, table = set(), INDEX_SCHEMA.empty_table()
         table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
         unlisted = [rel for rel in self.data_files() if rel not in indexed]
         if unlisted:
@@ -336,8 +345,6 @@ def latest_per_key(table: pa.Table) -> pa.Table:
     A source that turns unreadable after it was archived must not hide the asset already
     archived; its failure is still recorded (``last_*``), so that the next job does not retry
     the same unchanged source."""
-    import pyarrow.compute as pc
-
     by_time = table.sort_by([("key", "ascending"), ("last_written_at", "descending"), ("file", "descending")])
     last = _first_per_key(by_time)
     failed = pc.equal(table.column("status"), STATUS_FAILED)
@@ -348,6 +355,17 @@ def latest_per_key(table: pa.Table) -> pa.Table:
     for name in LAST_COLUMNS:  # both are sorted by key, one row per key
         chosen = chosen.set_column(chosen.column_names.index(name), name, last.column(name))
     return chosen.cast(table.schema)
+
+
+def _newest_last(index: pa.Table, old: pa.Table) -> pa.Table:
+    """``index`` with each key's ``last_*`` columns taken from ``old`` where ``old``'s are newer."""
+    at = pc.index_in(index.column("key"), value_set=old.column("key"))
+    old_time = pc.take(old.column("last_written_at"), at)
+    older = pc.fill_null(pc.greater(old_time, index.column("last_written_at")), False)
+    for name in LAST_COLUMNS:
+        column = pc.if_else(older, pc.take(old.column(name), at), index.column(name))
+        index = index.set_column(index.column_names.index(name), name, column)
+    return index.cast(INDEX_SCHEMA)
 
 
 def _first_per_key(table: pa.Table) -> pa.Table:

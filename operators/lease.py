@@ -12,8 +12,13 @@ the same number exactly one wins. A live lease is renewed by its holder (its exp
 every ``ttl / 3``; an expired one (a killed job), or one whose holder process is gone from this
 host, is taken over by creating the next number, so
 a stalled holder that wakes up sees a higher number on its next renewal and knows it lost the
-archive (``on_lost`` is called; ``compress`` then stops the job). Only atomic create, overwrite,
-list and delete are needed. On stores whose create is not atomic (fsspec's generic fallback:
+archive (``on_lost`` is called; ``compress`` then stops the job). Numbers are never reused: a
+holder that is done marks its lease released (expired at once) instead of deleting it, so the
+highest number stays in ``_lease/`` and the next writer takes the one above; were numbers
+reused, a stalled holder could wake up to find "its" number held by a later writer and both
+would write. Each lease also carries a random token its holder checks on renewal, which
+covers a ``_lease/`` folder deleted by hand. Only atomic create, overwrite, list and delete
+are needed. On stores whose create is not atomic (fsspec's generic fallback:
 exists-then-write) the lease still refuses a second writer that starts while the first runs,
 but not two that start within the same instant.
 """
@@ -45,6 +50,7 @@ class LeaseInfo:
     host: str
     pid: int
     expires: dt.datetime
+    token: str | None = None  # the holder's random token (None in a lease written before tokens)
 
     def describe(self) -> str:
         return f"job {self.job_id} on {self.host} (pid {self.pid}), lease valid until {self.expires:%Y-%m-%d %H:%M:%S} UTC"
@@ -74,6 +80,7 @@ class ArchiveLease:
     def __init__(self, archive, job_id: str, ttl: float = LEASE_TTL, on_lost: Callable[[str], None] | None = None) -> None:
         self.archive, self.job_id, self.ttl, self.on_lost = archive, job_id, ttl, on_lost
         self.number: int | None = None
+        self.token = uuid.uuid4().hex
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,12 +102,14 @@ class ArchiveLease:
             doc = json.loads(self.archive.fs.cat_file(self._path(n)))
         except FileNotFoundError:
             return None
-        return LeaseInfo(n, doc["job_id"], doc["host"], int(doc["pid"]), dt.datetime.fromisoformat(doc["expires"]))
+        return LeaseInfo(n, doc["job_id"], doc["host"], int(doc["pid"]), dt.datetime.fromisoformat(doc["expires"]),
+                         doc.get("token"))  # fmt: skip
 
-    def _body(self) -> bytes:
-        expires = _now() + dt.timedelta(seconds=self.ttl)
+    def _body(self, released: bool = False) -> bytes:
+        expires = _now() if released else _now() + dt.timedelta(seconds=self.ttl)
         return json.dumps({"job_id": self.job_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": expires.isoformat()}).encode()  # fmt: skip
+                           "expires": expires.isoformat(), "token": self.token,
+                           **({"released": True} if released else {})}).encode()  # fmt: skip
 
     def _create(self, n: int) -> bool:
         """Create lease ``n`` if no such object exists; False when another writer has it."""
@@ -129,8 +138,7 @@ class ArchiveLease:
     # ----- the lease ---------------------------------------------------------------------
     def holder(self) -> LeaseInfo | None:
         """The current lease, if one is live."""
-        numbers = self._numbers()
-        info = self._read(numbers[-1]) if numbers else None
+        info = self._top()
         return info if info is not None and info.expires > _now() else None
 
     def acquire(self, force: bool = False) -> None:
@@ -152,12 +160,15 @@ class ArchiveLease:
         self._thread = threading.Thread(target=self._renew_loop, name="archive-lease", daemon=True)
         self._thread.start()
 
+    def _top(self) -> LeaseInfo | None:
+        numbers = self._numbers()
+        return self._read(numbers[-1]) if numbers else None
+
     def renew(self) -> bool:
         """Move the expiry on; False (and ``on_lost``) when another writer has taken over."""
-        numbers = self._numbers()
-        if not numbers or numbers[-1] != self.number:
-            taker = self._read(numbers[-1]) if numbers else None
-            self.lost = "the archive's lease was taken over" + (f" by {taker.describe()}" if taker else " or removed")
+        top = self._top()
+        if top is None or top.number != self.number or top.token != self.token:
+            self.lost = "the archive's lease was taken over" + (f" by {top.describe()}" if top else " or removed")
             if self.on_lost:
                 self.on_lost(self.lost)
             return False
@@ -173,11 +184,10 @@ class ArchiveLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.number is not None and self.lost is None:
-            try:
-                self.archive.fs.rm(self._path(self.number))
-            except FileNotFoundError:
-                pass
+        top = self._top() if self.number is not None and self.lost is None else None
+        if top is not None and top.number == self.number and top.token == self.token:
+            # marked released, not deleted: the number stays taken (see the module's docstring)
+            self.archive.fs.pipe_file(self._path(self.number), self._body(released=True))
         self.number = None
 
     def __enter__(self) -> "ArchiveLease":

@@ -8,8 +8,8 @@ being retried) out of every file that is small or holds superseded rows, into fi
 (``_compact/plan.json``) so that a compaction killed at any moment is finished or undone by
 the next writer (``recover``):
 
-1. the plan names the input files and the output files to come (not yet ``copied``);
-2. the outputs are committed into ``data/`` (each one whole, as any data file);
+1. the plan names the input files (not yet ``copied``);
+2. each output is named in the plan, then committed into ``data/`` (whole, as any data file);
 3. the plan is marked ``copied``;
 4. the index is switched from the inputs to the outputs; the inputs are deleted;
 5. the plan is deleted.
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from codec.usage import UsageError
 from operators.archive import Archive, new_job_id
 from operators.lease import ArchiveLease
-from schemas.archive import ASSET_SCHEMA, COMPACT_PLAN, STATUS_FAILED
+from schemas.archive import ASSET_SCHEMA, COMPACT_PLAN, DATA_DIR, STATUS_FAILED
 
 ROWS_PER_FILE = 4096
 
@@ -50,19 +50,21 @@ def compact(archive: str, storage_options: dict[str, Any] | None = None, rows_pe
         arc.clean_staging()
         index = arc.refresh_index()
         before = arc.data_files()
-        live = pc.value_counts(index.column("file")).to_pylist()
-        full = {c["values"] for c in live if c["counts"] >= rows_per_file}
-        inputs = [f for f in before if f not in full]
-        if len(inputs) < 2 and not _has_dead_rows(arc, index, inputs):
+        indexed = {c["values"]: c["counts"] for c in pc.value_counts(index.column("file")).to_pylist()}
+        small = [f for f in before if indexed.get(f, 0) < rows_per_file]
+        live = _live_counts(arc, index, small)  # index rows plus the newer failures kept beside them
+        inputs = [f for f in small if live[f][0] < rows_per_file]
+        if len(inputs) < 2 and all(live[f][0] == live[f][1] for f in inputs):
             return {"archive": archive, "files_before": len(before), "files_after": len(before), "rows_copied": 0,
                     "recovered": recovered}  # fmt: skip
         plan = {"job_id": job_id, "inputs": inputs, "outputs": [], "copied": False}
         arc.write_json(COMPACT_PLAN, plan)
         copied = 0
         for n, table in enumerate(_live_rows(arc, index, inputs, rows_per_file)):
-            rel = arc.write_data_file(table, f"{job_id}-compact-{n:05d}", {"job_id": job_id, "compacted": "true"})
-            plan["outputs"].append(rel)
-            arc.write_json(COMPACT_PLAN, plan)  # a crash now leaves the outputs written so far listed, to be undone
+            name = f"{job_id}-compact-{n:05d}"
+            plan["outputs"].append(f"{DATA_DIR}/{name}.parquet")
+            arc.write_json(COMPACT_PLAN, plan)  # listed before it exists: a crash after its commit undoes it too
+            arc.write_data_file(table, name, {"job_id": job_id, "compacted": "true"})
             copied += table.num_rows
         plan["copied"] = True
         arc.write_json(COMPACT_PLAN, plan)
@@ -107,17 +109,22 @@ def _remove_outputs_from_index(arc: Archive, outputs: list[str]) -> None:
         arc.repair()
 
 
-def _has_dead_rows(arc: Archive, index: pa.Table, files: list[str]) -> bool:
-    """Whether any of ``files`` holds a row that no longer counts (superseded since it was
-    written, compacted files included)."""
+def _live_counts(arc: Archive, index: pa.Table, files: list[str]) -> dict[str, tuple[int, int]]:
+    """Per file, (rows that still count, rows): its index rows and the failures newer than them
+    (:func:`_keep_rule`), read from three small columns. A file is full when the rows that
+    count fill it: counting index rows alone, an output that holds a kept failure would never
+    be full, and every compaction would rewrite it."""
     keep = _keep_rule(index, files)
+    counts = {}
     for rel in files:
+        live = total = 0
         with arc.fs.open(arc.path(rel), "rb") as f:
             pf = pq.ParquetFile(f)
             for g in range(pf.num_row_groups):
-                if not all(keep(rel, g, pf.read_row_group(g, columns=["key", "status", "written_at"]).to_pylist())):
-                    return True
-    return False
+                kept = keep(rel, g, pf.read_row_group(g, columns=["key", "status", "written_at"]).to_pylist())
+                live, total = live + sum(kept), total + len(kept)
+        counts[rel] = (live, total)
+    return counts
 
 
 def _keep_rule(index: pa.Table, inputs: list[str]) -> Callable[[str, int, list[dict]], list[bool]]:

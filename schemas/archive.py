@@ -27,6 +27,7 @@ STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never 
 STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
 STATUS_SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED)  # rows a job counts but neither processes nor commits
 STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
+ROW_STATUSES = (STATUS_WRITTEN, STATUS_FAILED, STATUS_SHARD)  # a data row's; readers ignore rows of any other
 
 ROW_GROUP_ROWS = 32  # restoring one asset reads one row group: a few dozen bitstreams at most
 
@@ -53,7 +54,7 @@ ASSET_SCHEMA = pa.schema(
         pa.field("caption_original", pa.string()),  # the caption of the original that the residual used
         pa.field("caption_reconstruction", pa.string()),  # the caption of the latent-only reconstruction
         pa.field("residual_text", pa.string()),  # what the bitstream's text section holds ("" = no section)
-        pa.field("status", pa.string(), nullable=False),  # written | failed
+        pa.field("status", pa.string(), nullable=False),  # written | failed | shard (ROW_STATUSES)
         pa.field("error", pa.string()),
         pa.field("seconds_read", pa.float64()),
         pa.field("seconds_decode", pa.float64()),

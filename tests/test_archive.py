@@ -74,6 +74,16 @@ def test_a_later_failure_does_not_hide_an_archived_asset(tmp_path):
     assert rows["a"]["status"] == "written" and rows["b"]["status"] == "failed"
 
 
+def test_rows_of_a_status_this_version_does_not_know_are_ignored(tmp_path):
+    """A later version's status (say "deleted") neither hides the archived asset nor stands for one."""
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    arc.write_data_file(_rows(["a", "z"], "j2", status="deleted"), "j2-0", {})
+    (row,) = arc.refresh_index().to_pylist()
+    assert (row["key"], row["status"], row["last_status"], row["file"]) == ("a", "written", "written", "data/j1-0.parquet")
+    assert arc.lookup(["a", "z"]).column("key").to_pylist() == ["a"]
+
+
 def test_latest_per_key_order():
     at = pa.array([1, 1, 2, 3], pa.timestamp("us", tz="UTC"))
     t = pa.table({"key": ["b", "a", "a", "a"], "status": ["written", "written", "written", "failed"],
@@ -220,6 +230,24 @@ def test_unreadable_data_files_are_quarantined_not_fatal(tmp_path):
     assert (tmp_path / "_quarantine" / "j2-0.parquet").read_bytes() == good[: len(good) // 2]
 
 
+def test_data_files_of_a_foreign_schema_are_quarantined_not_fatal(tmp_path):
+    """Files another tool might write: a null where the schema forbids one, a column of a type
+    that cannot be cast. Neither stops readers or writers."""
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    good = pq.read_table(tmp_path / "data" / "j1-0.parquet")
+    nulls = good.set_column(good.schema.get_field_index("written_at"), pa.field("written_at", pa.timestamp("us", "UTC")),
+                            pa.array([None], pa.timestamp("us", "UTC")))  # fmt: skip
+    pq.write_table(nulls, tmp_path / "data" / "j2-0.parquet")
+    struct = pa.array([{"size": 1, "mtime": 2}])
+    pq.write_table(good.set_column(good.schema.get_field_index("source_fingerprint"), "source_fingerprint", struct),
+                   tmp_path / "data" / "j3-0.parquet")  # fmt: skip
+    assert Archive(str(tmp_path)).assets().column("key").to_pylist() == ["a"]
+    assert Archive(str(tmp_path)).lookup(["a"]).column("file").to_pylist() == ["data/j1-0.parquet"]
+    assert arc.refresh_index().column("key").to_pylist() == ["a"]
+    assert sorted(q["file"] for q in arc.quarantined) == ["data/j2-0.parquet", "data/j3-0.parquet"]
+
+
 def test_an_unreadable_index_is_rebuilt_and_repair_rebuilds_from_scratch(tmp_path):
     arc = Archive(str(tmp_path))
     arc.create({"preset": "taef2"})
@@ -227,6 +255,7 @@ def test_an_unreadable_index_is_rebuilt_and_repair_rebuilds_from_scratch(tmp_pat
     arc.write_data_file(_rows(["b", "c"], "j2"), "j2-0", {})
     arc.refresh_index()
     (tmp_path / "_index" / "index.parquet").write_bytes(b"garbage")
+    assert Archive(str(tmp_path)).lookup(["b"]).column("file").to_pylist() == ["data/j2-0.parquet"]  # readers too
     assert arc.refresh_index().column("key").to_pylist() == ["a", "b", "c"]
     (tmp_path / "data" / "j2-0.parquet").write_bytes(b"PAR1")
     r = Archive(str(tmp_path)).repair()

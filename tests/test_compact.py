@@ -80,6 +80,37 @@ def test_a_lone_compacted_file_is_compacted_again_once_rows_in_it_are_superseded
     assert compact(arc.url, rows_per_file=16)["rows_copied"] == 0  # nothing dead is left
 
 
+def test_a_newer_failure_in_a_file_left_alone_is_still_remembered(tmp_path):
+    """K is archived in a small file; its newer failure sits in a file full enough to be left
+    alone. Compaction moves K's row: the failure must still count, or the next job retries it."""
+    arc = Archive(str(tmp_path / "a"))
+    arc.create({"preset": "taef2"})
+    arc.write_data_file(_rows(["K"], "j1"), "j1", {})
+    arc.write_data_file(pa.concat_tables([_rows(["K"], "j2", status="failed", fp="2:broken"),
+                                          _rows(["a", "b", "c"], "j2")], promote_options="default"), "j2", {})  # fmt: skip
+    arc.write_data_file(_rows(["L"], "j3"), "j3", {})
+    before = _state(arc)
+    assert before["K"][3:] == ("failed", "2:broken")
+    assert compact(arc.url, rows_per_file=3)["rows_copied"] == 2  # j1 and j3; j2 holds 3 rows that count
+    assert _state(arc) == before
+    rebuilt = Archive(arc.url)
+    rebuilt.repair()
+    assert _state(rebuilt) == before  # the stored index agrees with one rebuilt from the files
+
+
+def test_an_output_holding_a_kept_failure_is_full_and_compaction_settles(tmp_path):
+    arc = Archive(str(tmp_path / "a"))
+    arc.create({"preset": "taef2"})
+    arc.write_data_file(_rows(["K", "M"], "j1"), "j1", {})
+    arc.write_data_file(_rows(["K"], "j2", status="failed", fp="2:broken"), "j2", {})
+    arc.write_data_file(_rows(["N"], "j3"), "j3", {})
+    before = _state(arc)
+    assert compact(arc.url, rows_per_file=3)["rows_copied"] == 4
+    for _ in range(2):
+        assert compact(arc.url, rows_per_file=3)["rows_copied"] == 0
+    assert _state(arc) == before
+
+
 class Crash(BaseException):
     """A kill -9 at one step (BaseException: nothing in the code under test catches it)."""
 
@@ -107,6 +138,8 @@ def test_a_compaction_killed_at_any_step_is_finished_or_undone(tmp_path, monkeyp
         shutil.copytree(template, tmp_path / "count")
         compact(str(tmp_path / "count"), rows_per_file=8)
     steps = seen[0]
+    copies = sum(pq.ParquetFile(Archive(str(tmp_path / "count")).path(f)).metadata.num_rows
+                 for f in Archive(str(tmp_path / "count")).data_files())  # fmt: skip
     assert steps > 8
     for step in range(1, steps + 1):
         root = tmp_path / f"crash-{step}"
@@ -119,3 +152,5 @@ def test_a_compaction_killed_at_any_step_is_finished_or_undone(tmp_path, monkeyp
         r = compact(str(root), rows_per_file=8, break_lease=True)
         assert _state(Archive(str(root))) == expected, f"crash at step {step} of {steps} ({r['recovered']})"
         assert r["files_after"] == 4 and not os.path.exists(root / COMPACT_PLAN), step
+        rows = sum(pq.ParquetFile(Archive(str(root)).path(f)).metadata.num_rows for f in Archive(str(root)).data_files())
+        assert rows == copies, f"crash at step {step}: {rows} rows in data/, a whole compaction leaves {copies}"

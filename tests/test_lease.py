@@ -80,6 +80,36 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(archive):
         assert archive_holder(archive) == "fresh"
 
 
+def test_lease_numbers_are_never_reused(archive):
+    """A stalls past its expiry; B takes over and finishes; C starts. Were B's lease deleted,
+    C would take A's number again and A, waking up, would renew it: two writers."""
+    stale = ArchiveLease(archive, "a", ttl=0.5)
+    stale.acquire()
+    stale._stop.set()
+    stale._thread.join()
+    time.sleep(0.6)
+    with ArchiveLease(archive, "b"):
+        pass
+    assert archive_holder(archive) is None  # released: nobody holds it
+    with ArchiveLease(archive, "c") as third:
+        assert third.number == stale.number + 2
+        assert stale.renew() is False and "by job c" in stale.lost
+        assert third.renew() and archive_holder(archive) == "c"
+
+
+def test_a_lease_folder_removed_by_hand_does_not_make_two_holders(archive):
+    first = ArchiveLease(archive, "first", ttl=30)
+    first.acquire()
+    first._stop.set()
+    first._thread.join()
+    archive.fs.rm(archive.path("_lease"), recursive=True)
+    with ArchiveLease(archive, "second") as second:
+        assert second.number == first.number  # numbering started again, but the token differs
+        assert first.renew() is False and "by job second" in first.lost
+        first.release()  # lost: leaves the new holder's lease alone
+        assert archive_holder(archive) == "second"
+
+
 def test_a_lease_whose_process_died_on_this_host_is_void(archive):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -34,9 +34,17 @@ BATCH_SIZE = 8  # decodes of one decoder replica batched together
 CACHE_CONTROL = "private, no-cache"
 
 
-def etag_of(stream: bytes, fmt: str, decoder: str) -> str:
-    """A restoration's ETag: the stream's SHA-256 (decoding is deterministic) with how it is rendered."""
-    return f'"{hashlib.sha256(stream).hexdigest()[:32]}-{fmt}-{decoder}"'
+def etag_of(stream: bytes, fmt: str, decoder: str, steps: int | None = None) -> str:
+    """A restoration's ETag: the stream's SHA-256 (decoding is deterministic) with how it is
+    rendered, the service's CDM step count included (another count gives other pixels)."""
+    return f'"{hashlib.sha256(stream).hexdigest()[:32]}-{fmt}-{decoder}{f"-s{steps}" if steps else ""}"'
+
+
+def matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header matches ``etag`` (RFC 9110 §13.1.2: ``*``, a list,
+    weak comparison, so that a ``W/`` a proxy added still matches)."""
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")} - {""}
+    return "*" in tags or etag in tags
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class ServiceSettings:
     cache_bytes: int = 256 << 20
     request_timeout_s: float = 60.0
     refresh_s: float = 10.0  # how often a request looks for newly committed data files
+    steps: int | None = None  # the decoders' CDM step count (None: each model's own), for the ETag
 
 
 app = FastAPI(title="resulic restore", docs_url=None, redoc_url=None, openapi_url=None)
@@ -184,16 +193,18 @@ class RestoreAPI:
         if entry is None:
             raise HTTPException(404, f"{key!r} is not in the archive")
         loc = (entry["file"], entry["row_group"], entry["row"], fmt, decoder)
-        known = {t.strip() for t in request.headers.get("if-none-match", "").split(",")} - {""}
+        known = request.headers.get("if-none-match", "")
         cached = self.cache.get(loc)
         hit = cached is not None
         if not hit and known:  # a client revalidating what this replica has not kept: a read, no decode
-            etag = etag_of(await self._stream(entry), fmt, decoder)
-            if etag in known:
+            stream, entry = await self._stream(entry)
+            etag = etag_of(stream, fmt, decoder, self.settings.steps)
+            if matches(known, etag):
                 return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+            loc = (entry["file"], entry["row_group"], entry["row"], fmt, decoder)
         cached = cached or await self._restore(entry, loc)
         headers = {"ETag": cached.etag, "Cache-Control": CACHE_CONTROL, "X-Resulic-Cache": "hit" if hit else "miss"}
-        if cached.etag in known:
+        if known and matches(known, cached.etag):
             return Response(status_code=304, headers=headers)
         headers["Content-Length"] = str(len(cached.body))
         body = b"" if request.method == "HEAD" else cached.body
@@ -239,11 +250,19 @@ class RestoreAPI:
         except asyncio.TimeoutError:
             raise HTTPException(504, f"restoring {entry['key']!r} took more than {self.settings.request_timeout_s:g} s") from None
 
-    async def _stream(self, entry: dict) -> bytes:
-        """The asset's bitstream, checked as far as the container and the pixel limit go."""
+    async def _stream(self, entry: dict) -> tuple[bytes, dict]:
+        """The asset's bitstream, checked as far as the container and the pixel limit go, and the
+        index entry it was read by. A data file gone since the index read it (a compaction
+        replaced it) sends the index to storage at once and the read is tried again."""
         key = entry["key"]
         try:
-            row = await asyncio.to_thread(self.archive.read_asset, entry, ["key", "status", "error", "bitstream"])
+            try:
+                row = await asyncio.to_thread(self.archive.read_asset, entry, ["key", "status", "error", "bitstream"])
+            except FileNotFoundError:
+                await asyncio.to_thread(self.index.refresh)
+                self._refreshed = time.monotonic()
+                entry = self.index.get(key) or entry
+                row = await asyncio.to_thread(self.archive.read_asset, entry, ["key", "status", "error", "bitstream"])
         except Exception as e:  # noqa: BLE001 - a data file gone or damaged since the index read it
             raise HTTPException(500, f"cannot read {key!r} from {entry['file']}: {type(e).__name__}") from None
         if row["status"] != STATUS_WRITTEN or row["bitstream"] is None:
@@ -256,11 +275,11 @@ class RestoreAPI:
         if head.width * head.height > self.max_pixels:
             raise HTTPException(413, f"{key!r} restores to {head.width}x{head.height} pixels, more than this "
                                      f"service's limit of {self.max_pixels:,}")  # fmt: skip
-        return stream
+        return stream, entry
 
     async def _decode(self, entry: dict, loc: tuple) -> CachedResponse:
         key, fmt, decoder = entry["key"], loc[3], loc[4]
-        stream = await self._stream(entry)
+        stream, entry = await self._stream(entry)
         try:
             result: DecodeResult = await self.decoder.decode.remote(DecodeJob(stream, fmt, decoder))
         except Exception as e:  # noqa: BLE001 - backpressure or a replica lost: try again later
@@ -273,7 +292,7 @@ class RestoreAPI:
             raise HTTPException(400, f"{key!r}: {result.message}")
         if result.outcome != "ok":
             raise HTTPException(500, f"{key!r}: decoding failed: {result.message}")
-        cached = CachedResponse(result.body, MEDIA_TYPES[fmt], etag_of(stream, fmt, decoder))
+        cached = CachedResponse(result.body, MEDIA_TYPES[fmt], etag_of(stream, fmt, decoder, self.settings.steps))
         self.cache.put(loc, cached)
         return cached
 

@@ -93,7 +93,7 @@ def build_app(args: dict[str, Any]):
     settings = ServiceSettings(
         archive=o.archive, max_pixels=MAX_PIXELS, storage_options=o.storage_options,
         token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
-        cache_bytes=o.cache_mb << 20, request_timeout_s=o.request_timeout_s, refresh_s=o.refresh_s,
+        cache_bytes=o.cache_mb << 20, request_timeout_s=o.request_timeout_s, refresh_s=o.refresh_s, steps=o.steps,
     )  # fmt: skip
     return RestoreAPI.options(ray_actor_options={"num_cpus": 0.5}).bind(decoder, settings)
 

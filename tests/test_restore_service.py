@@ -82,7 +82,7 @@ def service(tmp_path_factory):
                         "damaged.png": (bytes(damaged), None), "crafted.png": (_out_of_range(small), None),
                         "x y/ü.png": (small, None)})  # fmt: skip
     (root / "x").write_bytes(b"outside the archive")  # what a traversal would find, if keys were paths
-    svc = _start(root, "--refresh-seconds", "1")
+    svc = _start(root, "--refresh-seconds", "3600")  # no background refresh: the tests see what a request does
     svc.streams = {"a.png": small}
     yield svc
     _stop(svc)
@@ -133,6 +133,15 @@ def test_second_request_is_served_from_the_cache_and_revalidates(service):
     assert (first[1]["x-resulic-cache"], second[1]["x-resulic-cache"]) == ("miss", "hit")
     status, headers, body = service.request("/v1/assets/a.png?format=webp", headers={"If-None-Match": first[1]["etag"]})
     assert status == 304 and body == b"" and headers["etag"] == first[1]["etag"]
+    for match in ("*", f'"other", W/{first[1]["etag"]}'):  # RFC 9110: any, and weak comparison
+        assert service.request("/v1/assets/a.png?format=webp", headers={"If-None-Match": match})[0] == 304, match
+    assert service.request("/v1/assets/a.png?format=webp", headers={"If-None-Match": '"other"'})[0] == 200
+
+
+def test_the_etag_names_the_cdm_step_count():
+    from operators.restore_service import etag_of
+
+    assert len({etag_of(b"s", "png", "auto"), etag_of(b"s", "png", "auto", 2), etag_of(b"s", "png", "auto", 4)}) == 3
 
 
 def test_revalidating_an_asset_not_in_the_cache_decodes_nothing(service):
@@ -206,6 +215,23 @@ def test_assets_committed_later_are_found(service):
     _commit(Archive(str(service.archive)), "j2-0", {"late.png": (codec.encode(photo(64, 64), rate=1), None)})
     time.sleep(1.2)  # a missing key looks for new data files at most once a second
     assert service.request("/v1/assets/late.png")[0] == 200
+
+
+def test_assets_moved_by_a_compaction_are_served_at_once(service):
+    """A compaction deletes the files the service's index points at: the request that meets a
+    missing file refreshes the index and reads the asset from its new file."""
+    from pipelines.compact import compact
+
+    arc = Archive(str(service.archive))
+    _commit(arc, "j3-0", {"m1.png": (codec.encode(photo(64, 64), rate=1), None)})
+    _commit(arc, "j3-1", {"m2.png": (codec.encode(photo(64, 48), rate=1), None)})
+    time.sleep(1.2)
+    assert service.request("/v1/assets/m1.png?decoder=plain")[0] == 200  # the index now holds both files
+    assert compact(str(service.archive), rows_per_file=1000)["rows_copied"] > 2
+    assert "data/j3-1.parquet" not in arc.data_files()
+    status, _, body = service.request("/v1/assets/m2.png?decoder=plain")  # not cached, its file gone
+    assert status == 200, body
+    assert service.request("/v1/assets/a.png?format=jpeg")[0] == 200
 
 
 def test_the_token_never_reaches_a_log(service):

@@ -33,7 +33,7 @@ def dest_relpath(key: str, fmt: str) -> str:
     """
     if not key or "\x00" in key or "\\" in key or any(ord(c) < 32 for c in key):
         raise UnsafeKeyError(f"unsafe key {key!r}: empty or with control characters or backslashes")
-    if key.startswith("/") or (len(key) > 1 and key[1] == ":"):
+    if key.startswith("/") or (os.name == "nt" and len(key) > 1 and key[1] == ":"):  # "a:b.png" is a POSIX name
         raise UnsafeKeyError(f"unsafe key {key!r}: absolute path")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -42,6 +42,33 @@ def dest_relpath(key: str, fmt: str) -> str:
     # Appending (photo.jpg -> photo.jpg.png) keeps two keys that differ only in their
     # extension apart; a key that already has the format's suffix keeps its name.
     return key if key.lower().endswith(suffix) else key + suffix
+
+
+def claim_paths(keys: list[str], fmt: str) -> dict[str, str]:
+    """The keys among ``keys`` that cannot have a file of their own, each with its reason.
+
+    Two keys can name one file: ``photo`` and ``photo.png`` both restore to ``photo.png``, and
+    ``A.png`` and ``a.png`` are one file on a case-insensitive disk (macOS, Windows). Of such
+    keys one restores: the key that is its file's name unchanged, else the first in key order;
+    the others fail, so that no restored file is silently overwritten by another asset."""
+    rels = {key: _safe_relpath(key, fmt) for key in keys}  # unsafe keys fail on their own, later
+    owner: dict[str, str] = {}
+    for key in sorted(keys, key=lambda k: (rels[k] != k, k)):
+        if rels[key] is not None:
+            owner.setdefault(rels[key].casefold(), key)
+    clashes = {}
+    for key, rel in rels.items():
+        if rel is not None and owner[rel.casefold()] != key:
+            clashes[key] = (f"{key}: restores to the file {rel}, as {owner[rel.casefold()]!r} does; "
+                            "restore it with --key into another folder")  # fmt: skip
+    return clashes
+
+
+def _safe_relpath(key: str, fmt: str) -> str | None:
+    try:
+        return dest_relpath(key, fmt)
+    except UnsafeKeyError:
+        return None
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:
@@ -134,4 +161,4 @@ class Restorer:
         ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
 
 
-__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "encode_image", "UnsafeKeyError"]
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "claim_paths", "encode_image", "UnsafeKeyError"]

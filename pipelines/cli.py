@@ -238,9 +238,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(json.dumps(summary), file=args.results)
     else:
         print(f"restored {summary['restored']}, failed {summary['failed']} into {summary['dest']} "
-              f"({summary['wall_seconds']:.2f} s)" + (f"; Ray's logs: {log}" if log else ""))  # fmt: skip
+              + (f"({summary['not_archived']} archived as failed, not restorable: `resulic ls` names them) "
+                 if summary["not_archived"] else "")
+              + f"({summary['wall_seconds']:.2f} s)" + (f"; Ray's logs: {log}" if log else ""))  # fmt: skip
         for f in summary["failures"]:
             print(f"FAILED {f['key']}: {f['reason']}")
+    if args.prefix is not None and not summary["restored"] + summary["failed"] + summary["not_archived"]:
+        print(f"warning: no asset key starts with {args.prefix!r}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 
@@ -467,9 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore assets from an archive into DEST")
     p.add_argument("archive")
     p.add_argument("dest", help="destination folder or fsspec URL")
-    p.add_argument("--key", action="append", help="an asset key (repeatable): index lookup, no scan")
-    p.add_argument("--all", action="store_true", help="every asset (a Ray Data pipeline)")
-    p.add_argument("--prefix", help="every asset whose key starts with this")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", action="append", help="an asset key (repeatable): index lookup, no scan")
+    which.add_argument("--all", action="store_true", help="every asset (a Ray Data pipeline)")
+    which.add_argument("--prefix", help="every asset whose key starts with this")
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
     p.add_argument("--workers", type=int, help="decoder actors for --all/--prefix (default: as compress)")
     p.add_argument("--json", action="store_true")

@@ -5,7 +5,11 @@ group of each asset's data file. ``--all`` or a key prefix runs as a Ray Data ch
 index rows -> bitstreams (one read per row group) -> decode actors -> files.
 
 Every key asked for ends restored or failed with its reason; nothing one key does stops the
-others. Restore only reads the archive, and each file appears whole or not at all.
+others. ``--all`` and ``--prefix`` list the assets archived as failed apart (``not_archived``:
+the compress job already reported them) rather than as restore failures. Two keys that would
+restore to one file (``photo`` and ``photo.png``) never overwrite each other: one fails
+(``operators.restore.claim_paths``). Restore only reads the archive, and each file appears
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from codec.usage import UsageError
 from operators.archive import Archive
-from operators.restore import Restorer, load_bitstreams
+from operators.restore import Restorer, claim_paths, load_bitstreams
+from schemas.archive import STATUS_FAILED
 from pipelines.ray_runtime import ensure_ray, gpus_for, plan_pool, worker_env
 
 RESTORE_BLOCK = 8
@@ -43,14 +49,20 @@ def restore(
     t0 = time.time()
     arc = Archive(archive, storage_options)
     arc.meta()  # refuses foreign archives and unknown versions
+    if sum([bool(keys), all_keys, prefix is not None]) != 1:
+        raise UsageError("name keys with --key, or use --all, or --prefix (one of them)")
     results: list[dict] = []
+    not_archived: list[dict] = []
     if keys:
+        keys = list(dict.fromkeys(keys))  # a key named twice is restored once
         found = {r["key"]: r for r in arc.lookup(keys).to_pylist()}
+        clashes = claim_paths(list(found), fmt)
         restorer = Restorer(dest, fmt, storage_options, decoder=decoder, steps=steps, device=device)
         for key in keys:
             entry = found.get(key)
-            if entry is None:
-                results.append({"key": key, "path": None, "restore_status": "failed", "error": f"{key}: not in the archive"})
+            if entry is None or key in clashes:
+                error = clashes[key] if entry else f"{key}: not in the archive"
+                results.append({"key": key, "path": None, "restore_status": "failed", "error": error})
                 continue
             try:
                 row = arc.read_asset(entry, columns=["key", "status", "bitstream"])
@@ -60,10 +72,18 @@ def restore(
                 continue
             path, err = restorer.restore_one(key, row["status"], row["bitstream"])
             results.append({"key": key, "path": path, "restore_status": "failed" if err else "restored", "error": err})
-    elif all_keys or prefix is not None:
+    else:
         index = arc.assets()  # a reader never writes the archive
         if prefix:
             index = index.filter(pc.starts_with(index.column("key"), prefix))
+        failed = pc.equal(index.column("status"), STATUS_FAILED)
+        not_archived = [{"key": r["key"], "reason": f"{r['key']}: archived as failed"}
+                        for r in index.filter(failed).select(["key"]).to_pylist()]  # fmt: skip
+        index = index.filter(pc.invert(failed))
+        clashes = claim_paths(index.column("key").to_pylist(), fmt)
+        if clashes:
+            results += [{"key": k, "path": None, "restore_status": "failed", "error": e} for k, e in clashes.items()]
+            index = index.filter(pc.invert(pc.is_in(index.column("key"), value_set=pa.array(list(clashes), pa.string()))))
         if index.num_rows:
             ensure_ray()
             plan = plan_pool(workers, gpus_for(device, None))
@@ -86,14 +106,13 @@ def restore(
                 num_cpus=plan.cpus_per_actor,
                 num_gpus=plan.gpus_per_actor or None,
             )
-            results = ds.select_columns(["key", "path", "restore_status", "error"]).take_all()
-    else:
-        raise UsageError("name keys with --key, or use --all or --prefix")
+            results += ds.select_columns(["key", "path", "restore_status", "error"]).take_all()
     failures = [{"key": r["key"], "reason": r["error"]} for r in results if r["restore_status"] != "restored"]
     return {
         "archive": archive, "dest": dest, "format": fmt,
         "restored": sum(r["restore_status"] == "restored" for r in results), "failed": len(failures),
         "failures": sorted(failures, key=lambda f: f["key"]),
+        "not_archived": len(not_archived), "not_archived_keys": not_archived,
         "paths": sorted(r["path"] for r in results if r["path"]),
         "wall_seconds": round(time.time() - t0, 3),
     }  # fmt: skip

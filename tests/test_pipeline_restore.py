@@ -49,8 +49,8 @@ def test_all_keys_with_ray(archive, tmp_path):
     """The Ray restore gives the pixels an in-process decode gives with the actors' thread count
     (the spec's reproducibility: same software, hardware and thread count)."""
     s = restore(str(archive), str(tmp_path / "out"), all_keys=True)
-    assert (s["restored"], s["failed"]) == (3, 1)
-    assert s["failures"] == [{"key": "sub/bad.png", "reason": "sub/bad.png: not restorable (archived with status failed)"}]
+    assert (s["restored"], s["failed"], s["not_archived"]) == (3, 0, 1)  # compress reported bad.png already
+    assert s["not_archived_keys"] == [{"key": "sub/bad.png", "reason": "sub/bad.png: archived as failed"}]
     for key, rel in [("a.png", "a.png"), ("sub/b.jpg", "sub/b.jpg.png"), ("sub/c.png", "sub/c.png")]:
         got = np.asarray(Image.open(tmp_path / "out" / rel).convert("RGB"))
         with torch_threads(plan_pool(None, None).threads_per_actor):
@@ -104,6 +104,14 @@ def test_cli_ls_info_restore(archive, tmp_path):
     assert json.loads(res.stdout)["paths"] == [str(tmp_path / "o" / "sub" / "b.jpg.png")]
     res = _cli("restore", str(archive), str(tmp_path / "o"), "--key", "missing.png")
     assert res.returncode == 1 and "missing.png: not in the archive" in res.stdout
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--key", "sub/bad.png")  # asked for by name: a failure
+    assert res.returncode == 1 and "sub/bad.png: not restorable (archived with status failed)" in res.stdout
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--all")
+    assert res.returncode == 0 and "restored 3, failed 0" in res.stdout and "1 archived as failed" in res.stdout
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--key", "a.png", "--all")
+    assert res.returncode == 2 and "not allowed with" in res.stderr
+    res = _cli("restore", str(archive), str(tmp_path / "o"), "--prefix", "typo/")
+    assert res.returncode == 0 and "no asset key starts with 'typo/'" in res.stderr
 
     res = _cli("ls", str(tmp_path / "not-an-archive"))
     assert res.returncode != 0 and "not a resulic archive" in res.stderr
@@ -157,3 +165,23 @@ def test_one_bad_data_file_or_clashing_key_fails_only_its_keys(archive, tmp_path
         # "clash.png" is a file where "clash.png/z.png" needs a folder (or the reverse): one of them fails
         assert len({"clash.png", "clash.png/z.png"} & set(reasons)) == 1 and s["failed"] == 2
         assert not [p for p in dest.rglob("*.tmp")]  # no partial files left behind
+
+
+def test_keys_that_restore_to_one_file_never_overwrite_each_other(archive, tmp_path):
+    """``photo`` and ``photo.png`` both name ``photo.png``; ``A.png`` and ``a.png`` are one file
+    on a case-insensitive disk. One of each restores, the other fails with why; a key named
+    twice is restored once; ``a:b.png`` is an ordinary name on POSIX."""
+    arc = tmp_path / "arc"
+    a = _hand_made_archive(arc, archive, {"j1-0": ["photo", "photo.png", "A.png", "a.png", "a:b.png"]})
+    a.refresh_index()
+    for how in ({"all_keys": True}, {"keys": ["photo", "photo.png", "a.png", "A.png", "a:b.png", "photo"]}):
+        dest = tmp_path / ("all" if "all_keys" in how else "keys")
+        s = restore(str(arc), str(dest), **how)
+        assert (s["restored"], s["failed"]) == (3, 2), s
+        reasons = {f["key"]: f["reason"] for f in s["failures"]}
+        assert reasons == {
+            "photo": "photo: restores to the file photo.png, as 'photo.png' does; restore it with --key into another folder",
+            "a.png": "a.png: restores to the file a.png, as 'A.png' does; restore it with --key into another folder"}
+        assert sorted(p.name for p in dest.iterdir()) == ["A.png", "a:b.png", "photo.png"]
+    s = restore(str(arc), str(tmp_path / "alone"), keys=["photo"])
+    assert s["restored"] == 1 and (tmp_path / "alone" / "photo.png").exists()

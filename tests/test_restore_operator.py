@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
 from conftest import photo, psnr_arrays
-from operators.restore import Restorer, UnsafeKeyError, dest_relpath
+from operators.restore import Restorer, UnsafeKeyError, claim_paths, dest_relpath
 
 
-@pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "C:/x.png", "a\\..\\x.png",
+@pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "a\\..\\x.png",
                                  "a//b.png", "./a.png", "a/\x00.png", "a/\nb.png", ""])  # fmt: skip
 def test_unsafe_keys_are_refused(key):
     with pytest.raises(UnsafeKeyError):
@@ -23,6 +25,15 @@ def test_names():
     assert dest_relpath("a/b.jpg", "png") == "a/b.jpg.png"
     assert dest_relpath("a/b.jpg", "jpeg") == "a/b.jpg"
     assert dest_relpath("shard-0/0001.webp", "webp") == "shard-0/0001.webp"
+    if os.name != "nt":  # a drive letter only where there are drives
+        assert dest_relpath("a:b.png", "png") == "a:b.png" and dest_relpath("C:/x.png", "png") == "C:/x.png"
+
+
+def test_keys_that_name_one_file_are_found():
+    keys = ["photo", "photo.png", "x.jpg", "X.JPG.png", "ok.png", "../bad.png"]
+    assert sorted(claim_paths(keys, "png")) == ["photo", "x.jpg"]  # unsafe keys fail on their own
+    assert claim_paths(["b", "a.png", "a"], "png") == {"a": "a: restores to the file a.png, as 'a.png' does; "
+                                                            "restore it with --key into another folder"}
 
 
 def test_restore_one(tmp_path, preset):

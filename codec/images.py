@@ -62,11 +62,12 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data))  # the header only: the size is checked before any pixel is read
                 if img.width * img.height > max_pixels:
                     raise ImageError(label, f"too large ({img.width}x{img.height} exceeds {max_pixels} pixels)")
+                Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own check of later frames, at this cap
                 img.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
@@ -82,6 +83,9 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
         if "truncated" in reason.lower() or isinstance(e, EOFError):
             raise ImageError(label, f"truncated image ({reason})") from e
         raise ImageError(label, f"unreadable image ({reason})") from e
+    except Exception as e:  # noqa: BLE001 - PIL on hostile metadata (struct.error, TypeError, ...): this file's failure
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise ImageError(label, f"unreadable image ({type(e).__name__}: {reason})") from e
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

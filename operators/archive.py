@@ -345,7 +345,11 @@ def latest_per_key(table: pa.Table) -> pa.Table:
     A source that turns unreadable after it was archived must not hide the asset already
     archived; its failure is still recorded (``last_*``), so that the next job does not retry
     the same unchanged source."""
-    by_time = table.sort_by([("key", "ascending"), ("last_written_at", "descending"), ("file", "descending")])
+    # of rows of one time (one job listed a key twice, the second failing as a duplicate), the
+    # failure is the newer: the next job then knows it
+    by_time = table.append_column("_failed", pc.equal(table.column("last_status"), STATUS_FAILED))
+    by_time = by_time.sort_by([("key", "ascending"), ("last_written_at", "descending"), ("_failed", "descending"),
+                               ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
     last = _first_per_key(by_time)
     failed = pc.equal(table.column("status"), STATUS_FAILED)
     ranked = table.append_column("_failed", failed)

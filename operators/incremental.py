@@ -51,7 +51,10 @@ def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
         return pc.fill_null(pc.equal(pc.take(known.column(column), idx), ours), False)
 
     pending = pc.is_null(batch.column("status"))
-    unchanged, again = pc.and_(pending, same(by)), pc.and_(pending, same(f"failed_{by}"))
+    # a row that failed while listed (a missing file, a duplicate key) is the same failure again
+    # when the key's newest failure has its fingerprint: not committed again
+    failing = pc.fill_null(pc.equal(batch.column("status"), STATUS_FAILED), False)
+    unchanged, again = pc.and_(pending, same(by)), pc.and_(pc.or_(pending, failing), same(f"failed_{by}"))
     status = pc.if_else(unchanged, pa.scalar(STATUS_UNCHANGED),
                         pc.if_else(again, pa.scalar(STATUS_STILL_FAILED), batch.column("status")))  # fmt: skip
     out = batch.set_column(batch.column_names.index("status"), "status", status)
@@ -64,24 +67,21 @@ def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
 def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
     """The shards a job need not read, with what they hold: rows of ``shard`` (``<name>/``),
     ``shard_fingerprint``, ``key``, ``source_uri`` and ``status``. A shard qualifies when its
-    newest marker or failure is its key's newest row; its members are the keys under it archived
-    (``unchanged``) or failed (``still_failed``) from that same shard fingerprint, and a shard
-    that failed (cut short) adds its own row as ``still_failed``. With ``retry_failed``, shards
-    with any failure are read again."""
+    newest marker or failure is its key's newest row; its members are the keys under it,
+    archived (``unchanged``) or failed (``still_failed``). Every key under a shard's name comes
+    from reading that shard; a member found unchanged by its bytes when the shard was read
+    again (a touched shard) keeps its older row, so members are not matched by fingerprint. A
+    shard that failed (cut short) adds its own row as ``still_failed``. With ``retry_failed``,
+    shards with any failure are read again."""
     keys = index.column("key")
     own = pc.ends_with(keys, "/")
     shard_rows = index.filter(pc.and_(own, pc.is_in(index.column("last_status"), pa.array([STATUS_SHARD, STATUS_FAILED]))))
     shards = pa.table({"shard": shard_rows.column("key"), "shard_fingerprint": shard_rows.column("last_source_fingerprint"),
                        "shard_status": shard_rows.column("last_status")})  # fmt: skip
     members = index.filter(pc.and_(pc.invert(own), pc.match_substring(keys, "/")))
-    head = pc.list_element(pc.split_pattern(members.column("key"), "/", max_splits=1), 0)
-    members = members.append_column("shard", pc.binary_join_element_wise(head, "", "/"))
-    m = members.join(shards, "shard", join_type="inner")
-    archived = pc.and_(pc.equal(m.column("status"), STATUS_WRITTEN),
-                       pc.equal(m.column("source_fingerprint"), m.column("shard_fingerprint")))  # fmt: skip
-    failed = pc.and_(pc.equal(m.column("last_status"), STATUS_FAILED),
-                     pc.equal(m.column("last_source_fingerprint"), m.column("shard_fingerprint")))  # fmt: skip
-    archived, failed = pc.fill_null(archived, False), pc.fill_null(failed, False)
+    m = _members_of(members, shards)
+    archived = pc.fill_null(pc.equal(m.column("status"), STATUS_WRITTEN), False)
+    failed = pc.fill_null(pc.equal(m.column("last_status"), STATUS_FAILED), False)
     m = m.append_column("_status", pc.if_else(archived, pa.scalar(STATUS_UNCHANGED), pa.scalar(STATUS_STILL_FAILED)))
     m = m.filter(pc.or_(archived, failed))
     own_status = pc.if_else(pc.equal(shards.column("shard_status"), STATUS_FAILED), pa.scalar(STATUS_STILL_FAILED),
@@ -98,6 +98,23 @@ def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
     return out.sort_by([("shard", "ascending"), ("key", "ascending")])
 
 
+def _members_of(members: pa.Table, shards: pa.Table) -> pa.Table:
+    """``members`` joined with the shard each is keyed under: a shard key is a path of one or
+    more segments (``train/shard-0/``), so each member is tried at each depth shards have."""
+    depths = sorted({k.count("/") for k in shards.column("shard").to_pylist()})
+    parts = pc.split_pattern(members.column("key"), "/")
+    joined = []
+    for depth in depths:
+        deep = pc.greater(pc.list_value_length(parts), depth)
+        some = members.filter(deep)
+        head = pc.list_slice(pc.filter(parts, deep), 0, depth)
+        some = some.append_column("shard", pc.binary_join_element_wise(pc.binary_join(head, "/"), "", "/"))
+        joined.append(some.join(shards, "shard", join_type="inner"))
+    if not joined:
+        return members.append_column("shard", pa.nulls(members.num_rows, pa.string())).join(shards, "shard", join_type="inner")
+    return pa.concat_tables(joined)
+
+
 def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:
     """Mark each pending shard row whose shard is in ``shards`` (:func:`known_shards`) with the
     same fingerprint as unchanged: it is not read. One row per shard still (the shard step keeps
@@ -106,8 +123,12 @@ def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:
         return batch
     ids = pc.binary_join_element_wise(shards.column("shard"), shards.column("shard_fingerprint"), "\x00")
     ours = pc.binary_join_element_wise(batch.column("key"), batch.column("source_fingerprint"), "\x00")
-    skip = pc.and_(pc.is_null(batch.column("status")), pc.fill_null(pc.is_in(ours, value_set=ids), False))
-    status = pc.if_else(skip, pa.scalar(STATUS_UNCHANGED), batch.column("status"))
+    known = pc.fill_null(pc.is_in(ours, value_set=ids), False)
+    skip = pc.and_(pc.is_null(batch.column("status")), known)
+    # a shard that failed while listed (not found) and failed so before: not committed again
+    again = pc.and_(pc.fill_null(pc.equal(batch.column("status"), STATUS_FAILED), False), known)
+    status = pc.if_else(skip, pa.scalar(STATUS_UNCHANGED),
+                        pc.if_else(again, pa.scalar(STATUS_STILL_FAILED), batch.column("status")))  # fmt: skip
     return batch.set_column(batch.column_names.index("status"), "status", status)
 
 

@@ -38,6 +38,11 @@ SHARD_BLOCK_ROWS = 16  # members per block while a shard streams: memory per sha
 # A manifest's own fingerprint: a "fingerprint" column, else built from these (ETag or mtime, and size)
 MANIFEST_FINGERPRINT_COLUMNS = ("etag", "mtime")
 
+# Fingerprints of sources that failed before their bytes could say anything, so that the next
+# job knows the failure for the same one (still_failed) instead of committing it again:
+MISSING = "missing"  # listed (a manifest row, a named shard) but not in the store, or no uri at all
+DUPLICATE = "duplicate"  # a key listed again for another source: the first one listed is the key's
+
 # Listing rows: one per asset (or per shard, for WebDataset sources, expanded later).
 LISTING_SCHEMA = pa.schema(
     [
@@ -75,13 +80,26 @@ class Source:
         return url_to_fs(self.url, **self.storage_options)
 
     def check(self) -> None:
-        """Fail before any work when a folder, file or manifest source does not exist (shards
-        and glob matches are accounted for one by one instead)."""
+        """Fail before any work when a folder, file or manifest source does not exist, or a
+        glob matches nothing (a nightly job pointed at a wrong path must not stay green). Named
+        shards that are missing are accounted for one by one instead."""
         if self.kind == "webdataset":
+            for url in braceexpand(self.url):
+                sfs, path = url_to_fs(url, **self.storage_options)
+                if is_glob(sfs, path) and not _retry(lambda: sfs.glob(path)):
+                    raise FileNotFoundError(f"no shard matches {url}")
             return
         fs, path = self.filesystem()
-        if not any(c in path for c in "*?[") and not _retry(lambda: fs.exists(path)):
+        if is_glob(fs, path):
+            if next(_glob_files(self, path), None) is None:
+                raise FileNotFoundError(f"no image matches {self.url}")
+        elif not _retry(lambda: fs.exists(path)):
             raise FileNotFoundError(f"source not found: {self.url}")
+
+
+def is_glob(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """A path with wildcards that does not exist as written: ``photos [2024]/`` is a folder."""
+    return any(c in path for c in "*?[") and not _retry(lambda: fs.exists(path))
 
 
 def fingerprint(info: dict) -> str:
@@ -170,26 +188,38 @@ def _glob_files(source: Source, pattern: str) -> Iterator[pa.Table]:
     yield from _list_files(source, root, ((p, m) for p, m in _stream_files(fs, root, depth) if match(p)))
 
 
-def shard_name(path: str) -> str:
-    """A shard's key: its file name without the suffix, then "/" (its members are keyed under it)."""
-    name = posixpath.basename(path)
+def shard_name(path: str, base: str) -> str:
+    """A shard's key: its path under ``base`` (the folder above the source's first brace or
+    wildcard) without the suffix, then "/" (its members are keyed under it). So
+    ``{train,val}/shard-0.tar`` gives ``train/shard-0/`` and ``val/shard-0/``: two shards never
+    share a key, and a flat ``shards/shard-{0..9}.tar`` gives ``shard-0/`` ... ``shard-9/``."""
+    name = posixpath.relpath(path, base) if base else posixpath.basename(path)
     for suffix in SHARD_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] + "/"
     return name + "/"
 
 
+def _shard_base(source: Source) -> str:
+    """The folder shard keys are relative to: above the URL's first brace or wildcard, or the
+    shard's own folder when it names one shard."""
+    head = re.split(r"[{*?\[]", source.url, maxsplit=1)[0]
+    folder = head.rsplit("/", 1)[0] if "/" in head else "."
+    return url_to_fs(folder or "/", **source.storage_options)[1].rstrip("/")
+
+
 def _shards(source: Source) -> Iterator[pa.Table]:
     entries = []
+    base = _shard_base(source)
     for url in braceexpand(source.url):
         sfs, path = url_to_fs(url, **source.storage_options)
-        paths = sorted(sfs.glob(path)) if any(c in path for c in "*?[") else [path]
+        paths = sorted(sfs.glob(path)) if is_glob(sfs, path) else [path]
         for p in paths:
             try:
                 meta = _retry(lambda: sfs.info(p))
-                entries.append((shard_name(p), _full_uri(sfs, p), fingerprint(meta), None))
+                entries.append((shard_name(p, base), _full_uri(sfs, p), fingerprint(meta), None))
             except FileNotFoundError:
-                entries.append((shard_name(p), _full_uri(sfs, p), None, f"shard not found: {url}"))
+                entries.append((shard_name(p, base), _full_uri(sfs, p), MISSING, f"shard not found: {url}"))
     table = _rows([e[:3] for e in entries])
     errors = pa.array([e[3] for e in entries], pa.string())
     status = pa.array([STATUS_FAILED if e[3] else None for e in entries], pa.string())
@@ -217,38 +247,58 @@ def read_manifest(source: Source) -> Iterator[pa.Table]:
             names, batches = pf.schema_arrow.names, pf.iter_batches(batch_size=LIST_BLOCK_ROWS)
         if "uri" not in names:
             raise ValueError(f"{source.url}: a manifest needs a 'uri' column (has: {', '.join(names)})")
+        seen: dict[str, str] = {}  # key -> the uri first listed for it
+        start = 0
         for batch in batches:
-            yield _manifest_rows(pa.Table.from_batches([batch]))
+            yield _manifest_rows(pa.Table.from_batches([batch]), seen, start)
+            start += batch.num_rows
 
 
-def _manifest_rows(table: pa.Table) -> pa.Table:
+def _manifest_rows(table: pa.Table, seen: dict[str, str], start: int) -> pa.Table:
+    """Listing rows of a block of manifest rows (``start``: the first one's row number). A row
+    without a uri fails; a key listed again for another uri fails (the first uri listed keeps
+    the key); the same key and uri listed again is the same asset, listed once."""
+
     def text(name: str) -> list:
         return table.column(name).cast(pa.string()).to_pylist() if name in table.column_names else [None] * table.num_rows
 
-    uris = [str(u) for u in table.column("uri").to_pylist()]
-    keys = [str(k) if k is not None else _manifest_key(u) for k, u in zip(text("key"), uris)]
     captions = text("caption")
     tags = [e or m for e, m in zip(*(text(c) for c in MANIFEST_FINGERPRINT_COLUMNS))]
     fps = [f if f is not None else (f"{s}:{t}" if s is not None and t is not None else None)
            for f, s, t in zip(text("fingerprint"), text("size"), tags)]  # fmt: skip
-    n = len(uris)
-    return pa.table(
-        {"key": keys, "source_uri": uris, "source_fingerprint": fps, "caption": captions,
-         "caption_source": ["manifest" if c else None for c in captions], "status": [None] * n, "error": [None] * n},
-        schema=LISTING_SCHEMA,
-    )  # fmt: skip
+    rows = []
+    for i, (uri, key, caption, fp) in enumerate(zip(text("uri"), text("key"), captions, fps)):
+        row = {"key": key, "source_uri": uri, "source_fingerprint": fp, "caption": caption,
+               "caption_source": "manifest" if caption else None, "status": None, "error": None}  # fmt: skip
+        if not uri:
+            row.update(key=key or f"manifest row {start + i}", source_uri="", source_fingerprint=MISSING,
+                       status=STATUS_FAILED, error="no uri in the manifest row")  # fmt: skip
+        else:
+            row["key"] = key = key if key is not None else _manifest_key(uri)
+            if key not in seen:
+                seen[key] = uri
+            elif seen[key] == uri:  # listed before: the same asset
+                continue
+            else:
+                row.update(source_fingerprint=DUPLICATE, status=STATUS_FAILED,
+                           error=f"duplicate key: {key!r} is listed for {seen[key]} first")  # fmt: skip
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
 def stat_sources(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
     """Fill a pending row's missing fingerprint from the store's metadata (a HEAD request, not a
-    read), so that an unchanged manifest asset is skipped before its bytes are read. A row the
-    store cannot describe keeps a null fingerprint; reading it reports why."""
+    read), so that an unchanged manifest asset is skipped before its bytes are read. A missing
+    one gets ``MISSING`` (its failure is remembered as such); a row the store cannot describe
+    otherwise keeps a null fingerprint; reading it reports why."""
     fps = batch.column("source_fingerprint").to_pylist()
     for i, row in enumerate(batch.select(["source_uri", "status"]).to_pylist()):
         if fps[i] is None and row["status"] is None:
             try:
                 fs, path = url_to_fs(row["source_uri"], **storage_options)
                 fps[i] = fingerprint(_retry(lambda: fs.info(path)))
+            except FileNotFoundError:
+                fps[i] = MISSING  # the read fails with why; the next job knows this failure
             except Exception:  # noqa: BLE001 - the read that follows reports the reason
                 pass
     return _with(batch, source_fingerprint=fps)
@@ -269,7 +319,7 @@ def list_tasks(source: Source) -> list[Callable[[], Iterator[pa.Table]]]:
     if source.kind == "manifest":
         return [lambda: read_manifest(source)]
     fs, path = source.filesystem()
-    if any(c in path for c in "*?["):
+    if is_glob(fs, path):
         return [lambda: _glob_files(source, path)]
     source.check()
     info = _retry(lambda: fs.info(path))
@@ -317,9 +367,12 @@ def io_reason(e: BaseException) -> str:
 
 
 def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
-    """Read each pending asset's bytes (columns ``data``, ``source_size``, ``source_sha256``)."""
+    """Read each pending asset's bytes (columns ``data``, ``source_size``, ``source_sha256``).
+    A read that fails for another reason than a missing file (access, the store, the network)
+    drops the row's fingerprint: the failure is not the source's, and the next job tries again."""
     data, sizes, digests, seconds, status, error = [], [], [], [], [], []
-    for row in batch.select(["source_uri", "status", "error"]).to_pylist():
+    fps = batch.column("source_fingerprint").to_pylist()
+    for i, row in enumerate(batch.select(["source_uri", "status", "error"]).to_pylist()):
         st, err, blob, t = row["status"], row["error"], None, None
         if st is None:
             t0 = time.perf_counter()
@@ -327,6 +380,8 @@ def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
                 blob = read_bytes(row["source_uri"], storage_options)
             except Exception as e:  # noqa: BLE001 - every failure is recorded per row
                 st, err = STATUS_FAILED, io_reason(e)
+                if not isinstance(e, FileNotFoundError):  # access or the store, not the file: retried next time
+                    fps[i] = None
             t = time.perf_counter() - t0
         data.append(blob)
         sizes.append(None if blob is None else len(blob))
@@ -334,7 +389,7 @@ def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
         seconds.append(t)
         status.append(st)
         error.append(err)
-    return _with(batch, status=status, error=error, data=pa.array(data, pa.large_binary()), source_size=pa.array(sizes, pa.int64()),
+    return _with(batch, status=status, error=error, source_fingerprint=fps, data=pa.array(data, pa.large_binary()), source_size=pa.array(sizes, pa.int64()),
                  source_sha256=digests, seconds_read=pa.array(seconds, pa.float64()))  # fmt: skip
 
 
@@ -359,11 +414,13 @@ def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Tab
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     shard, uri, block = row["key"], row["source_uri"], []
+    seen: set[str] = set()
     t0 = time.perf_counter()
     try:
         f = _retry(lambda: fsspec.open(uri, "rb", **storage_options).open())
     except Exception as e:  # noqa: BLE001
-        yield _member_table([{**row, "status": STATUS_FAILED, "error": io_reason(e)}])
+        fp = MISSING if isinstance(e, FileNotFoundError) else None  # None: not the shard's fault, read it next time
+        yield _member_table([{**row, "source_fingerprint": fp, "status": STATUS_FAILED, "error": io_reason(e)}])
         return
     try:
         with f:
@@ -374,10 +431,15 @@ def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Tab
                     name = f"{sample['__key__']}.{ext}"
                     if ext.startswith("__") or not _is_image(name):
                         continue
-                    block.append({"key": shard + name, "source_uri": f"{uri}#{name}",
-                                  "source_fingerprint": row["source_fingerprint"], "caption": caption,
-                                  "caption_source": "webdataset" if caption else None, "data": payload,
-                                  "seconds_read": time.perf_counter() - t0})  # fmt: skip
+                    member = {"key": shard + name, "source_uri": f"{uri}#{name}",
+                              "source_fingerprint": row["source_fingerprint"], "caption": caption,
+                              "caption_source": "webdataset" if caption else None, "data": payload,
+                              "seconds_read": time.perf_counter() - t0}  # fmt: skip
+                    if name in seen:  # a tar may hold a name twice: the first one is the key's
+                        member.update(data=None, source_fingerprint=DUPLICATE, status=STATUS_FAILED,
+                                      error=f"duplicate key: {name!r} is in the shard twice; the first is kept")  # fmt: skip
+                    seen.add(name)
+                    block.append(member)
                     t0 = time.perf_counter()
                     if len(block) >= SHARD_BLOCK_ROWS:
                         yield _member_table(block)
@@ -385,10 +447,22 @@ def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Tab
     except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:
         # webdataset appends the stream and URL to the exception's arguments: the first says why
         reason = str(e.args[0] if e.args else "").split(" @ ")[0].split("\n")[0]
-        block.append({**row, "status": STATUS_FAILED, "error": f"truncated or damaged shard: {type(e).__name__}: {reason}"})
+        if _io_failure(e):  # the connection or access, not the bytes: read it again next time
+            block.append({**row, "source_fingerprint": None, "status": STATUS_FAILED,
+                          "error": f"I/O error while reading the shard: {type(e).__name__}: {e.strerror or reason}"})  # fmt: skip
+        else:
+            block.append({**row, "status": STATUS_FAILED, "error": f"truncated or damaged shard: {type(e).__name__}: {reason}"})
     else:
         block.append({**row, "status": STATUS_SHARD})
     yield _member_table(block)
+
+
+def _io_failure(e: BaseException) -> bool:
+    """An error of the store, the network or access (retried by a later job), not of the bytes
+    read (a gzip or tar error: the shard is damaged)."""
+    if isinstance(e, (ConnectionError, TimeoutError, PermissionError)):
+        return True
+    return isinstance(e, OSError) and not isinstance(e, (tarfile.TarError, EOFError)) and e.errno is not None
 
 
 def _sample_caption(sample: dict) -> str | None:

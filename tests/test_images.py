@@ -52,6 +52,28 @@ def test_bad_inputs_get_one_line_reason(data, reason):
     assert msg.startswith("in.png: ") and reason in msg and "\n" not in msg
 
 
+def test_hostile_exif_is_the_file_s_failure():
+    """An EXIF entry retagged as a float tag: PIL raises struct.error when it rewrites the EXIF
+    for the orientation. That is this file's failure, not the job's."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010E] = 6, "a description"
+    data = png_bytes(photo(64, 48), format="JPEG", exif=exif.tobytes())
+    at = data.index(b"\x01\x0e\x00\x02")  # the ImageDescription entry (big-endian, ASCII)
+    data = data[:at] + b"\x01\x54" + data[at + 2 :]  # now SMinSampleValue, a float tag
+    with pytest.raises(ImageError, match=r"^x.jpg: unreadable image \(error: ") as e:
+        load_image(data, name="x.jpg")
+    assert "\n" not in str(e.value)
+
+
+def test_the_pixel_cap_is_ours_and_named():
+    """Over the cap, the reason names the cap (not PIL's bomb threshold of twice it)."""
+    data = png_bytes(photo(400, 100))
+    for cap in (30_000, 15_000):  # over the cap, and over twice it
+        with pytest.raises(ImageError, match=rf"too large \(400x100 exceeds {cap} pixels\)"):
+            load_image(data, name="w.png", max_pixels=cap)
+    assert load_image(data, max_pixels=40_000).size == (400, 100)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="cannot read file"):
         load_image(tmp_path / "nope.png")

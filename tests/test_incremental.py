@@ -77,3 +77,52 @@ def test_known_shards_skip_whole_shards_with_their_members():
     again = known_shards(index, retry_failed=True)
     retry = {r["key"]: r["status"] for r in account_skipped_shards(skip_known_shards(listing, again), again).to_pylist()}
     assert retry == {"s0/": None, "s1/": None, "s2/": None, "s3/": None}  # shards with failures are read again
+
+
+def test_a_touched_shard_s_members_stay_accounted_for():
+    """s0 was touched (new fingerprint F0b) and read again: its members matched by their bytes
+    kept their rows of F0, and the marker is F0b's. The next job skips s0 with every member."""
+    index = _index([
+        ("s0/", STATUS_SHARD, "F0", None, 0), ("s0/a.png", "written", "F0", "x", 0), ("s0/b.png", "failed", "F0", "y", 0),
+        ("s0/", STATUS_SHARD, "F0b", None, 1), ("s0/c.png", "written", "F0b", "z", 1),  # c added in the new version
+    ])  # fmt: skip
+    shards = known_shards(index)
+    listing = pa.table({"key": ["s0/"], "source_uri": ["u0"], "source_fingerprint": ["F0b"],
+                        "caption": pa.nulls(1, pa.string()), "status": pa.nulls(1, pa.string()),
+                        "error": pa.nulls(1, pa.string())})  # fmt: skip
+    out = {r["key"]: r["status"] for r in account_skipped_shards(skip_known_shards(listing, shards), shards).to_pylist()}
+    assert out == {"s0/a.png": STATUS_UNCHANGED, "s0/b.png": STATUS_STILL_FAILED, "s0/c.png": STATUS_UNCHANGED}
+
+
+def test_shards_keyed_under_folders_hold_their_own_members():
+    """train/shard-0/ and val/shard-0/ (shards of one name in two folders), beside a flat s/."""
+    index = _index([
+        ("train/shard-0/", STATUS_SHARD, "T", None, 0), ("train/shard-0/a.png", "written", "T", "1", 0),
+        ("val/shard-0/", STATUS_SHARD, "V", None, 0), ("val/shard-0/a.png", "written", "V", "2", 0),
+        ("val/shard-0/sub/b.png", "written", "V", "3", 0),  # a member whose own name has a folder
+        ("s/", STATUS_SHARD, "S", None, 0), ("s/x/y.png", "written", "S", "4", 0),
+    ])  # fmt: skip
+    shards = known_shards(index)
+    members = {r["key"]: r["shard"] for r in shards.to_pylist() if r["status"] != STATUS_SHARD}
+    assert members == {"train/shard-0/a.png": "train/shard-0/", "val/shard-0/a.png": "val/shard-0/",
+                       "val/shard-0/sub/b.png": "val/shard-0/", "s/x/y.png": "s/"}  # fmt: skip
+
+
+def test_a_failure_found_while_listing_is_not_committed_again():
+    """A manifest row whose file is missing (fingerprint MISSING) or whose key was listed for
+    another uri (DUPLICATE) fails before any read; the same failure next time is still_failed,
+    and a missing shard likewise."""
+    from operators.sources import DUPLICATE, MISSING
+
+    index = _index([("gone.png", "failed", MISSING, None, 0), ("k.png", "written", "1", "s", 0),
+                    ("k.png", "failed", DUPLICATE, None, 1), ("s9/", "failed", MISSING, None, 0)])  # fmt: skip
+    batch = pa.table({"key": ["gone.png", "k.png", "k.png", "new.png"], "source_fingerprint": [MISSING, "1", DUPLICATE, MISSING],
+                      "source_sha256": pa.nulls(4, pa.string()), "status": [None, None, "failed", "failed"],
+                      "data": pa.nulls(4, pa.large_binary())})  # fmt: skip
+    out = mark_unchanged(batch, known_sources(index), "source_fingerprint")
+    assert out.column("status").to_pylist() == [STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_STILL_FAILED, "failed"]
+    listing = pa.table({"key": ["s9/"], "source_uri": ["u9"], "source_fingerprint": [MISSING],
+                        "caption": pa.nulls(1, pa.string()), "status": ["failed"], "error": ["shard not found: u9"]})  # fmt: skip
+    shards = known_shards(index)
+    out = account_skipped_shards(skip_known_shards(listing, shards), shards)
+    assert out.column("status").to_pylist() == [STATUS_STILL_FAILED]

@@ -110,8 +110,20 @@ def test_folder_bad_inputs_rerun_and_changes(ray_local, tmp_path):
     assert info["written"] == 6 and info["failed"] == 3 and info["preset"] == "taef2" and info["jobs"] == 4
 
 
+def _hostile_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF makes PIL raise struct.error while it applies the orientation."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010E] = 6, "a description"
+    data = png_bytes(photo(64, 48), format="JPEG", exif=exif.tobytes())
+    at = data.index(b"\x01\x0e\x00\x02")
+    return data[:at] + b"\x01\x54" + data[at + 2 :]
+
+
 def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
     src = photo_folder(tmp_path / "photos", {"x.png": (64, 64), "y.png": (96, 64)})
+    (src / "exif.jpg").write_bytes(_hostile_exif_jpeg())
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.writer(f)
@@ -119,14 +131,26 @@ def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
         w.writerow([f"file://{src}/x.png", "cats/x.png", "a red door"])
         w.writerow([str(src / "y.png"), "cats/y.png", ""])
         w.writerow([str(src / "gone.png"), "cats/gone.png", ""])
+        w.writerow([str(src / "y.png"), "cats/x.png", ""])  # a key listed again, for another file
+        w.writerow([f"file://{src}/x.png", "cats/x.png", "a red door"])  # the same row again: one asset
+        w.writerow(["", "cats/nowhere.png", ""])
+        w.writerow([str(src / "exif.jpg"), "cats/exif.jpg", ""])  # fails alone, the job goes on
     arc = str(tmp_path / "arc")
     s = compress(str(manifest), arc, settings=EncodeSettings(rate=1))
-    assert (s["written"], s["failed"], s["over_target_bpp"]) == (2, 1, 0)
-    assert s["failures"] == [{"source": str(src / "gone.png"), "reason": "I/O error: file not found"}]
+    assert (s["written"], s["failed"], s["over_target_bpp"], s["aborted"]) == (2, 4, 0, None)
+    reasons = {f["source"]: f["reason"] for f in s["failures"]}
+    assert reasons == {str(src / "gone.png"): "I/O error: file not found",
+                       str(src / "y.png"): f"duplicate key: 'cats/x.png' is listed for file://{src}/x.png first",
+                       "": "no uri in the manifest row",
+                       str(src / "exif.jpg"): "unreadable image (error: required argument is not a float)"}  # fmt: skip
     rows = _archived(arc)
     _check_written(rows, ["cats/x.png", "cats/y.png"])
     assert rows["cats/x.png"]["caption"] == "a red door" and rows["cats/y.png"]["caption"] is None
-    assert compress(str(manifest), arc, settings=EncodeSettings(rate=1))["unchanged"] == 2
+    files = Archive(arc).data_files()
+    again = compress(str(manifest), arc, settings=EncodeSettings(rate=1))
+    # every failure is the same one again: nothing is committed (an archive does not grow nightly)
+    assert (again["written"], again["unchanged"], again["still_failed"], again["failed"]) == (0, 2, 4, 0)
+    assert Archive(arc).data_files() == files
 
 
 def test_webdataset_shards(ray_local, tmp_path, monkeypatch):
@@ -159,6 +183,12 @@ def test_webdataset_shards(ray_local, tmp_path, monkeypatch):
     write_shard(tmp_path / "train-001.tar", {"0003.png": img, "0005.png": png_bytes(photo(64, 96))})
     third = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1))
     assert (third["written"], third["unchanged"], third["still_failed"], third["failed"]) == (1, 3, 0, 0)
+    # unchanged since: skipped unread, each member accounted for, 0003.png too (found by content
+    # above, its row is of the shard's first version); 0004.png, gone from the shard, is still
+    # counted with it (archive_v1.md §5: a shard's members are the keys under its name)
+    fourth = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1))
+    assert (fourth["written"], fourth["unchanged"], fourth["still_failed"], fourth["failed"]) == (0, 4, 1, 0)
+    assert fourth["bytes_in"] == 0
 
 
 def test_s3_source_archive_and_restore(ray_local, s3_server, tmp_path):

@@ -12,7 +12,9 @@ import pytest
 from conftest import photo, png_bytes, write_shard
 from operators import sources
 from operators.sources import (
+    DUPLICATE,
     LISTING_SCHEMA,
+    MISSING,
     Source,
     expand_shards,
     fetch,
@@ -70,6 +72,22 @@ def test_glob_and_single_file(folder):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="source not found"):
         list_tasks(Source.parse(str(tmp_path / "nope")))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("not an image")
+    for pattern in ("nope/*.png", "x/*", "x/*.jpg"):  # a typo, or nothing that is an image
+        with pytest.raises(FileNotFoundError, match="no image matches"):
+            Source.parse(str(tmp_path / pattern)).check()
+    with pytest.raises(FileNotFoundError, match="no shard matches"):
+        Source.parse(str(tmp_path / "x" / "*.tar")).check()
+
+
+def test_a_folder_whose_name_has_wildcard_characters_is_a_folder(tmp_path):
+    root = tmp_path / "photos [2024]"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    src = Source.parse(str(root))
+    src.check()
+    assert _listing(src).column("key").to_pylist() == ["a.png"]
 
 
 def test_fingerprint_changes_with_content(folder):
@@ -95,6 +113,20 @@ def test_manifest(tmp_path, fmt):
     assert [r["key"] for r in rows] == [f"{str(tmp_path).lstrip('/')}/x/a.png", "bucket/p/b.jpg"]
     assert rows[0]["caption"] == "a dog" and rows[1]["caption"] is None
     assert [r["caption_source"] for r in rows] == ["manifest", None]
+
+
+def test_manifest_rows_without_uri_or_with_a_key_twice(tmp_path):
+    table = pa.table({"uri": ["s3://b/1.png", None, "s3://b/2.png", "s3://b/1.png", "s3://b/3.png"],
+                      "key": ["one.png", None, "one.png", "one.png", None]})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    rows = _listing(Source.parse(str(tmp_path / "m.parquet"))).to_pylist()
+    got = [(r["key"], r["source_uri"], r["source_fingerprint"], r["status"], r["error"]) for r in rows]
+    assert got == [
+        ("one.png", "s3://b/1.png", None, None, None),
+        ("manifest row 1", "", MISSING, STATUS_FAILED, "no uri in the manifest row"),
+        ("one.png", "s3://b/2.png", DUPLICATE, STATUS_FAILED, "duplicate key: 'one.png' is listed for s3://b/1.png first"),
+        ("b/3.png", "s3://b/3.png", None, None, None),  # the same key and uri again is one asset, listed once
+    ]
 
 
 def test_manifest_without_uri_column(tmp_path):
@@ -123,6 +155,35 @@ def test_webdataset_shards(tmp_path):
     bad = {r["key"]: r["error"] for r in rows if r["status"] == STATUS_FAILED}
     assert bad["s-002/"].startswith("truncated or damaged shard")
     assert set(bad) == {"s-002/", "s-003/"}
+
+
+def test_shards_in_different_folders_have_different_keys(tmp_path):
+    img = png_bytes(photo(16, 16))
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        write_shard(tmp_path / split / "shard-0.tar", {"0001.png": img, "0002.png": img, "0001.jpg": img, "0001.png.x": b""})
+    for pattern in ("{train,val}/shard-0.tar", "*/shard-0.tar"):
+        listing = _listing(Source.parse(str(tmp_path / pattern)))
+        assert listing.column("key").to_pylist() == ["train/shard-0/", "val/shard-0/"], pattern
+    listing = _listing(Source.parse(str(tmp_path / "val" / "shard-{0..1}.tar")))
+    assert listing.column("key").to_pylist() == ["shard-0/", "shard-1/"]  # a flat layout keeps its keys
+    assert listing.column("source_fingerprint").to_pylist()[1] == MISSING
+
+
+def test_a_name_twice_in_one_shard_fails_the_second(tmp_path):
+    import tarfile
+
+    img, other = png_bytes(photo(16, 16)), png_bytes(photo(16, 8))
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:  # 0001.png, 0002.png, then 0001.png again
+        for name, data in (("0001.png", img), ("0002.png", img), ("0001.png", other)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, __import__("io").BytesIO(data))
+    rows = [r for t in expand_shards(_listing(Source.parse(str(tmp_path / "s.tar"))), {}) for r in t.to_pylist()]
+    assert [(r["key"], r["status"]) for r in rows] == [("s/0001.png", None), ("s/0002.png", None),
+                                                       ("s/0001.png", STATUS_FAILED), ("s/", STATUS_SHARD)]  # fmt: skip
+    assert rows[0]["data"] == img and rows[2]["source_fingerprint"] == DUPLICATE
+    assert rows[2]["error"] == "duplicate key: '0001.png' is in the shard twice; the first is kept"
 
 
 def test_gzipped_shards_stream_in_bounded_blocks_with_their_captions(tmp_path, monkeypatch):
@@ -165,7 +226,7 @@ def test_manifest_fingerprints_without_reading_bytes(tmp_path):
     assert rows.column("source_fingerprint").to_pylist() == ["v1", "5:abc", None, None]
     (tmp_path / "c.png").write_bytes(b"c" * 3)
     statted = stat_sources(rows, {}).column("source_fingerprint").to_pylist()
-    assert statted[:2] == ["v1", "5:abc"] and statted[2].startswith("3:") and statted[3] is None
+    assert statted[:2] == ["v1", "5:abc"] and statted[2].startswith("3:") and statted[3] == MISSING
 
 
 def test_a_large_manifest_is_listed_in_blocks(tmp_path, monkeypatch):
@@ -225,8 +286,21 @@ def test_fetch_reads_hashes_and_fails_per_row(folder):
     out = fetch(table, {}).to_pylist()
     by = {r["key"]: r for r in out}
     assert by["a.png"]["status"] == STATUS_FAILED and by["a.png"]["error"] == "I/O error: file not found"
+    assert by["a.png"]["source_fingerprint"].startswith("10:")  # the file's own failure: remembered
     assert by["sub/b.png"]["data"] == b"x" * 10 and by["sub/b.png"]["source_size"] == 10
     assert by["sub/b.png"]["source_sha256"] == __import__("hashlib").sha256(b"x" * 10).hexdigest()
+
+
+def test_a_read_refused_by_the_store_is_not_the_source_s_failure(folder, monkeypatch):
+    table = _listing(Source.parse(str(folder)))
+
+    def refused(uri, storage_options):
+        raise PermissionError(errno.EACCES, "object in cold storage")
+
+    monkeypatch.setattr(sources, "read_bytes", refused)
+    out = fetch(table, {}).to_pylist()
+    assert all(r["error"] == "I/O error: permission denied" for r in out)
+    assert all(r["source_fingerprint"] is None for r in out)  # so the next job reads them again
 
 
 def test_retry_recovers_from_transient_errors(monkeypatch):

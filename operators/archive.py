@@ -51,7 +51,6 @@ from schemas.archive import (
     STAGING_DIR,
     ROW_STATUSES,
     STATUS_FAILED,
-    STATUS_SHARD,
 )
 
 
@@ -222,6 +221,8 @@ class Archive:
         moved (read-only use)."""
         index, indexed = self._read_index()
         present = self.data_files()
+        if write and indexed - set(present):  # data files gone (not by a compaction, which updates the index first)
+            return self._rebuild()[0]  # from what is there: their assets are no longer archived
         new = [rel for rel in present if rel not in indexed]
         if not new:
             return index
@@ -243,14 +244,17 @@ class Archive:
         return self._store_index(_newest_last(new, index), (indexed - set(removed)) | set(added), True)
 
     def repair(self) -> dict:
-        """Rebuild the index from every data file, quarantining those that cannot be read."""
+        """Rebuild the index from every data file, quarantining those that cannot be read; a report."""
+        return self._rebuild()[1]
+
+    def _rebuild(self) -> tuple[pa.Table, dict]:
         files = self.data_files()
         before = len(self.quarantined)
         tables = self._readable_rows(files, quarantine=True)
         read = set(files) - {q["file"] for q in self.quarantined[before:]}
         table = self._store_index(latest_per_key(pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables])), read, True)
-        return {"archive": self.url, "data_files": len(read), "rows": sum(t.num_rows for t in tables),
-                "keys": table.num_rows, "quarantined": self.quarantined[before:]}  # fmt: skip
+        return table, {"archive": self.url, "data_files": len(read), "rows": sum(t.num_rows for t in tables),
+                       "keys": table.num_rows, "quarantined": self.quarantined[before:]}  # fmt: skip
 
     def _store_index(self, table: pa.Table, files: set[str], write: bool) -> pa.Table:
         if not write:
@@ -266,7 +270,7 @@ class Archive:
         """The index's asset rows, refreshed without writing (not the markers of WebDataset shards
         read to their end): what readers list and restore."""
         index = self.refresh_index(write=False)
-        return index.filter(pc.not_equal(index.column("status"), STATUS_SHARD))
+        return index.filter(pc.invert(pc.ends_with(index.column("key"), "/")))  # a shard's row, marker or failure
 
     def lookup(self, keys: list[str]) -> pa.Table:
         """Index rows of these keys, reading only the index row groups whose key range holds them,

@@ -97,8 +97,8 @@ def compress(
     ensure_ray()
     job_id = new_job_id()
     arc = Archive(archive, storage_options)
-    meta = arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                       "created_by": _versions()})  # fmt: skip
+    if arc.exists():
+        arc.meta()  # refuses a foreign archive or an unknown version before the lease is taken
     # The monitor lives on the driver's node: on another node it would die with that node (and the
     # job with it) although the job itself survives losing a worker node.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -107,6 +107,10 @@ def compress(
     lease = ArchiveLease(arc, job_id, on_lost=lambda why: ray.get(monitor.stop.remote(why)))
     lease.acquire(force=break_lease)
     try:
+        # created under the lease: two first jobs never race on it. An archive keeps its first
+        # preset and model here; each stream names its own model, so later jobs may use others.
+        arc.create({"preset": p.name, "model_id": p.model_id.hex(), "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                    "created_by": _versions()})  # fmt: skip
         recover(arc)  # a compaction killed half-way is finished or undone before anything is indexed
         arc.clean_staging()
         index = arc.refresh_index()
@@ -139,7 +143,7 @@ def compress(
         if not aborted:
             commit_shard_markers(arc, sink, job_id)
         index = arc.refresh_index()
-        summary = summarise(sink, job_id, source, archive, meta, settings, time.time() - t0)
+        summary = summarise(sink, job_id, source, archive, p, settings, time.time() - t0)
         if aborted:
             summary.update(aborted_counts(arc, index, job_id))
         summary["aborted"], summary["first_reasons"] = aborted, ray.get(monitor.state.remote())["reasons"]
@@ -245,8 +249,9 @@ def commit_shard_markers(arc: Archive, sink: ArchiveDatasink, job_id: str) -> No
         arc.write_data_file(rows, f"{job_id}-shards", {"job_id": job_id})
 
 
-def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, meta: dict,
+def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, preset: Any,
               settings: EncodeSettings, wall: float) -> dict:  # fmt: skip
+    """The job's summary; ``preset``: the loaded preset the job encoded with (named with its model)."""
     tallies = sink.result.write_returns if sink.result else []
     total = {k: sum(t.get(k, 0) for t in tallies)
              for k in ("written", "unchanged", "still_failed", "failed", "bytes_in", "bytes_out", "pixels", "bits_text",
@@ -257,7 +262,7 @@ def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, met
         for node, n in t.get("nodes", {}).items():
             nodes[node] = nodes.get(node, 0) + n
     return {
-        "job_id": job_id, "source": source, "archive": archive, "preset": meta["preset"],
+        "job_id": job_id, "source": source, "archive": archive, "preset": preset.name, "model_id": preset.model_id.hex(),
         "rate": settings.rate, "target_bpp": settings.target_bpp,
         "written": total["written"], "unchanged": total["unchanged"], "still_failed": total["still_failed"],
         "failed": total["failed"], "over_target_bpp": total["over_target"],

@@ -248,6 +248,23 @@ def test_data_files_of_a_foreign_schema_are_quarantined_not_fatal(tmp_path):
     assert sorted(q["file"] for q in arc.quarantined) == ["data/j2-0.parquet", "data/j3-0.parquet"]
 
 
+def test_a_data_file_deleted_behind_the_index_is_noticed_by_the_next_writer(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a"], "j1"), "j1-0", {})
+    arc.write_data_file(_rows(["b"], "j2"), "j2-0", {})
+    arc.refresh_index()
+    (tmp_path / "data" / "j2-0.parquet").unlink()  # by hand, or a bucket's lifecycle rule
+    assert arc.refresh_index().column("key").to_pylist() == ["a"]  # b is encoded again by the job
+    assert Archive(str(tmp_path)).lookup(["b"]).num_rows == 0
+
+
+def test_failed_shards_are_not_assets(tmp_path):
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(pa.concat_tables([_rows(["s0/"], "j1", status="failed"), _rows(["s0/a.png"], "j1")],
+                                         promote_options="default"), "j1-0", {})  # fmt: skip
+    assert arc.assets().column("key").to_pylist() == ["s0/a.png"]
+
+
 def test_an_unreadable_index_is_rebuilt_and_repair_rebuilds_from_scratch(tmp_path):
     arc = Archive(str(tmp_path))
     arc.create({"preset": "taef2"})

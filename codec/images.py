@@ -83,6 +83,8 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
         if "truncated" in reason.lower() or isinstance(e, EOFError):
             raise ImageError(label, f"truncated image ({reason})") from e
         raise ImageError(label, f"unreadable image ({reason})") from e
+    except MemoryError:  # the worker's state, not the file's: the task fails and is retried
+        raise
     except Exception as e:  # noqa: BLE001 - PIL on hostile metadata (struct.error, TypeError, ...): this file's failure
         reason = str(e).splitlines()[0] if str(e) else ""
         raise ImageError(label, f"unreadable image ({type(e).__name__}: {reason})") from e

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.archive import Archive, latest_per_key
-from schemas.archive import STATUS_SHARD
 
 MAX_PAGE = 1000  # keys in one listing page
 
@@ -43,7 +42,7 @@ class AssetIndex:
             else:
                 new = self.archive.read_rows(sorted(present - self.files))
                 rows = latest_per_key(pa.concat_tables([self._rows, new]))
-            assets = rows.filter(pc.not_equal(rows.column("status"), STATUS_SHARD))
+            assets = rows.filter(pc.invert(pc.ends_with(rows.column("key"), "/")))  # a shard's row, marker or failure
             self._rows, self.files = rows, present
             self._view = (assets.column("key").to_pylist(), assets)  # sorted: latest_per_key sorts by key
             return True

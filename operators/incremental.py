@@ -14,6 +14,7 @@ is not read again; its members are accounted for from the index.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -100,7 +101,9 @@ def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
 
 def _members_of(members: pa.Table, shards: pa.Table) -> pa.Table:
     """``members`` joined with the shard each is keyed under: a shard key is a path of one or
-    more segments (``train/shard-0/``), so each member is tried at each depth shards have."""
+    more segments (``train/shard-0/``), so each member is tried at each depth shards have, and
+    belongs to the deepest shard whose name it starts with (``a/`` and ``a/b/`` are two
+    shards: ``a/b/x.png`` is ``a/b/``'s)."""
     depths = sorted({k.count("/") for k in shards.column("shard").to_pylist()})
     parts = pc.split_pattern(members.column("key"), "/")
     joined = []
@@ -112,7 +115,12 @@ def _members_of(members: pa.Table, shards: pa.Table) -> pa.Table:
         joined.append(some.join(shards, "shard", join_type="inner"))
     if not joined:
         return members.append_column("shard", pa.nulls(members.num_rows, pa.string())).join(shards, "shard", join_type="inner")
-    return pa.concat_tables(joined)
+    found = pa.concat_tables(joined)
+    found = found.sort_by([("key", "ascending"), ("shard", "descending")])  # a deeper shard's name sorts after
+    keys = found.column("key").to_numpy(zero_copy_only=False)
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return found.filter(pa.array(first))
 
 
 def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:

@@ -51,6 +51,7 @@ class LeaseInfo:
     pid: int
     expires: dt.datetime
     token: str | None = None  # the holder's random token (None in a lease written before tokens)
+    released: bool = False  # its holder is done: free whatever the clocks say
 
     def describe(self) -> str:
         return f"job {self.job_id} on {self.host} (pid {self.pid}), lease valid until {self.expires:%Y-%m-%d %H:%M:%S} UTC"
@@ -103,7 +104,7 @@ class ArchiveLease:
         except FileNotFoundError:
             return None
         return LeaseInfo(n, doc["job_id"], doc["host"], int(doc["pid"]), dt.datetime.fromisoformat(doc["expires"]),
-                         doc.get("token"))  # fmt: skip
+                         doc.get("token"), bool(doc.get("released")))  # fmt: skip
 
     def _body(self, released: bool = False) -> bytes:
         expires = _now() if released else _now() + dt.timedelta(seconds=self.ttl)
@@ -139,7 +140,7 @@ class ArchiveLease:
     def holder(self) -> LeaseInfo | None:
         """The current lease, if one is live."""
         info = self._top()
-        return info if info is not None and info.expires > _now() else None
+        return info if info is not None and not info.released and info.expires > _now() else None
 
     def acquire(self, force: bool = False) -> None:
         """Take the lease or raise :class:`LeaseHeld` naming its holder; ``force`` takes it even
@@ -147,7 +148,7 @@ class ArchiveLease:
         numbers = self._numbers()
         top = numbers[-1] if numbers else 0
         current = self._read(top) if numbers else None
-        if current is not None and current.expires > _now() and not force and not _dead_here(current):
+        if current is not None and not current.released and current.expires > _now() and not force and not _dead_here(current):
             raise LeaseHeld(f"{self.archive.url}: another job writes this archive: {current.describe()}. "
                             "Wait for it, or if it is dead, let the lease expire or pass --break-lease")  # fmt: skip
         if not self._create(top + 1):

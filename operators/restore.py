@@ -44,24 +44,39 @@ def dest_relpath(key: str, fmt: str) -> str:
     return key if key.lower().endswith(suffix) else key + suffix
 
 
-def claim_paths(keys: list[str], fmt: str) -> dict[str, str]:
+def claim_paths(keys: list[str], fmt: str, fold_case: bool = False) -> dict[str, str]:
     """The keys among ``keys`` that cannot have a file of their own, each with its reason.
 
-    Two keys can name one file: ``photo`` and ``photo.png`` both restore to ``photo.png``, and
-    ``A.png`` and ``a.png`` are one file on a case-insensitive disk (macOS, Windows). Of such
-    keys one restores: the key that is its file's name unchanged, else the first in key order;
-    the others fail, so that no restored file is silently overwritten by another asset."""
+    Two keys can name one file: ``photo`` and ``photo.png`` both restore to ``photo.png``; with
+    ``fold_case`` (a destination on a case-insensitive disk) so do ``A.png`` and ``a.png``. Of
+    such keys one restores: the key that is its file's name unchanged, else the first in key
+    order; the others fail, so that no restored file is silently overwritten by another asset."""
     rels = {key: _safe_relpath(key, fmt) for key in keys}  # unsafe keys fail on their own, later
+    name = (lambda rel: rel.lower()) if fold_case else (lambda rel: rel)
     owner: dict[str, str] = {}
     for key in sorted(keys, key=lambda k: (rels[k] != k, k)):
         if rels[key] is not None:
-            owner.setdefault(rels[key].casefold(), key)
+            owner.setdefault(name(rels[key]), key)
     clashes = {}
     for key, rel in rels.items():
-        if rel is not None and owner[rel.casefold()] != key:
-            clashes[key] = (f"{key}: restores to the file {rel}, as {owner[rel.casefold()]!r} does; "
+        if rel is not None and owner[name(rel)] != key:
+            clashes[key] = (f"{key}: restores to the file {rel}, as {owner[name(rel)]!r} does; "
                             "restore it with --key into another folder")  # fmt: skip
     return clashes
+
+
+def case_insensitive(dest: str) -> bool:
+    """Whether ``dest`` is a local folder on a disk that folds case (macOS's and Windows' by
+    default): probed with a file, since the platform alone does not say."""
+    import tempfile
+
+    if "://" in dest and not dest.startswith("file://"):
+        return False  # object stores keep case
+    folder = dest.removeprefix("file://")
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix="resulic-Case-", dir=folder) as probe:
+        other = os.path.join(folder, os.path.basename(probe.name).swapcase())
+        return os.path.exists(other)
 
 
 def _safe_relpath(key: str, fmt: str) -> str | None:
@@ -161,4 +176,4 @@ class Restorer:
         ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
 
 
-__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "claim_paths", "encode_image", "UnsafeKeyError"]
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "claim_paths", "case_insensitive", "encode_image", "UnsafeKeyError"]

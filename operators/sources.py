@@ -91,7 +91,7 @@ class Source:
             return
         fs, path = self.filesystem()
         if is_glob(fs, path):
-            if next(_glob_files(self, path), None) is None:
+            if next((p for p, _ in _glob_matches(fs, path) if _is_image(p)), None) is None:  # stops at the first
                 raise FileNotFoundError(f"no image matches {self.url}")
         elif not _retry(lambda: fs.exists(path)):
             raise FileNotFoundError(f"source not found: {self.url}")
@@ -179,21 +179,34 @@ def _list_files(source: Source, root: str, found: Iterator[tuple[str, dict]]) ->
 def _glob_files(source: Source, pattern: str) -> Iterator[pa.Table]:
     """A glob's matches, streamed: the folder above its first wildcard is walked (as deep as the
     pattern reaches; any depth for ``**``) and each file matched with fsspec's glob rules."""
+    fs, _ = source.filesystem()
+    yield from _list_files(source, _glob_root(pattern), _glob_matches(fs, pattern))
+
+
+def _glob_root(pattern: str) -> str:
+    return re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+
+
+def _glob_matches(fs: fsspec.AbstractFileSystem, pattern: str) -> Iterator[tuple[str, dict]]:
+    """The files a glob matches, with their listing metadata, as the walk finds them."""
     from fsspec.utils import glob_translate
 
-    fs, _ = source.filesystem()
-    root = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+    root = _glob_root(pattern)
     depth = None if "**" in pattern else pattern[len(root) :].strip("/").count("/") + 1
     match = re.compile(glob_translate(pattern)).match
-    yield from _list_files(source, root, ((p, m) for p, m in _stream_files(fs, root, depth) if match(p)))
+    return ((p, m) for p, m in _stream_files(fs, root, depth) if match(p))
 
 
 def shard_name(path: str, base: str) -> str:
     """A shard's key: its path under ``base`` (the folder above the source's first brace or
     wildcard) without the suffix, then "/" (its members are keyed under it). So
     ``{train,val}/shard-0.tar`` gives ``train/shard-0/`` and ``val/shard-0/``: two shards never
-    share a key, and a flat ``shards/shard-{0..9}.tar`` gives ``shard-0/`` ... ``shard-9/``."""
-    name = posixpath.relpath(path, base) if base else posixpath.basename(path)
+    share a key, and a flat ``shards/shard-{0..9}.tar`` gives ``shard-0/`` ... ``shard-9/``.
+    Without a base (a brace or wildcard in the first folder: ``s3://{b1,b2}/s.tar``), or for a
+    shard outside it, the whole path is the key (``b1/s/``)."""
+    name = posixpath.relpath(path, base) if base else ".."
+    if name.startswith(".."):
+        name = path.lstrip("/")
     for suffix in SHARD_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] + "/"
@@ -204,8 +217,17 @@ def _shard_base(source: Source) -> str:
     """The folder shard keys are relative to: above the URL's first brace or wildcard, or the
     shard's own folder when it names one shard."""
     head = re.split(r"[{*?\[]", source.url, maxsplit=1)[0]
-    folder = head.rsplit("/", 1)[0] if "/" in head else "."
-    return url_to_fs(folder or "/", **source.storage_options)[1].rstrip("/")
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", head)
+    rest = head[scheme.end() :] if scheme else head
+    if "/" not in rest:
+        if scheme or any(u.startswith("/") for u in braceexpand(source.url)):  # in the bucket's name, or whole paths
+            return ""
+        folder = "."  # a relative local path: under the working folder
+    else:
+        folder = head.rsplit("/", 1)[0]
+    if not folder.split("://")[-1]:  # the root
+        return ""
+    return url_to_fs(folder, **source.storage_options)[1].rstrip("/")
 
 
 def _shards(source: Source) -> Iterator[pa.Table]:
@@ -366,10 +388,18 @@ def io_reason(e: BaseException) -> str:
     return f"I/O error: {type(e).__name__}: {e}".split("\n")[0]
 
 
+def _not_the_source(e: BaseException) -> bool:
+    """A read that failed for a reason outside the source (access refused, the store or the
+    network failing), not a missing file, a folder or a bad uri (the source's own)."""
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False
+    return isinstance(e, OSError)
+
+
 def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
     """Read each pending asset's bytes (columns ``data``, ``source_size``, ``source_sha256``).
-    A read that fails for another reason than a missing file (access, the store, the network)
-    drops the row's fingerprint: the failure is not the source's, and the next job tries again."""
+    A read that fails for a reason outside the source (access, the store, the network) drops
+    the row's fingerprint: the failure is not the source's, and the next job tries again."""
     data, sizes, digests, seconds, status, error = [], [], [], [], [], []
     fps = batch.column("source_fingerprint").to_pylist()
     for i, row in enumerate(batch.select(["source_uri", "status", "error"]).to_pylist()):
@@ -380,7 +410,7 @@ def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
                 blob = read_bytes(row["source_uri"], storage_options)
             except Exception as e:  # noqa: BLE001 - every failure is recorded per row
                 st, err = STATUS_FAILED, io_reason(e)
-                if not isinstance(e, FileNotFoundError):  # access or the store, not the file: retried next time
+                if _not_the_source(e):  # access, the store or the network: retried next time
                     fps[i] = None
             t = time.perf_counter() - t0
         data.append(blob)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from codec.usage import UsageError
 from operators.archive import Archive, new_job_id
 from operators.lease import ArchiveLease
-from schemas.archive import ASSET_SCHEMA, COMPACT_PLAN, DATA_DIR, STATUS_FAILED
+from schemas.archive import ASSET_SCHEMA, COMPACT_PLAN, DATA_DIR, ROW_STATUSES, STATUS_FAILED
 
 ROWS_PER_FILE = 4096
 
@@ -128,8 +128,8 @@ def _live_counts(arc: Archive, index: pa.Table, files: list[str]) -> dict[str, t
 
 
 def _keep_rule(index: pa.Table, inputs: list[str]) -> Callable[[str, int, list[dict]], list[bool]]:
-    """Which rows of a row group of ``inputs`` still count: the index's row of each key, and a
-    failure newer than it (its ``last_*`` columns)."""
+    """Which rows of a row group of ``inputs`` still count: the index's row of each key, a
+    failure newer than it (its ``last_*`` columns), and any row of an unknown status."""
     chosen = {(r["file"], r["row_group"], r["row"]) for r in
               index.filter(pc.is_in(index.column("file"), value_set=pa.array(inputs, pa.string())))
               .select(["file", "row_group", "row"]).to_pylist()}  # fmt: skip
@@ -138,7 +138,9 @@ def _keep_rule(index: pa.Table, inputs: list[str]) -> Callable[[str, int, list[d
     failures = {(r["key"], r["last_written_at"]) for r in newer_failure.select(["key", "last_written_at"]).to_pylist()}
 
     def keep(rel: str, group: int, rows: list[dict]) -> list[bool]:
-        return [(rel, group, i) in chosen or (m["status"] == STATUS_FAILED and (m["key"], m["written_at"]) in failures)
+        # a row of a status this version does not know (a later version's) is not judged: kept
+        return [(rel, group, i) in chosen or m["status"] not in ROW_STATUSES
+                or (m["status"] == STATUS_FAILED and (m["key"], m["written_at"]) in failures)
                 for i, m in enumerate(rows)]  # fmt: skip
 
     return keep

@@ -7,7 +7,8 @@ index rows -> bitstreams (one read per row group) -> decode actors -> files.
 Every key asked for ends restored or failed with its reason; nothing one key does stops the
 others. ``--all`` and ``--prefix`` list the assets archived as failed apart (``not_archived``:
 the compress job already reported them) rather than as restore failures. Two keys that would
-restore to one file (``photo`` and ``photo.png``) never overwrite each other: one fails
+restore to one file (``photo`` and ``photo.png``; ``A.png`` and ``a.png`` on a disk that
+folds case) never overwrite each other: one fails
 (``operators.restore.claim_paths``). Restore only reads the archive, and each file appears
 whole or not at all.
 """
@@ -23,7 +24,7 @@ import ray
 
 from codec.usage import UsageError
 from operators.archive import Archive
-from operators.restore import Restorer, claim_paths, load_bitstreams
+from operators.restore import Restorer, case_insensitive, claim_paths, load_bitstreams
 from schemas.archive import STATUS_FAILED
 from pipelines.ray_runtime import ensure_ray, gpus_for, plan_pool, worker_env
 
@@ -56,7 +57,7 @@ def restore(
     if keys:
         keys = list(dict.fromkeys(keys))  # a key named twice is restored once
         found = {r["key"]: r for r in arc.lookup(keys).to_pylist()}
-        clashes = claim_paths(list(found), fmt)
+        clashes = claim_paths([k for k, r in found.items() if r["status"] != STATUS_FAILED], fmt, case_insensitive(dest))
         restorer = Restorer(dest, fmt, storage_options, decoder=decoder, steps=steps, device=device)
         for key in keys:
             entry = found.get(key)
@@ -80,7 +81,7 @@ def restore(
         not_archived = [{"key": r["key"], "reason": f"{r['key']}: archived as failed"}
                         for r in index.filter(failed).select(["key"]).to_pylist()]  # fmt: skip
         index = index.filter(pc.invert(failed))
-        clashes = claim_paths(index.column("key").to_pylist(), fmt)
+        clashes = claim_paths(index.column("key").to_pylist(), fmt, case_insensitive(dest))
         if clashes:
             results += [{"key": k, "path": None, "restore_status": "failed", "error": e} for k, e in clashes.items()]
             index = index.filter(pc.invert(pc.is_in(index.column("key"), value_set=pa.array(list(clashes), pa.string()))))

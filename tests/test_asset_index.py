@@ -39,6 +39,15 @@ def test_lookup_is_exact(arc):
         assert idx.get(absent) is None
 
 
+def test_shard_rows_are_not_assets(arc):
+    _commit(arc, "j2-0", ["s0/"], status="shard")
+    _commit(arc, "j2-1", ["s1/"], status="failed")  # a shard cut short
+    idx = AssetIndex(arc)
+    idx.refresh()
+    assert len(idx) == 4 and idx.get("s1/") is None
+    assert [r["key"] for r in idx.page(limit=10)[0]] == ["a.png", "b/c.png", "b/d.png", "e.png"]
+
+
 def test_pages(arc):
     idx = AssetIndex(arc)
     idx.refresh()

@@ -111,6 +111,19 @@ def test_an_output_holding_a_kept_failure_is_full_and_compaction_settles(tmp_pat
     assert _state(arc) == before
 
 
+def test_rows_of_an_unknown_status_are_kept_as_they_are(tmp_path):
+    """A later version's rows (status "deleted", say) are not this version's to judge."""
+    arc = Archive(str(tmp_path / "a"))
+    arc.create({"preset": "taef2"})
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1", {})
+    arc.write_data_file(_rows(["a", "z"], "j2", status="deleted"), "j2", {})
+    assert compact(arc.url, rows_per_file=100)["rows_copied"] == 4
+    (only,) = arc.data_files()
+    rows = pq.read_table(arc.path(only), columns=["key", "status"]).to_pylist()
+    assert sorted((r["key"], r["status"]) for r in rows) == [("a", "deleted"), ("a", "written"), ("b", "written"),
+                                                            ("z", "deleted")]  # fmt: skip
+
+
 class Crash(BaseException):
     """A kill -9 at one step (BaseException: nothing in the code under test catches it)."""
 

@@ -106,6 +106,11 @@ def test_shards_keyed_under_folders_hold_their_own_members():
     members = {r["key"]: r["shard"] for r in shards.to_pylist() if r["status"] != STATUS_SHARD}
     assert members == {"train/shard-0/a.png": "train/shard-0/", "val/shard-0/a.png": "val/shard-0/",
                        "val/shard-0/sub/b.png": "val/shard-0/", "s/x/y.png": "s/"}  # fmt: skip
+    # a.tar beside a/b.tar: a member belongs to the deepest shard its key starts with, once
+    nested = known_shards(_index([("a/", STATUS_SHARD, "A", None, 0), ("a/b/", STATUS_SHARD, "B", None, 0),
+                                  ("a/b/1.png", "written", "B", "1", 0), ("a/2.png", "written", "A", "2", 0)]))  # fmt: skip
+    assert sorted((r["key"], r["shard"]) for r in nested.to_pylist() if r["status"] != STATUS_SHARD) == [
+        ("a/2.png", "a/"), ("a/b/1.png", "a/b/")]
 
 
 def test_a_failure_found_while_listing_is_not_committed_again():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from PIL import Image
 
 from conftest import photo, psnr_arrays
-from operators.restore import Restorer, UnsafeKeyError, claim_paths, dest_relpath
+from operators.restore import Restorer, UnsafeKeyError, case_insensitive, claim_paths, dest_relpath
 
 
 @pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "a\\..\\x.png",
@@ -29,11 +30,14 @@ def test_names():
         assert dest_relpath("a:b.png", "png") == "a:b.png" and dest_relpath("C:/x.png", "png") == "C:/x.png"
 
 
-def test_keys_that_name_one_file_are_found():
+def test_keys_that_name_one_file_are_found(tmp_path):
     keys = ["photo", "photo.png", "x.jpg", "X.JPG.png", "ok.png", "../bad.png"]
-    assert sorted(claim_paths(keys, "png")) == ["photo", "x.jpg"]  # unsafe keys fail on their own
+    assert sorted(claim_paths(keys, "png")) == ["photo"]  # unsafe keys fail on their own
+    assert sorted(claim_paths(keys, "png", fold_case=True)) == ["photo", "x.jpg"]  # X.JPG.png keeps its name
     assert claim_paths(["b", "a.png", "a"], "png") == {"a": "a: restores to the file a.png, as 'a.png' does; "
                                                             "restore it with --key into another folder"}
+    assert case_insensitive(str(tmp_path / "dest")) is (sys.platform in ("darwin", "win32"))  # this disk's own answer
+    assert case_insensitive("s3://bucket/out") is False
 
 
 def test_restore_one(tmp_path, preset):

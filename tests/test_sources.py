@@ -167,6 +167,9 @@ def test_shards_in_different_folders_have_different_keys(tmp_path):
         assert listing.column("key").to_pylist() == ["train/shard-0/", "val/shard-0/"], pattern
     listing = _listing(Source.parse(str(tmp_path / "val" / "shard-{0..1}.tar")))
     assert listing.column("key").to_pylist() == ["shard-0/", "shard-1/"]  # a flat layout keeps its keys
+    whole = _listing(Source.parse("{" + f"{tmp_path}/train,{tmp_path}/val" + "}/shard-0.tar"))  # whole paths
+    rel = str(tmp_path).lstrip("/")
+    assert whole.column("key").to_pylist() == [f"{rel}/train/shard-0/", f"{rel}/val/shard-0/"]  # the same from anywhere
     assert listing.column("source_fingerprint").to_pylist()[1] == MISSING
 
 
@@ -301,6 +304,12 @@ def test_a_read_refused_by_the_store_is_not_the_source_s_failure(folder, monkeyp
     out = fetch(table, {}).to_pylist()
     assert all(r["error"] == "I/O error: permission denied" for r in out)
     assert all(r["source_fingerprint"] is None for r in out)  # so the next job reads them again
+
+    def bad_uri(uri, storage_options):
+        raise ValueError("Protocol not known: htp")
+
+    monkeypatch.setattr(sources, "read_bytes", bad_uri)
+    assert all(r["source_fingerprint"] for r in fetch(table, {}).to_pylist())  # the source's own: remembered
 
 
 def test_retry_recovers_from_transient_errors(monkeypatch):

@@ -18,12 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN
+from schemas.archive import (INDEX_SCHEMA, STATUS_FAILED, STATUS_REFRESHED, STATUS_SHARD, STATUS_STILL_FAILED,
+                            STATUS_UNCHANGED, STATUS_WRITTEN)
+
+ARCHIVED_AT = ("file", "row_group", "row")  # where a key's archived row is (index columns)
 
 
 def known_sources(index: pa.Table, retry_failed: bool = False) -> pa.Table:
-    """Per key, the source it is archived from (``source_fingerprint``, ``source_sha256``) and,
-    unless retrying, the source of a failure newer than that (``failed_source_*``): what
+    """Per key, the source it is archived from (``source_fingerprint``, ``source_sha256``) and
+    where its row is (``archived_file``, ``archived_row_group``, ``archived_row``), and, unless
+    retrying, the source of a failure newer than that (``failed_source_*``): what
     :func:`mark_unchanged` compares with. Keys with neither are left out."""
     written = pc.equal(index.column("status"), STATUS_WRITTEN)
     failed = pc.and_(pc.equal(index.column("last_status"), STATUS_FAILED), pa.scalar(not retry_failed))
@@ -34,6 +38,8 @@ def known_sources(index: pa.Table, retry_failed: bool = False) -> pa.Table:
         "source_sha256": pc.if_else(written, index.column("source_sha256"), null),
         "failed_source_fingerprint": pc.if_else(failed, index.column("last_source_fingerprint"), null),
         "failed_source_sha256": pc.if_else(failed, index.column("last_source_sha256"), null),
+        **{f"archived_{c}": pc.if_else(written, index.column(c), pa.nulls(index.num_rows, index.schema.field(c).type))
+           for c in ARCHIVED_AT},
     })  # fmt: skip
     return table.filter(pc.or_(written, failed))
 
@@ -42,7 +48,15 @@ def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
     """Set ``status`` of pending rows to unchanged where the key is archived from the same source,
     or to still_failed where its newest row failed on the same source, compared ``by`` the
     listing fingerprint (before reading) or the content sha256 (after). Skipped rows drop their
-    bytes."""
+    bytes.
+
+    By content, an archived row matched is one whose fingerprint has changed (it was read): it
+    becomes ``refreshed``, with its row's place (``archived_*`` columns), so that the sink
+    commits it again under the new fingerprint; else a touched file is read by every job."""
+    if by == "source_sha256":  # every block gets the columns, filled or not: one schema
+        for c in ARCHIVED_AT:
+            if f"archived_{c}" not in batch.column_names:
+                batch = batch.append_column(f"archived_{c}", pa.nulls(batch.num_rows, INDEX_SCHEMA.field(c).type))
     if known.num_rows == 0 or batch.num_rows == 0:
         return batch
     idx = pc.index_in(batch.column("key"), value_set=known.column("key"))
@@ -56,9 +70,19 @@ def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
     # when the key's newest failure has its fingerprint: not committed again
     failing = pc.fill_null(pc.equal(batch.column("status"), STATUS_FAILED), False)
     unchanged, again = pc.and_(pending, same(by)), pc.and_(pc.or_(pending, failing), same(f"failed_{by}"))
-    status = pc.if_else(unchanged, pa.scalar(STATUS_UNCHANGED),
-                        pc.if_else(again, pa.scalar(STATUS_STILL_FAILED), batch.column("status")))  # fmt: skip
+    moved = pa.array([False] * batch.num_rows)
+    if by == "source_sha256":  # the same bytes under another (known) fingerprint
+        listed = batch.column("source_fingerprint")
+        moved = pc.and_(unchanged, pc.and_(pc.is_valid(listed), pc.invert(
+            pc.fill_null(pc.equal(pc.take(known.column("source_fingerprint"), idx), listed), False))))
+    status = pc.if_else(moved, pa.scalar(STATUS_REFRESHED), pc.if_else(unchanged, pa.scalar(STATUS_UNCHANGED),
+                        pc.if_else(again, pa.scalar(STATUS_STILL_FAILED), batch.column("status"))))  # fmt: skip
     out = batch.set_column(batch.column_names.index("status"), "status", status)
+    if by == "source_sha256":
+        for c in ARCHIVED_AT:
+            name = f"archived_{c}"
+            at = pc.if_else(moved, pc.take(known.column(name), idx), out.column(name))
+            out = out.set_column(out.column_names.index(name), name, at)
     if "data" in out.column_names:  # skipped bytes go no further
         data = pc.if_else(pc.or_(unchanged, again), pa.scalar(None, pa.large_binary()), out.column("data"))
         out = out.set_column(out.column_names.index("data"), "data", data)

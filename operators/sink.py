@@ -2,7 +2,9 @@
 
 Every row of the job reaches the sink exactly once: written and failed rows are committed
 to a data file (failed rows keep their reason; the next job retries them only when their
-source changed, ``operators.incremental``); unchanged and still-failed rows are only counted.
+source changed, ``operators.incremental``); unchanged and still-failed rows are only counted,
+except that an asset found unchanged by its bytes under a new listing fingerprint (a touched
+file) has its archived row committed again under that fingerprint (:func:`archived_again`).
 A WebDataset shard's marker row (read to its end) is handed back in the tally instead: the
 driver commits the markers once every write task is done, so a marker never lands before the
 members it vouches for. Each write task returns its tally; the driver adds them up.
@@ -16,12 +18,13 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
-from operators.archive import Archive
-from schemas.archive import (ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_SKIPPED, STATUS_STILL_FAILED,
-                            STATUS_UNCHANGED, STATUS_WRITTEN)
+from operators.archive import UNREADABLE, Archive
+from schemas.archive import (ASSET_SCHEMA, STATUS_FAILED, STATUS_REFRESHED, STATUS_SHARD, STATUS_SKIPPED,
+                            STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN)
 
 
 def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.Table:
@@ -37,6 +40,30 @@ def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.T
         if f.name not in table.column_names:
             table = table.append_column(f.name, pa.nulls(n, f.type))
     return table
+
+
+def archived_again(arc: Archive, refreshed: pa.Table, job_id: str, now: dt.datetime) -> pa.Table:
+    """The archived rows of ``refreshed`` rows (the same bytes under a new listing fingerprint),
+    read from their data files (``archived_*`` columns) and given the listing's ``source_uri``
+    and ``source_fingerprint`` and this job's id and time: committed, they let the next job
+    skip the source without reading it. A row that cannot be read is left out (the next job
+    reads its source again)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in refreshed.select(["key", "source_uri", "source_fingerprint", "archived_file", "archived_row_group",
+                               "archived_row"]).to_pylist():  # fmt: skip
+        groups.setdefault((r["archived_file"], r["archived_row_group"]), []).append(r)
+    rows = []
+    for (file, group), wanted in groups.items():
+        try:
+            with arc.fs.open(arc.path(file), "rb") as f:
+                old = pq.ParquetFile(f).read_row_group(group).select(ASSET_SCHEMA.names).to_pylist()
+        except (OSError, *UNREADABLE):
+            continue
+        for r in wanted:
+            if r["archived_row"] < len(old) and old[r["archived_row"]]["key"] == r["key"]:
+                rows.append({**old[r["archived_row"]], "source_uri": r["source_uri"],
+                             "source_fingerprint": r["source_fingerprint"], "job_id": job_id, "written_at": now})  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=ASSET_SCHEMA)
 
 
 class ArchiveDatasink(Datasink[dict]):
@@ -58,10 +85,11 @@ class ArchiveDatasink(Datasink[dict]):
                  "shards": []}  # fmt: skip
         if not tables:
             return tally
-        table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id,
-                              dt.datetime.now(dt.timezone.utc))  # fmt: skip
+        now = dt.datetime.now(dt.timezone.utc)
+        table = finalise_rows(pa.concat_tables(tables, promote_options="default"), self.job_id, now)
         status = table.column("status")
-        tally["unchanged"] = pc.sum(pc.equal(status, STATUS_UNCHANGED)).as_py() or 0
+        refreshed = table.filter(pc.equal(status, STATUS_REFRESHED))
+        tally["unchanged"] = pc.sum(pc.is_in(status, pa.array([STATUS_UNCHANGED, STATUS_REFRESHED]))).as_py() or 0
         tally["still_failed"] = pc.sum(pc.equal(status, STATUS_STILL_FAILED)).as_py() or 0
         marker = pc.equal(status, STATUS_SHARD)
         tally["shards"] = table.filter(marker).select(["key", "source_uri", "source_fingerprint"]).to_pylist()
@@ -70,10 +98,14 @@ class ArchiveDatasink(Datasink[dict]):
             for node in kept.column("encoder_node").drop_null().to_pylist():
                 tally["nodes"][node] = tally["nodes"].get(node, 0) + 1
         arc = Archive(self.url, self.storage_options)
+        committed = kept
+        if refreshed.num_rows:
+            again = archived_again(arc, refreshed, self.job_id, now)
+            committed = pa.concat_tables([kept.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA), again])
         # min_rows is also the most a file holds: each file commits its rows as soon as it lands
-        for start in range(0, kept.num_rows, self.min_rows):
+        for start in range(0, committed.num_rows, self.min_rows):
             name = f"{self.job_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-            chunk = kept.slice(start, self.min_rows)
+            chunk = committed.slice(start, self.min_rows)
             tally["files"].append(arc.write_data_file(chunk, name, {"job_id": self.job_id}))
         for row in kept.select(["source_uri", "status", "error", "source_size", "bitstream", "width", "height",
                                 "bits_text", "bpp"]).to_pylist():  # fmt: skip

@@ -25,7 +25,11 @@ STATUS_WRITTEN = "written"
 STATUS_FAILED = "failed"
 STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never rewritten
 STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
-STATUS_SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED)  # rows a job counts but neither processes nor commits
+# In jobs only: unchanged by content although the listing's fingerprint changed (a touched or
+# copied file). Counted as unchanged; its archived row is committed again under the new
+# fingerprint, so that the next job skips it before reading it.
+STATUS_REFRESHED = "refreshed"
+STATUS_SKIPPED = (STATUS_UNCHANGED, STATUS_STILL_FAILED, STATUS_REFRESHED)  # rows a job counts but does not process
 STATUS_SHARD = "shard"  # a WebDataset shard read to its end (key "<shard>/"): not an asset
 ROW_STATUSES = (STATUS_WRITTEN, STATUS_FAILED, STATUS_SHARD)  # a data row's; readers ignore rows of any other
 

@@ -131,3 +131,15 @@ def test_a_failure_found_while_listing_is_not_committed_again():
     shards = known_shards(index)
     out = account_skipped_shards(skip_known_shards(listing, shards), shards)
     assert out.column("status").to_pylist() == [STATUS_STILL_FAILED]
+
+
+def test_the_same_bytes_under_a_new_fingerprint_are_refreshed_with_their_row_s_place():
+    from schemas.archive import STATUS_REFRESHED
+
+    index = _index([("a", "written", "1", "sa", 0), ("b", "written", "2", "sb", 0)])
+    batch = _batch([("a", "1-touched", "sa"), ("b", "2", "sb"), ("c", "3", "sc")])  # b: read again, same fingerprint
+    out = mark_unchanged(batch, known_sources(index), "source_sha256").to_pylist()
+    assert [r["status"] for r in out] == [STATUS_REFRESHED, STATUS_UNCHANGED, None]
+    assert [(r["archived_file"], r["archived_row_group"], r["archived_row"]) for r in out] == [
+        ("data/f0.parquet", 0, 0), (None, None, None), (None, None, None)]
+    assert [r["data"] for r in out] == [None, None, b"x"]

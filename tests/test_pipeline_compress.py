@@ -121,6 +121,29 @@ def _hostile_exif_jpeg() -> bytes:
     return data[:at] + b"\x01\x54" + data[at + 2 :]
 
 
+def test_a_touched_file_is_read_once_then_skipped_unread(ray_local, tmp_path):
+    """A touch (or a copy) changes a file's fingerprint, not its bytes: the next job reads it,
+    finds it unchanged, and commits its archived row again under the new fingerprint, so the
+    job after that skips it without reading it."""
+    src = photo_folder(tmp_path / "src", {"a.png": (64, 64), "b.png": (64, 48)})
+    arc = str(tmp_path / "arc")
+    compress(str(src), arc, settings=EncodeSettings(rate=1))
+    before = _archived(arc)["a.png"]
+    st = (src / "a.png").stat()
+    os.utime(src / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = compress(str(src), arc, settings=EncodeSettings(rate=1))
+    assert (second["written"], second["unchanged"], second["failed"]) == (0, 2, 0) and len(second["files"]) == 1
+    row = _archived(arc)["a.png"]
+    assert row["bitstream"] == before["bitstream"] and row["job_id"] == second["job_id"]
+    assert row["source_fingerprint"] != before["source_fingerprint"] and row["source_sha256"] == before["source_sha256"]
+    # same size and mtime, other bytes: a job that read it would encode it again
+    st = (src / "a.png").stat()
+    (src / "a.png").write_bytes(b"\0" * st.st_size)
+    os.utime(src / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    third = compress(str(src), arc, settings=EncodeSettings(rate=1))
+    assert (third["written"], third["unchanged"], third["failed"], third["files"]) == (0, 2, 0, [])
+
+
 def test_manifest_with_captions_and_missing_file(ray_local, tmp_path):
     src = photo_folder(tmp_path / "photos", {"x.png": (64, 64), "y.png": (96, 64)})
     (src / "exif.jpg").write_bytes(_hostile_exif_jpeg())

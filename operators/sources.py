@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import random
 import re
@@ -25,6 +26,7 @@ import fsspec
 import pyarrow as pa
 from braceexpand import braceexpand
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -146,9 +148,24 @@ def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None
                 if info.get("type") == "file":
                     yield info["name"], info
         return
+    yield from _walk(fs, path, maxdepth, {os.path.realpath(path)} if isinstance(fs, LocalFileSystem) else None)
+
+
+def _walk(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None, seen: set[str] | None) -> Iterator[tuple[str, dict]]:
+    """``fs.walk``, and on a local disk into symlinked folders too (fsspec lists a link to a
+    folder as a file of type "other"): a library that links folders in is archived whole, each
+    folder once (``seen``: the real paths walked), so that a link loop ends."""
     for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True):
         for name, meta in sorted(files.items()):
-            yield posixpath.join(d, name), meta
+            full = posixpath.join(d, name)
+            if seen is not None and meta.get("type") == "other" and meta.get("islink") and os.path.isdir(full):
+                real = os.path.realpath(full)
+                left = None if maxdepth is None else maxdepth - (full.count("/") - path.count("/"))
+                if real not in seen and (left is None or left >= 1):
+                    seen.add(real)
+                    yield from _walk(fs, full, left, seen)
+                continue
+            yield full, meta
 
 
 async def _take(pages: Any, n: int) -> list[dict]:

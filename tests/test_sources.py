@@ -56,6 +56,17 @@ def test_folder_listing_is_complete(folder):
     assert table.schema == LISTING_SCHEMA
 
 
+def test_symlinked_folders_are_listed_once_and_loops_end(folder, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "e.png").write_bytes(b"y" * 10)
+    (folder / "linked").symlink_to(other)
+    (folder / "sub" / "up").symlink_to(folder)  # a loop back to the root
+    (folder / "sub" / "self").symlink_to(folder / "sub" / "self")  # a link to itself
+    keys = sorted(_listing(Source.parse(str(folder))).column("key").to_pylist())
+    assert keys == ["a.png", "linked/e.png", "sub/b.png", "sub/deep/c.jpg", "z/d.webp"]
+
+
 def test_listing_blocks_are_bounded(folder, monkeypatch):
     monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 2)
     blocks = [t for fn in list_tasks(Source.parse(str(folder))) for t in fn()]

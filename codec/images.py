@@ -83,7 +83,7 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
         if "truncated" in reason.lower() or isinstance(e, EOFError):
             raise ImageError(label, f"truncated image ({reason})") from e
         raise ImageError(label, f"unreadable image ({reason})") from e
-    except MemoryError:  # the worker's state, not the file's: the task fails and is retried
+    except MemoryError:  # not necessarily the file's: the caller decides (a bulk job retries it next time)
         raise
     except Exception as e:  # noqa: BLE001 - PIL on hostile metadata (struct.error, TypeError, ...): this file's failure
         reason = str(e).splitlines()[0] if str(e) else ""

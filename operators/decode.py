@@ -22,7 +22,8 @@ from schemas.archive import STATUS_FAILED
 def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
     pixels, widths, heights, seconds, status, error, captions, sources = [], [], [], [], [], [], [], []
     listed = [c for c in ("caption", "caption_source") if c in batch.column_names]
-    for row in batch.select(["key", "status", "error", "data", *listed]).to_pylist():
+    fps = batch.column("source_fingerprint").to_pylist() if "source_fingerprint" in batch.column_names else None
+    for i, row in enumerate(batch.select(["key", "status", "error", "data", *listed]).to_pylist()):
         st, err, px, w, h, t = row["status"], row["error"], None, None, None, None
         caption = row.get("caption")
         source = (row.get("caption_source") or "manifest") if caption else None
@@ -36,6 +37,10 @@ def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
                     caption, source = embedded_caption(row["data"])
             except ImageError as e:
                 st, err = STATUS_FAILED, e.reason  # the row already names its source
+            except MemoryError:  # this worker ran short, maybe for another task: failed now, read again next time
+                st, err = STATUS_FAILED, "out of memory while decoding the image"
+                if fps is not None:
+                    fps[i] = None
             t = time.perf_counter() - t0
         pixels.append(px)
         widths.append(w)
@@ -46,6 +51,8 @@ def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
         captions.append(caption)
         sources.append(source)
     out = batch.drop_columns(["data"])
+    if fps is not None:
+        out = _with(out, source_fingerprint=fps)
     return _with(out, status=status, error=error, caption=captions, caption_source=sources,
                  pixels=pa.array(pixels, pa.large_binary()),
                  width=pa.array(widths, pa.int32()), height=pa.array(heights, pa.int32()),

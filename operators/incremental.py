@@ -44,15 +44,16 @@ def known_sources(index: pa.Table, retry_failed: bool = False) -> pa.Table:
     return table.filter(pc.or_(written, failed))
 
 
-def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
+def mark_unchanged(batch: pa.Table, known: pa.Table, by: str, refresh: bool = True) -> pa.Table:
     """Set ``status`` of pending rows to unchanged where the key is archived from the same source,
     or to still_failed where its newest row failed on the same source, compared ``by`` the
     listing fingerprint (before reading) or the content sha256 (after). Skipped rows drop their
     bytes.
 
-    By content, an archived row matched is one whose fingerprint has changed (it was read): it
-    becomes ``refreshed``, with its row's place (``archived_*`` columns), so that the sink
-    commits it again under the new fingerprint; else a touched file is read by every job."""
+    By content, an archived row matched is one whose fingerprint has changed (it was read): with
+    ``refresh`` it becomes ``refreshed``, with its row's place (``archived_*`` columns), so that
+    the sink commits it again under the new fingerprint; else a touched file is read by every
+    job. (WebDataset members are not refreshed: the shard's new marker is what skips them.)"""
     if by == "source_sha256":  # every block gets the columns, filled or not: one schema
         for c in ARCHIVED_AT:
             if f"archived_{c}" not in batch.column_names:
@@ -71,7 +72,7 @@ def mark_unchanged(batch: pa.Table, known: pa.Table, by: str) -> pa.Table:
     failing = pc.fill_null(pc.equal(batch.column("status"), STATUS_FAILED), False)
     unchanged, again = pc.and_(pending, same(by)), pc.and_(pc.or_(pending, failing), same(f"failed_{by}"))
     moved = pa.array([False] * batch.num_rows)
-    if by == "source_sha256":  # the same bytes under another (known) fingerprint
+    if by == "source_sha256" and refresh:  # the same bytes under another (known) fingerprint
         listed = batch.column("source_fingerprint")
         moved = pc.and_(unchanged, pc.and_(pc.is_valid(listed), pc.invert(
             pc.fill_null(pc.equal(pc.take(known.column("source_fingerprint"), idx), listed), False))))

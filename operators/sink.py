@@ -42,12 +42,12 @@ def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.T
     return table
 
 
-def archived_again(arc: Archive, refreshed: pa.Table, job_id: str, now: dt.datetime) -> pa.Table:
+def archived_again(arc: Archive, refreshed: pa.Table, now: dt.datetime) -> pa.Table:
     """The archived rows of ``refreshed`` rows (the same bytes under a new listing fingerprint),
     read from their data files (``archived_*`` columns) and given the listing's ``source_uri``
-    and ``source_fingerprint`` and this job's id and time: committed, they let the next job
-    skip the source without reading it. A row that cannot be read is left out (the next job
-    reads its source again)."""
+    and ``source_fingerprint`` and this job's time (``job_id`` stays the encoding job's):
+    committed, they let the next job skip the source without reading it. A row that cannot be
+    read is left out (the next job reads its source again)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in refreshed.select(["key", "source_uri", "source_fingerprint", "archived_file", "archived_row_group",
                                "archived_row"]).to_pylist():  # fmt: skip
@@ -62,7 +62,7 @@ def archived_again(arc: Archive, refreshed: pa.Table, job_id: str, now: dt.datet
         for r in wanted:
             if r["archived_row"] < len(old) and old[r["archived_row"]]["key"] == r["key"]:
                 rows.append({**old[r["archived_row"]], "source_uri": r["source_uri"],
-                             "source_fingerprint": r["source_fingerprint"], "job_id": job_id, "written_at": now})  # fmt: skip
+                             "source_fingerprint": r["source_fingerprint"], "written_at": now})  # fmt: skip
     return pa.Table.from_pylist(rows, schema=ASSET_SCHEMA)
 
 
@@ -100,7 +100,7 @@ class ArchiveDatasink(Datasink[dict]):
         arc = Archive(self.url, self.storage_options)
         committed = kept
         if refreshed.num_rows:
-            again = archived_again(arc, refreshed, self.job_id, now)
+            again = archived_again(arc, refreshed, now)
             committed = pa.concat_tables([kept.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA), again])
         # min_rows is also the most a file holds: each file commits its rows as soon as it lands
         for start in range(0, committed.num_rows, self.min_rows):

@@ -148,24 +148,43 @@ def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None
                 if info.get("type") == "file":
                     yield info["name"], info
         return
-    yield from _walk(fs, path, maxdepth, {os.path.realpath(path)} if isinstance(fs, LocalFileSystem) else None)
-
-
-def _walk(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None, seen: set[str] | None) -> Iterator[tuple[str, dict]]:
-    """``fs.walk``, and on a local disk into symlinked folders too (fsspec lists a link to a
-    folder as a file of type "other"): a library that links folders in is archived whole, each
-    folder once (``seen``: the real paths walked), so that a link loop ends."""
+    if isinstance(fs, LocalFileSystem):
+        yield from _walk_local(fs, path, maxdepth)
+        return
     for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True):
         for name, meta in sorted(files.items()):
-            full = posixpath.join(d, name)
-            if seen is not None and meta.get("type") == "other" and meta.get("islink") and os.path.isdir(full):
-                real = os.path.realpath(full)
-                left = None if maxdepth is None else maxdepth - (full.count("/") - path.count("/"))
-                if real not in seen and (left is None or left >= 1):
-                    seen.add(real)
-                    yield from _walk(fs, full, left, seen)
+            yield posixpath.join(d, name), meta
+
+
+def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterator[tuple[str, dict]]:
+    """A local folder's files, symlinked folders included (fsspec's walk lists a link to a
+    folder as a file of type "other", and its photos were left out), each real folder once: the
+    tree itself first, so that a folder inside it keeps its own path as its key, then the
+    folders its links reach that it does not hold (in name order), so that a link loop ends.
+    ``maxdepth`` as ``fs.walk``'s: 1 is the folder's own files."""
+    seen: set[str] = set()
+    pending: list[tuple[str, int | None]] = [(path, maxdepth)]
+    while pending:
+        top, depth = pending.pop(0)
+        for d, dirs, files in os.walk(top):  # not following links: they wait in ``pending``
+            real = os.path.realpath(d)
+            if real in seen:
+                dirs[:] = []
                 continue
-            yield full, meta
+            seen.add(real)
+            level = 0 if d == top else d[len(top) :].strip("/").count("/") + 1
+            dirs.sort()
+            links = [x for x in dirs if os.path.islink(os.path.join(d, x))]
+            deeper = depth is None or level + 1 < depth
+            pending += [(posixpath.join(d, x), None if depth is None else depth - level - 1) for x in links if deeper]
+            dirs[:] = [x for x in dirs if x not in links] if deeper else []
+            for name in sorted(files):
+                full = posixpath.join(d, name)
+                try:
+                    meta = fs.info(full)
+                except OSError:  # a dangling link: listed, and its read says why it fails
+                    meta = {"name": full, "size": None, "type": "other"}
+                yield full, meta
 
 
 async def _take(pages: Any, n: int) -> list[dict]:
@@ -222,7 +241,7 @@ def shard_name(path: str, base: str) -> str:
     Without a base (a brace or wildcard in the first folder: ``s3://{b1,b2}/s.tar``), or for a
     shard outside it, the whole path is the key (``b1/s/``)."""
     name = posixpath.relpath(path, base) if base else ".."
-    if name.startswith(".."):
+    if name == ".." or name.startswith("../"):
         name = path.lstrip("/")
     for suffix in SHARD_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -407,10 +426,9 @@ def io_reason(e: BaseException) -> str:
 
 def _not_the_source(e: BaseException) -> bool:
     """A read that failed for a reason outside the source (access refused, the store or the
-    network failing), not a missing file, a folder or a bad uri (the source's own)."""
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return False
-    return isinstance(e, OSError)
+    network failing, whatever the client library raises: botocore's and aiohttp's errors are
+    not OSErrors), not a missing file, a folder or a bad uri (the source's own)."""
+    return not isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError))
 
 
 def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
@@ -491,12 +509,14 @@ def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Tab
                     if len(block) >= SHARD_BLOCK_ROWS:
                         yield _member_table(block)
                         block = []
-    except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the bytes (damaged) or the store/network (client errors of any type)
         # webdataset appends the stream and URL to the exception's arguments: the first says why
         reason = str(e.args[0] if e.args else "").split(" @ ")[0].split("\n")[0]
         if _io_failure(e):  # the connection or access, not the bytes: read it again next time
             block.append({**row, "source_fingerprint": None, "status": STATUS_FAILED,
-                          "error": f"I/O error while reading the shard: {type(e).__name__}: {e.strerror or reason}"})  # fmt: skip
+                          "error": f"I/O error while reading the shard: {type(e).__name__}: {getattr(e, 'strerror', None) or reason}"})  # fmt: skip
         else:
             block.append({**row, "status": STATUS_FAILED, "error": f"truncated or damaged shard: {type(e).__name__}: {reason}"})
     else:
@@ -506,10 +526,12 @@ def _stream_shard(row: dict, storage_options: dict[str, Any]) -> Iterator[pa.Tab
 
 def _io_failure(e: BaseException) -> bool:
     """An error of the store, the network or access (retried by a later job), not of the bytes
-    read (a gzip or tar error: the shard is damaged)."""
+    read (a tar, gzip or zlib error, or a stream that ends early: the shard is damaged)."""
     if isinstance(e, (ConnectionError, TimeoutError, PermissionError)):
         return True
-    return isinstance(e, OSError) and not isinstance(e, (tarfile.TarError, EOFError)) and e.errno is not None
+    if isinstance(e, (tarfile.TarError, EOFError, zlib.error, ValueError)):
+        return False
+    return not isinstance(e, OSError) or e.errno is not None  # gzip's BadGzipFile: an OSError without errno
 
 
 def _sample_caption(sample: dict) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -196,7 +197,8 @@ def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset
             ds = ds.map_batches(stat_sources, fn_kwargs={"storage_options": so}, batch_size=64, **light)
         ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_fingerprint"}, **light)
         ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=batch_size, **light)
-    ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_sha256"}, **light)
+    ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_sha256",
+                                                   "refresh": src.kind != "webdataset"}, **light)  # fmt: skip
     ds = ds.map_batches(count_listed, fn_kwargs={"monitor": monitor}, **light)
     limit = {"max_pixels": max_pixels} if max_pixels else {}
     ds = ds.map_batches(decode_images, fn_kwargs=limit, batch_size=batch_size, **light)
@@ -285,7 +287,12 @@ def aborted_counts(arc: Archive, index: pa.Table, job_id: str) -> dict:
     failures = [{"source": row["source_uri"], "reason": row["error"]}
                 for entry in failed.select(["key", "file", "row_group", "row"]).to_pylist()
                 for row in [arc.read_asset(entry, columns=["key", "source_uri", "error"])]]  # fmt: skip
-    written = pc.sum(pc.equal(mine.column("status"), STATUS_WRITTEN)).as_py() or 0
+    # a written row of this job's files that keeps another job's id is a refreshed one (not encoded)
+    written = 0
+    for file in set(mine.filter(pc.equal(mine.column("status"), STATUS_WRITTEN)).column("file").to_pylist()):
+        with arc.fs.open(arc.path(file), "rb") as f:
+            rows = pq.read_table(f, columns=["status", "job_id"]).to_pylist()
+        written += sum(r["status"] == STATUS_WRITTEN and r["job_id"] == job_id for r in rows)
     return {"written": written, "failed": len(failures), "failures": sorted(failures, key=lambda f: f["source"])}
 
 

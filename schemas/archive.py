@@ -23,7 +23,7 @@ INDEXED_FILES_META = b"resulic.indexed_files"  # index metadata: every data file
 
 STATUS_WRITTEN = "written"
 STATUS_FAILED = "failed"
-STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are never rewritten
+STATUS_UNCHANGED = "unchanged"  # in summaries only: unchanged assets are not encoded again
 STATUS_STILL_FAILED = "still_failed"  # in summaries only: failed before, source unchanged, not retried
 # In jobs only: unchanged by content although the listing's fingerprint changed (a touched or
 # copied file). Counted as unchanged; its archived row is committed again under the new

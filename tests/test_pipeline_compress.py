@@ -134,7 +134,8 @@ def test_a_touched_file_is_read_once_then_skipped_unread(ray_local, tmp_path):
     second = compress(str(src), arc, settings=EncodeSettings(rate=1))
     assert (second["written"], second["unchanged"], second["failed"]) == (0, 2, 0) and len(second["files"]) == 1
     row = _archived(arc)["a.png"]
-    assert row["bitstream"] == before["bitstream"] and row["job_id"] == second["job_id"]
+    assert row["bitstream"] == before["bitstream"] and row["job_id"] == before["job_id"]  # the encoding job's
+    assert row["written_at"] > before["written_at"]
     assert row["source_fingerprint"] != before["source_fingerprint"] and row["source_sha256"] == before["source_sha256"]
     # same size and mtime, other bytes: a job that read it would encode it again
     st = (src / "a.png").stat()

@@ -63,8 +63,11 @@ def test_symlinked_folders_are_listed_once_and_loops_end(folder, tmp_path):
     (folder / "linked").symlink_to(other)
     (folder / "sub" / "up").symlink_to(folder)  # a loop back to the root
     (folder / "sub" / "self").symlink_to(folder / "sub" / "self")  # a link to itself
+    (folder / "a-link").symlink_to(folder / "sub")  # a folder of the tree: listed under its own path
+    (folder / "z").joinpath("again").symlink_to(other)  # a second way to a linked folder: the first wins
     keys = sorted(_listing(Source.parse(str(folder))).column("key").to_pylist())
     assert keys == ["a.png", "linked/e.png", "sub/b.png", "sub/deep/c.jpg", "z/d.webp"]
+    assert _listing(Source.parse(str(folder / "*" / "*.png"))).column("key").to_pylist() == ["sub/b.png", "linked/e.png"]
 
 
 def test_listing_blocks_are_bounded(folder, monkeypatch):

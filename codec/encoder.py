@@ -23,11 +23,12 @@ from codec.cdm.process import n_r_for_level
 from codec.gain_choice import choose_detail_gains
 from codec.images import load_image, normalise, pad, to_tensor
 from codec.latent_refine import refine_y
-from codec.parsing import parse, resolve_preset
+from codec.parsing import MAX_TEXT_BYTES, parse, resolve_preset
 from codec.presets import DEFAULT_PRESET, Preset
 from codec.resample import shrink
 from codec.settings import EncodeSettings, detail_mode, rate_to_level, scale_for_bpp
 from codec.text_coding import decode_text, encode_text
+from codec.usage import UsageError
 
 ImageInput = Image.Image | str | os.PathLike | bytes
 
@@ -64,6 +65,15 @@ def _analyse(p: Preset, images: list[Image.Image], texts: list[str] | None, scal
     return _Analysed(w, h, p.latent_codec.analyse(latent), texts, scale, x)
 
 
+def coded_text(text: str | None, model) -> bytes:
+    """The text section, refused (a usage error) when larger than a decoder accepts: never a
+    stream that its own decoder would refuse."""
+    coded = encode_text(text, model)
+    if len(coded) > MAX_TEXT_BYTES:
+        raise UsageError(f"the text codes to {len(coded):,} bytes, more than the {MAX_TEXT_BYTES:,} a stream holds")
+    return coded
+
+
 def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
     """With a CDM, the stream names where diffusion starts (N_r, from the rate) and its noise seed
     (from the latent string: the same image and rate always give the same stream)."""
@@ -76,7 +86,7 @@ def _header(p: Preset, a: _Analysed, level: int, y: bytes) -> Header:
 
 def _assemble(p: Preset, a: _Analysed, level: int, y_strings: list[bytes]) -> list[bytes]:
     return [
-        Bitstream(_header(p, a, level, y), z, y, encode_text(t, p.text_model)).to_bytes()
+        Bitstream(_header(p, a, level, y), z, y, coded_text(t, p.text_model)).to_bytes()
         for z, y, t in zip(a.analysed["z_strings"], y_strings, a.texts)
     ]
 
@@ -307,5 +317,5 @@ def encode(
         return encode_batch([image], settings=plain, preset=preset, texts=[best.text])[0]
     # The latent's coding does not depend on the text: keep it (and any refinement of it), put the
     # new text in and choose the detail gain for it (the denoiser reads the text).
-    fresh = replace(Bitstream.from_bytes(stream), text=encode_text(best.text, p.text_model)).to_bytes()
+    fresh = replace(Bitstream.from_bytes(stream), text=coded_text(best.text, p.text_model)).to_bytes()
     return choose_detail_gains(p, pil, [(fresh, y_hat)], [best.text], s.detail_gain)[0][0]

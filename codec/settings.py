@@ -64,6 +64,9 @@ class EncodeSettings:
     def __post_init__(self) -> None:
         if self.rate is not None and self.target_bpp is not None:
             raise UsageError("give either rate or target_bpp, not both")
+        for name in ("rate", "target_bpp"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{name} must be a finite number, not {getattr(self, name)}")
         if self.target_bpp is not None and self.target_bpp <= 0:
             raise UsageError("target_bpp must be positive")
         if self.scale is None:  # frozen: the default is resolved once, here, so every reader sees the same

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import json
 import os
 import sys
@@ -100,9 +101,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     settings = _encode_settings(args)
+    _refuse_same_file(args.output, args.input)
     data = codec.encode(Path(args.input), settings=settings, preset=args.preset, text=args.text,
                         device=args.device)  # fmt: skip
-    Path(args.output).write_bytes(data)
+    _write_whole(args.output, data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
           f"preset {meta['preset']} rate {meta['rate']:g}"
@@ -118,7 +120,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from codec.images import load_image
     from evaluation.metrics import ms_ssim, psnr
 
+    from PIL import Image
+
+    from codec.usage import UsageError
+
     path = Path(args.input)
+    image_format = Image.registered_extensions().get(Path(args.output).suffix.lower())
+    if image_format is None:  # known before a second of decoding is spent
+        raise UsageError(f"{args.output}: the output's extension names no image format (.png, .jpg, .webp, ...)")
+    _refuse_same_file(args.output, args.input, *([args.reference] if args.reference else []))
+    ref = load_image(args.reference) if args.reference else None  # a bad reference fails before anything is written
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -129,16 +140,40 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              **({"steps": args.steps} if args.steps else {}))  # fmt: skip
     except codec.BitstreamError as e:
         raise codec.BitstreamError(f"{path}: {e}") from e
-    image.save(args.output)
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    _write_whole(args.output, buffer.getvalue())
     line = f"{args.output}: {image.width}x{image.height}, {time.perf_counter() - t:.2f} s"
-    if args.reference:
-        ref = load_image(args.reference)
+    if ref is not None:
         line += f", PSNR {psnr(ref, image):.2f} dB, MS-SSIM {ms_ssim(ref, image):.4f}"
     text = codec.read_text(data)
     if text:
         line += f", text {json.dumps(text, ensure_ascii=False)}"
     print(line)
     return 0
+
+
+def _refuse_same_file(output: str, *inputs: str) -> None:
+    """An output that is one of the inputs would destroy it (a photo overwritten by its stream)."""
+    from codec.usage import UsageError
+
+    out = os.path.realpath(output)
+    for other in inputs:
+        if out == os.path.realpath(other):
+            raise UsageError(f"{output}: the output is the same file as an input")
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """The file holds all of ``data`` or is left as it was (a full disk, a size limit): never a
+    part (``operators.archive.write_whole``)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from operators.archive import write_whole
+
+    try:
+        write_whole(LocalFileSystem(), os.path.abspath(path), data)
+    except OSError as e:
+        raise OSError(f"{path}: cannot write ({e.strerror or e})") from e
 
 
 def _storage_options(args: argparse.Namespace) -> dict:

@@ -36,6 +36,30 @@ def test_encode_info_decode(tmp_path):
     assert "PSNR" in line and "MS-SSIM" in line
 
 
+def test_outputs_never_destroy_inputs_or_hold_a_part(tmp_path):
+    """An output that is an input is refused; a bad --reference or output extension is found
+    before anything is written; text too long for a stream is refused, not written."""
+    src = tmp_path / "in.png"
+    photo(48, 32).save(src)
+    before = src.read_bytes()
+    res = run("encode", src, src, check=False)
+    assert res.returncode == 2 and "the output is the same file as an input" in res.stderr and src.read_bytes() == before
+    for flags in (["--rate", "nan"], ["--rate", "inf"], ["--target-bpp", "nan"]):
+        res = run("encode", src, tmp_path / "x.rsl", *flags, check=False)
+        assert res.returncode == 2 and "must be a finite number" in res.stderr, flags
+    res = run("encode", src, tmp_path / "long.rsl", "--text", "q7Z%" * 30000, check=False)
+    assert res.returncode == 2 and "a stream holds" in res.stderr and not (tmp_path / "long.rsl").exists()
+    run("encode", src, tmp_path / "a.rsl")
+    keep = tmp_path / "keep.png"
+    keep.write_bytes(before)
+    res = run("decode", tmp_path / "a.rsl", keep, "--reference", tmp_path / "missing.png", check=False)
+    assert res.returncode == 1 and keep.read_bytes() == before  # the reference failed before the output was written
+    res = run("decode", tmp_path / "a.rsl", keep, "--reference", keep, check=False)
+    assert res.returncode == 2 and keep.read_bytes() == before
+    res = run("decode", tmp_path / "a.rsl", tmp_path / "out.noext", check=False)
+    assert res.returncode == 2 and "names no image format" in res.stderr
+
+
 def test_text_rides_in_its_own_section(tmp_path):
     src, stream = tmp_path / "in.png", tmp_path / "t.rsl"
     photo(96, 64).save(src)

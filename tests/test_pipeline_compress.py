@@ -121,6 +121,7 @@ def _hostile_exif_jpeg() -> bytes:
     return data[:at] + b"\x01\x54" + data[at + 2 :]
 
 
+@pytest.mark.slow  # three jobs, about 85 s: the default run stays under 20 minutes (unit: test_incremental)
 def test_a_touched_file_is_read_once_then_skipped_unread(ray_local, tmp_path):
     """A touch (or a copy) changes a file's fingerprint, not its bytes: the next job reads it,
     finds it unchanged, and commits its archived row again under the new fingerprint, so the

@@ -354,12 +354,12 @@ def latest_per_key(table: pa.Table) -> pa.Table:
     by_time = table.append_column("_failed", pc.equal(table.column("last_status"), STATUS_FAILED))
     by_time = by_time.sort_by([("key", "ascending"), ("last_written_at", "descending"), ("_failed", "descending"),
                                ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
-    last = _first_per_key(by_time)
+    last = first_per_key(by_time)
     failed = pc.equal(table.column("status"), STATUS_FAILED)
     ranked = table.append_column("_failed", failed)
     ranked = ranked.sort_by([("key", "ascending"), ("_failed", "ascending"), ("written_at", "descending"),
                              ("file", "descending")]).drop_columns(["_failed"])  # fmt: skip
-    chosen = _first_per_key(ranked)
+    chosen = first_per_key(ranked)
     for name in LAST_COLUMNS:  # both are sorted by key, one row per key
         chosen = chosen.set_column(chosen.column_names.index(name), name, last.column(name))
     return chosen.cast(table.schema)
@@ -376,7 +376,8 @@ def _newest_last(index: pa.Table, old: pa.Table) -> pa.Table:
     return index.cast(INDEX_SCHEMA)
 
 
-def _first_per_key(table: pa.Table) -> pa.Table:
+def first_per_key(table: pa.Table) -> pa.Table:
+    """The first row of each run of one key (``table`` sorted by key first)."""
     keys = table.column("key").to_numpy(zero_copy_only=False)
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]

@@ -14,10 +14,10 @@ is not read again; its members are accounted for from the index.
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.archive import first_per_key
 from schemas.archive import (INDEX_SCHEMA, STATUS_FAILED, STATUS_REFRESHED, STATUS_SHARD, STATUS_STILL_FAILED,
                             STATUS_UNCHANGED, STATUS_WRITTEN)
 
@@ -141,11 +141,7 @@ def _members_of(members: pa.Table, shards: pa.Table) -> pa.Table:
     if not joined:
         return members.append_column("shard", pa.nulls(members.num_rows, pa.string())).join(shards, "shard", join_type="inner")
     found = pa.concat_tables(joined)
-    found = found.sort_by([("key", "ascending"), ("shard", "descending")])  # a deeper shard's name sorts after
-    keys = found.column("key").to_numpy(zero_copy_only=False)
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    return found.filter(pa.array(first))
+    return first_per_key(found.sort_by([("key", "ascending"), ("shard", "descending")]))  # a deeper shard's name sorts after
 
 
 def skip_known_shards(batch: pa.Table, shards: pa.Table) -> pa.Table:

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from codec.tiling import tiled
+
 ENCODER_FILE = "taef2_encoder.pth"
 DECODER_FILE = "taef2_decoder.pth"
 LATENT_CHANNELS = 32
@@ -24,6 +26,11 @@ WEIGHTS_ENV = "RESULIC_TAEF2_DIR"
 # The decoder's last stage (upsample to full size, conv, block, conv to RGB) starts here; before
 # it the features are at half the image's resolution.
 LAST_STAGE = 16
+# Where each network's GroupNorms (which see the whole image) end or begin: the decoder's first
+# DECODER_HEAD modules and the encoder's modules from ENCODER_LOCAL on run whole, at the latent's
+# resolution; the rest, at up to full resolution, is local and runs in tiles (``codec.tiling``).
+DECODER_HEAD = 6
+ENCODER_LOCAL = 11
 # Relative to the checkout: ``<repo>/../shared/weights/taef2``.
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "weights" / "taef2"
 
@@ -163,15 +170,22 @@ class TAEF2(nn.Module):
         return self._with_decoder_state({k: mine[k] + alpha * (theirs[k] - mine[k]) for k in mine}, other.weights_sha256)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """``image``: (B, 3, H, W) in [0, 1], H and W multiples of 8."""
-        return self.encoder(image)
+        """``image``: (B, 3, H, W) in [0, 1], H and W multiples of 8; its full-resolution layers
+        run in tiles (``codec.tiling``: the same latent, with bounded memory)."""
+        local = lambda x: (self.encoder[:ENCODER_LOCAL](x),)
+        return self.encoder[ENCODER_LOCAL:](tiled(local, [image], scale_in=SCALE_FACTOR, scale_out=1)[0])
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latent).clamp(0, 1)
+        tail = lambda h: (self.decode_from_features(self.decode_features(h)).clamp(0, 1),)
+        return tiled(tail, [self.decode_head(latent)], scale_in=1, scale_out=SCALE_FACTOR)[0]
 
-    def decode_features(self, latent: torch.Tensor) -> torch.Tensor:
-        """The decoder up to its last stage: features at half the image's resolution."""
-        return self.decoder[:LAST_STAGE](latent)
+    def decode_head(self, latent: torch.Tensor) -> torch.Tensor:
+        """The decoder's layers that see the whole latent (its GroupNorms): run untiled."""
+        return self.decoder[:DECODER_HEAD](latent)
+
+    def decode_features(self, head: torch.Tensor) -> torch.Tensor:
+        """``decode_head``'s output (or a tile of it) -> features at half the image's resolution."""
+        return self.decoder[DECODER_HEAD:LAST_STAGE](head)
 
     def decode_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """The last stage on ``decode_features``' output: the full decode, unclamped."""

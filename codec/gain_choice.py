@@ -42,10 +42,10 @@ def cdm_split(p: Preset, y_hat: torch.Tensor, head: Header, seeds: list[int], te
         cond = texts if p.cdm.text_conditioned else None
         restored = cdm_decode_latent(p.cdm, z_hat, head.rate_level, head.diffusion_start_step, seeds, texts=cond)
         plain_ae = p.plain(head.rate_level)
-        split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma)
-        plain = plain_ae.decode_from_features(split.plain_features).clamp(0, 1)[:, :, :ch, :cw]
+        split = split_detail(p.autoencoder, plain_ae, z_hat, restored, p.cdm.config.detail_sigma, with_plain=True)
+        plain = split.plain[:, :, :ch, :cw]
     output = None if head.scale == 1 else lambda x: upsample(x, head.width, head.height).clamp(0, 1)  # as a decoder does
-    split = DetailSplit(split.low[:, :, :ch, :cw], split.detail[:, :, :ch, :cw], None)
+    split = DetailSplit(split.low[:, :, :ch, :cw], split.detail[:, :, :ch, :cw])
     return split, plain if output is None else output(plain), output
 
 

@@ -51,9 +51,9 @@ def _smooth_and_checkerboard() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def test_split_keeps_detail_and_takes_the_base_low_frequencies():
     preview, base, detail = _smooth_and_checkerboard()
     restored = base + detail  # the base's low frequencies + fine detail: kept as it is
-    assert torch.allclose(split_images(restored, preview, 1.5, None).compose(), restored, atol=2e-3)
+    assert torch.allclose(split_images(restored, preview, 1.5).compose(), restored, atol=2e-3)
     # restored drifted by a constant: the drift goes, the detail stays; the gain scales the detail
-    split = split_images(restored + 0.2, preview, 1.5, None)
+    split = split_images(restored + 0.2, preview, 1.5)
     assert torch.allclose(split.compose(), restored, atol=2e-3)
     assert torch.allclose(split.compose(torch.tensor([0.5])), base + 0.5 * detail, atol=4e-3)
 
@@ -63,7 +63,7 @@ def test_chosen_gain_restores_the_originals_detail_amount():
     back (79 where the 8-bit rounding puts 80 a hair above the original's texture)."""
     preview, base, detail = _smooth_and_checkerboard()
     original = base + detail
-    split = split_images(base + 0.5 * detail, preview, 1.5, None)
+    split = split_images(base + 0.5 * detail, preview, 1.5)
     plain = base
     assert choose_gains(split, original, plain, budget_db=0.9, max_texture=1.0, max_code=96)[0] in (79, 80)
     # the texture cap holds: at most the original's
@@ -74,7 +74,7 @@ def test_chosen_gain_keeps_within_the_psnr_budget():
     """Detail unrelated to the original (here: of the wrong phase) costs PSNR: the budget binds."""
     preview, base, detail = _smooth_and_checkerboard()
     original = base + detail
-    split = split_images(base - 0.5 * detail, preview, 1.5, None)  # the wrong sign
+    split = split_images(base - 0.5 * detail, preview, 1.5)  # the wrong sign
     plain = base
     (g,) = choose_gains(split, original, plain, budget_db=0.9, max_texture=1.0, max_code=96)
     q = lambda x: (x * 255).round() / 255  # noqa: E731
@@ -92,7 +92,7 @@ def test_decoder_split_is_the_decoder(ae):
     assert isinstance(ae.decoder[LAST_STAGE], torch.nn.Upsample)
     z = ae.encode(to_tensor(photo(64, 64)))
     with torch.no_grad():
-        f = ae.decode_features(z)
+        f = ae.decode_features(ae.decode_head(z))
         assert f.shape[-1] == 32  # half the image's side
         assert torch.equal(ae.decode_from_features(f).clamp(0, 1), ae.decode(z))
         assert ae.decode_preview(f).shape == (1, 3, 32, 32)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.cdm.detail import decode_restored
+from codec.cdm.detail import DetailSplit, plain_low, restored_detail
 from codec.cdm.model import CDMDenoiser
 from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import cdm_decode_latent
@@ -77,11 +77,13 @@ def measure_level(preset, model: CDMDenoiser, z0: torch.Tensor, img: torch.Tenso
     psnr, texture = [], []
     ae, sigma = preset.autoencoder, model.config.detail_sigma
     plain_ae = preset.plain(level)
-    features = plain_ae.decode_features(z_hat)  # the plain path: its decode, and every blend's detail split
-    plain = mean_psnr(plain_ae.decode_from_features(features).clamp(0, 1)[:, :, b:-b, b:-b])
+    # the plain path once: its decode, and every blend's low frequencies
+    low, plain_x = (None, plain_ae.decode(z_hat)) if sigma is None else plain_low(plain_ae, z_hat, sigma, with_plain=True)
+    plain = mean_psnr(plain_x[:, :, b:-b, b:-b])
     for s in GRID:
         blended = z_hat + s * (restored - z_hat)
-        dec = decode_restored(ae, plain_ae, z_hat, blended, sigma, plain_features=features)[:, :, b:-b, b:-b]
+        whole = ae.decode(blended) if sigma is None else DetailSplit(low, restored_detail(ae, blended, sigma)).compose()
+        dec = whole[:, :, b:-b, b:-b]
         psnr.append(mean_psnr(dec))
         texture.append(float(hf_energy_tensor(dec).sum() / hf_energy_tensor(tgt).sum()))
     return {"level": level, "plain_psnr": plain, "psnr": psnr, "texture_ratio": texture}

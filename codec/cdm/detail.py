@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from codec.autoencoder import TAEF2
 from codec.texture import hf_energy_tensor
+from codec.tiling import HALO, tiled
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -70,7 +71,7 @@ class DetailSplit:
 
     low: torch.Tensor  # G_σ ∗ up₂(preview of ẑ): the plain decode's low frequencies
     detail: torch.Tensor  # x_r − G_σ ∗ x_r: the restoration's detail
-    plain_features: torch.Tensor | None  # ẑ's half-resolution decoder features (for the plain decode)
+    plain: torch.Tensor | None = None  # ẑ's plain decode in [0, 1], when asked for (the gain search's reference)
 
     def compose(self, gains: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) gains (None: 1) -> the decoded images in [0, 1]."""
@@ -78,32 +79,63 @@ class DetailSplit:
         return (self.low + g * self.detail).clamp(0, 1)
 
 
-def split_detail(autoencoder: TAEF2, plain: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float,
-                 plain_features: torch.Tensor | None = None) -> DetailSplit:  # fmt: skip
-    """``autoencoder`` decodes the restored latent; ``plain`` decodes ẑ (``Preset.plain``: a
-    decoder fine-tuned on ẑ when the model has one, else the same autoencoder).
-    ``plain_features``: ``plain.decode_features(z_hat)`` when the caller has them already (the
-    calibration splits several restorations of one ẑ)."""
-    restored = autoencoder.decode_from_features(autoencoder.decode_features(z_restored))
-    features = plain.decode_features(z_hat) if plain_features is None else plain_features
-    return split_images(restored, plain.decode_preview(features), sigma, features)
+def low_frequencies(preview: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 3, H/2, W/2) preview -> G_σ ∗ up₂(preview), (B, 3, H, W)."""
+    size = (2 * preview.shape[-2], 2 * preview.shape[-1])
+    return gaussian_blur(F.interpolate(preview, size=size, mode="bilinear", align_corners=False), sigma)
 
 
-def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float,
-                 features: torch.Tensor | None) -> DetailSplit:  # fmt: skip
+def detail_of(restored: torch.Tensor, sigma: float) -> torch.Tensor:
+    return restored - gaussian_blur(restored, sigma)
+
+
+def split_images(restored: torch.Tensor, preview: torch.Tensor, sigma: float) -> DetailSplit:
     """``restored``: (B, 3, H, W) full decode, unclamped; ``preview``: (B, 3, H/2, W/2)."""
-    base = F.interpolate(preview, size=restored.shape[-2:], mode="bilinear", align_corners=False)
-    return DetailSplit(gaussian_blur(base, sigma), restored - gaussian_blur(restored, sigma), features)
+    return DetailSplit(low_frequencies(preview, sigma), detail_of(restored, sigma))
+
+
+def _halo(sigma: float) -> int:
+    """The decoder's halo widened by the blur's radius (in latent pixels)."""
+    return HALO + math.ceil(math.ceil(3 * sigma) / TAEF2.scale_factor)
+
+
+def plain_low(plain: TAEF2, z_hat: torch.Tensor, sigma: float,
+              with_plain: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """ẑ's low frequencies from ``plain``'s preview, and with ``with_plain`` its plain decode
+    too (the two share the decoder's features), computed in tiles (``codec.tiling``)."""
+
+    def tile(head: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = plain.decode_features(head)
+        low = low_frequencies(plain.decode_preview(features), sigma)
+        return (low, plain.decode_from_features(features).clamp(0, 1)) if with_plain else (low,)
+
+    out = tiled(tile, [plain.decode_head(z_hat)], scale_in=1, scale_out=TAEF2.scale_factor, halo=_halo(sigma))
+    return out[0], out[1] if with_plain else None
+
+
+def restored_detail(autoencoder: TAEF2, z_restored: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The detail of ``autoencoder``'s decode of the restored latent, computed in tiles."""
+    tail = lambda h: (detail_of(autoencoder.decode_from_features(autoencoder.decode_features(h)), sigma),)
+    return tiled(tail, [autoencoder.decode_head(z_restored)], scale_in=1, scale_out=TAEF2.scale_factor,
+                 halo=_halo(sigma))[0]  # fmt: skip
+
+
+def split_detail(autoencoder: TAEF2, plain: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor, sigma: float,
+                 with_plain: bool = False) -> DetailSplit:  # fmt: skip
+    """``autoencoder`` decodes the restored latent; ``plain`` decodes ẑ (``Preset.plain``: a
+    decoder fine-tuned on ẑ when the model has one, else the same autoencoder). With
+    ``with_plain`` the split carries ẑ's plain decode as well."""
+    low, plain_x = plain_low(plain, z_hat, sigma, with_plain)
+    return DetailSplit(low, restored_detail(autoencoder, z_restored, sigma), plain_x)
 
 
 def decode_restored(autoencoder: TAEF2, plain: TAEF2, z_hat: torch.Tensor, z_restored: torch.Tensor,
-                    sigma: float | None, gains: torch.Tensor | None = None,
-                    plain_features: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                    sigma: float | None, gains: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The image of a CDM decode in [0, 1]: the restored latent's decode, or with ``sigma`` set
     its detail, times each item's gain, on the plain latent's low frequencies."""
     if sigma is None:
         return autoencoder.decode(z_restored)
-    return split_detail(autoencoder, plain, z_hat, z_restored, sigma, plain_features).compose(gains)
+    return split_detail(autoencoder, plain, z_hat, z_restored, sigma).compose(gains)
 
 
 UNIT_GAIN_CODE = 64  # the head's detail gain code of gain 1 (and what a stream without the field means)

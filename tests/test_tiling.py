@@ -1,0 +1,119 @@
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+
+import codec
+from codec.autoencoder import TAEF2
+from codec.cdm.detail import DetailSplit, plain_low, restored_detail, split_detail
+from codec.images import to_tensor
+from codec.tiling import HALO, TILE_ENV, _cuts, tile_side, tiled
+from tests.conftest import photo
+
+# 320 x 256 pixels: 40 x 32 latents, so tiles of 24 latents cut it in 2 x 2 with halos.
+SMALL_TILE = "24"
+
+
+@pytest.fixture(scope="module")
+def ae() -> TAEF2:
+    return TAEF2.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return to_tensor(photo(320, 256))
+
+
+def test_cuts_cover_the_length_in_near_equal_spans():
+    assert _cuts(10, 24) == [(0, 10)]
+    assert _cuts(50, 24) == [(0, 17), (17, 33), (33, 50)]
+    spans = _cuts(130, 128)
+    assert spans[0][0] == 0 and spans[-1][1] == 130 and all(a[1] == b[0] for a, b in pairwise(spans))
+    assert min(b - a for a, b in spans) == 65  # no thin last tile
+
+
+def test_tile_side_setting(monkeypatch):
+    assert tile_side() == 128
+    monkeypatch.setenv(TILE_ENV, "200")
+    assert tile_side() == 200
+    for bad in ("0", "10", "big", str(2 * HALO - 1)):
+        monkeypatch.setenv(TILE_ENV, bad)
+        with pytest.raises(ValueError, match=TILE_ENV):
+            tile_side()
+
+
+def test_an_image_within_one_tile_runs_whole(ae, image):
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape)
+        return (x * 2,)
+
+    z = ae.encode(image)
+    assert torch.equal(tiled(fn, [z], scale_in=1, scale_out=1, tile=40)[0], z * 2) and calls == [z.shape]
+
+
+def test_tiled_autoencoder_is_the_whole_one(ae, image, monkeypatch):
+    with torch.no_grad():
+        z, x = ae.encode(image), ae.decode(ae.encode(image))
+        monkeypatch.setenv(TILE_ENV, SMALL_TILE)
+        z_tiled, x_tiled = ae.encode(image), ae.decode(z)
+    assert (z_tiled - z).abs().max() < 1e-5
+    assert (x_tiled - x).abs().max() < 1e-5
+
+
+def test_too_small_a_halo_shows(ae, image):
+    """The halo is what makes tiles exact: with a third of it, the tiles' edges differ."""
+    with torch.no_grad():
+        head = ae.decode_head(ae.encode(image))
+        tail = lambda h: (ae.decode_from_features(ae.decode_features(h)),)
+        whole = tail(head)[0]
+        exact = tiled(tail, [head], scale_in=1, scale_out=8, tile=24)[0]
+        short = tiled(tail, [head], scale_in=1, scale_out=8, tile=24, halo=HALO // 3)[0]
+    assert (exact - whole).abs().max() < 1e-5
+    assert (short - whole).abs().max() > 1e-3
+
+
+def test_tiled_detail_transfer_is_the_whole_one(ae, image, monkeypatch):
+    with torch.no_grad():
+        z = ae.encode(image)
+        other = ae.encode(to_tensor(photo(320, 256, "kodim05.png")))
+        whole = split_detail(ae, ae, z, other, 1.5, with_plain=True)
+        monkeypatch.setenv(TILE_ENV, SMALL_TILE)
+        tiles = split_detail(ae, ae, z, other, 1.5, with_plain=True)
+        wide_blur = restored_detail(ae, other, 6.0)  # a σ whose blur outgrows the decoder's halo
+        monkeypatch.delenv(TILE_ENV)
+        assert (restored_detail(ae, other, 6.0) - wide_blur).abs().max() < 1e-5
+    for name in ("low", "detail", "plain"):
+        assert (getattr(tiles, name) - getattr(whole, name)).abs().max() < 1e-5, name
+    assert torch.equal(whole.plain, ae.decode(z))
+
+
+def test_tiled_decoding_is_differentiable(ae, image, monkeypatch):
+    """Latent refinement and prompt optimisation run gradients through these decodes."""
+    z = ae.encode(image).detach()
+
+    def grad() -> torch.Tensor:
+        zz = z.clone().requires_grad_(True)
+        low, _ = plain_low(ae, zz, 1.5)
+        (DetailSplit(low, restored_detail(ae, zz, 1.5)).compose() - image).pow(2).mean().backward()
+        return zz.grad
+
+    whole = grad()
+    monkeypatch.setenv(TILE_ENV, SMALL_TILE)
+    tiles = grad()
+    assert whole.abs().max() > 0 and (tiles - whole).abs().max() < 1e-4 * whole.abs().max()
+
+
+def test_a_tiled_stream_decodes_as_an_untiled_one(monkeypatch):
+    """The codec end to end (the offline preset's CDM decode and its plain decoder):
+    8-bit pixels agree but for float rounding at a rare pixel."""
+    stream = codec.encode(photo(320, 256), rate=3)
+    whole = np.asarray(codec.decode(stream), dtype=np.int16)
+    monkeypatch.setenv(TILE_ENV, SMALL_TILE)
+    tiles = np.asarray(codec.decode(stream), dtype=np.int16)
+    plain_tiles = np.asarray(codec.decode(stream, decoder="plain"), dtype=np.int16)
+    monkeypatch.delenv(TILE_ENV)
+    assert np.abs(tiles - whole).max() <= 1 and (tiles != whole).mean() < 1e-3
+    assert np.abs(np.asarray(codec.decode(stream, decoder="plain"), dtype=np.int16) - plain_tiles).max() <= 1

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
+import shutil
+import socket
 import subprocess
-import tomllib
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from pipelines.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _resulic_args(command: list[str]) -> list[str]:
@@ -40,8 +51,8 @@ def test_nightly_job_submits_once_with_the_token_and_a_valid_compress():
     assert args.workers and args.gpus_per_worker and args.device == "cuda" and args.max_failure_rate < 1
     # idempotent submission: one id per night, a retried pod follows the existing job
     script = (ROOT / container["command"][0].removeprefix("/opt/resulic/")).read_text()
-    assert 'id="resulic-nightly-$(date -u +%Y-%m-%d)"' in script
-    assert 'ray job submit --submission-id "$id"' in script and 'ray job logs --follow "$id"' in script
+    assert _env(container)["RESULIC_RUN_ID"] == {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}
+    assert 'id="${RESULIC_RUN_ID:-' in script  # what test_submit_script_against_a_job_server runs
     assert os.access(ROOT / "infra" / "submit_nightly.sh", os.X_OK)
     # the network policy lets exactly these pods reach the job server
     policy = yaml.safe_load((ROOT / "infra" / "kuberay" / "networkpolicy.yaml").read_text())
@@ -55,6 +66,39 @@ def test_nightly_job_submits_once_with_the_token_and_a_valid_compress():
 
 def test_submit_script_is_valid_shell():
     subprocess.run(["sh", "-n", str(ROOT / "infra" / "submit_nightly.sh")], check=True)
+
+
+@pytest.mark.slow
+def test_submit_script_against_a_job_server():
+    """A real Ray head's job server on loopback, with token auth: the script exits 0 exactly
+    when the job succeeded, for a fresh submission and for a retry that follows the existing job."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "RAY_ADDRESS": f"http://127.0.0.1:{_free_port()}",
+    }
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # as the cluster runs it
+    dashboard = env["RAY_ADDRESS"].rsplit(":", 1)[1]
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}", "--num-cpus=2",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+    script = str(ROOT / "infra" / "submit_nightly.sh")
+    try:
+        run = lambda run_id, *cmd: subprocess.run([script, *cmd], env={**env, "RESULIC_RUN_ID": run_id},
+                                                  capture_output=True, text=True, timeout=180)  # fmt: skip
+        ok = run("resulic-nightly-ok", sys.executable, "-c", "print('archived')")
+        assert ok.returncode == 0, ok.stderr
+        assert "archived" in ok.stdout and "job resulic-nightly-ok: SUCCEEDED" in ok.stderr
+        again = run("resulic-nightly-ok", sys.executable, "-c", "raise SystemExit(5)")  # a retried pod
+        assert again.returncode == 0 and "exists: following it" in again.stderr
+        failed = run("resulic-nightly-bad", sys.executable, "-c", "raise SystemExit(1)")
+        assert failed.returncode == 1 and "job resulic-nightly-bad: FAILED" in failed.stderr
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_raycluster_gpu_group_from_zero_and_token_auth_everywhere():
@@ -91,7 +135,9 @@ def test_every_pod_mounts_the_weights_volume_that_weights_yaml_creates_and_fills
     claim, job = yaml.safe_load_all((ROOT / "infra" / "kuberay" / "weights.yaml").read_text())
     assert claim["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in claim["spec"]["accessModes"]
     dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
-    taef2_dir = next(line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ENV RESULIC_TAEF2_DIR="))
+    taef2_dir = next(
+        line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ENV RESULIC_TAEF2_DIR=")
+    )
     fetch = job["spec"]["template"]["spec"]
     args = build_parser().parse_args(_resulic_args(fetch["containers"][0]["command"]))
     assert (args.command, args.dest) == ("weights", taef2_dir)

@@ -41,9 +41,10 @@ class Classical:
         return self.fmt if self.scale == 1 else f"{self.fmt}-{self.scale}x"
 
     def encode(self, image: Image.Image, quality: int) -> bytes:
-        small = image
+        small = image.copy()
         if self.scale != 1:
             small = image.resize((max(1, image.width // self.scale), max(1, image.height // self.scale)), Image.LANCZOS)
+        small.info.clear()  # an ICC profile or comment of the source would be written and counted in its bpp
         buf = io.BytesIO()
         kw = {"quality": quality}
         if self.fmt == "avif":

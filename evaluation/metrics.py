@@ -24,10 +24,13 @@ def _pair(a: Image.Image, b: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     return to_tensor(a.convert("RGB")), to_tensor(b.convert("RGB"))
 
 
+PSNR_CAP = 100.0  # dB: an exact reconstruction's, so that one lossless image leaves a set's mean finite
+
+
 def psnr(a: Image.Image, b: Image.Image) -> float:
     x, y = _pair(a, b)
     mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1 / mse))
 
 
 def ms_ssim(a: Image.Image, b: Image.Image) -> float:

@@ -134,7 +134,10 @@ def read_cache(path: Path, digest: str) -> dict[str, torch.Tensor]:
     """A fetch-cache safetensors file, refused unless its tensors are the published ones."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors' own error type for a cut or damaged file
+        raise WeightsError(f"{path}: unreadable ({e}); run `resulic weights fetch-metrics` again") from e
     got = tensors_digest(state)
     if got != digest:
         raise WeightsError(f"{path}: its tensors (digest {got}) are not the published weights ({digest}); "

@@ -389,7 +389,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{len(result.rows)} measurements of {len(result.summary)} settings; report: {Path(args.outdir) / 'report.md'}")
     for note in result.notes:
         print(f"note: {note}")
-    return 0
+    return 1 if result.failed else 0  # a failed task is in the notes; the rest was measured and written
 
 
 def _add_verbose_arg(p: argparse.ArgumentParser) -> None:

@@ -23,12 +23,27 @@ def plotted(summary: list[dict]) -> list[str]:
     return [m for m in PLOTS if m in ("psnr", "ms_ssim") or any(s.get(m) is not None for s in summary)]
 
 
+def _replace(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a killed run leaves the old file or the new one,
+    never a cut one that ``--from-csv`` would trust."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _text(path: Path, text: str) -> None:
+    _replace(path, lambda tmp: tmp.write_text(text))
+
+
 def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+
+    _replace(path, write)
 
 
 def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
@@ -50,7 +65,7 @@ def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -94,8 +109,8 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dic
     _csv(out / "bd_rate.csv", bd, BD_COLUMNS)
     for metric in plotted(summary):
         rd_plot(summary, metric, out / PLOTS[metric][0], PLOTS[metric][1])
-    (out / "report.md").write_text(report(summary, bd, notes, env))
+    _text(out / "report.md", report(summary, bd, notes, env))
     if report_path is not None:  # a second copy elsewhere (docs/results.md), its plot links made relative
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(out, Path(report_path).parent)
-        Path(report_path).write_text(report(summary, bd, notes, env, plots=f"{rel}/"))
+        _text(Path(report_path), report(summary, bd, notes, env, plots=f"{rel}/"))

@@ -12,6 +12,7 @@ MS-SSIM, LPIPS and DISTS (the last two lower-is-better: at equal LPIPS or DISTS)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from codec.images import load_image
 from codec.usage import UsageError
 from evaluation.baselines import QUALITIES, SCALES, Classical, available
 from evaluation.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
@@ -95,8 +97,9 @@ def _timed(fn, *args, **kw):
 
 
 def run_task(path: str, codec: str, options: EvalOptions) -> list[dict]:
-    """Every setting of ``codec`` on one image."""
-    ref = Image.open(path).convert("RGB")
+    """Every setting of ``codec`` on one image, read as ``compress`` reads it (EXIF orientation,
+    alpha on white, 16-bit and grayscale to 8-bit RGB), so both measure the same pixels."""
+    ref = load_image(path)
     name = Path(path).stem
     rows, outs = [], []
     if codec in RESULIC_CODECS:
@@ -163,37 +166,63 @@ def _unavailable(codec: str) -> str | None:
 
 
 def list_images(dataset: str, limit: int | None) -> list[str]:
+    """The folder's images (the first ``limit``); rows and captions are keyed by file stem, so
+    two files of one stem are refused."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--images must be a positive number of images, got {limit}")
     paths = sorted(str(p) for p in Path(dataset).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no images in {dataset}")
+    stems: dict[str, list[str]] = {}
+    for p in paths:
+        stems.setdefault(Path(p).stem, []).append(Path(p).name)
+    if clash := [names for names in stems.values() if len(names) > 1]:
+        raise UsageError(f"images are named by their stem, and these share one: {'; '.join(', '.join(n) for n in clash)}")
     return paths[:limit] if limit else paths
 
 
-def run_all(images: list[str], codecs: list[str], options: EvalOptions, progress: bool = True) -> list[dict]:
+def _task(path: str, codec: str, options: EvalOptions) -> list[dict] | str:
+    """``run_task``'s rows, or why it failed: one image or codec failing costs only its own rows."""
+    try:
+        return run_task(path, codec, options)
+    except Exception as e:  # noqa: BLE001 - reported per task (a note, and exit 1), the others still measured
+        return f"{Path(path).name}, {codec}: failed ({type(e).__name__}: {e})"
+
+
+def run_all(images: list[str], codecs: list[str], options: EvalOptions,
+            progress: bool = True) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Every (image, codec) task's rows, and a line for each task that failed."""
     from tqdm import tqdm
 
     tasks = [(p, c) for p in images for c in codecs]
     bar = tqdm(total=len(tasks), desc="eval", unit="task", disable=not progress)
     rows: list[dict] = []
+    failed: list[str] = []
+
+    def take(result: list[dict] | str) -> None:
+        if isinstance(result, str):
+            failed.append(result)
+        else:
+            rows.extend(result)
+        bar.update()
+
     if os.environ.get("RAY_ADDRESS"):  # a task per (image, codec) on the attached cluster
         import ray
 
         from pipelines.ray_runtime import ensure_ray, worker_env
 
         ensure_ray()
-        remote = ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env()})(run_task)
+        remote = ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env()})(_task)
         pending = [remote.remote(p, c, options) for p, c in tasks]
         while pending:
             done, pending = ray.wait(pending)
             for ref in done:
-                rows += ray.get(ref)
-                bar.update()
+                take(ray.get(ref))
     else:
         for p, c in tasks:
-            rows += run_task(p, c, options)
-            bar.update()
+            take(_task(p, c, options))
     bar.close()
-    return rows
+    return rows, failed
 
 
 def summarise(rows: list[dict], known: dict[tuple[str, str], dict] | None = None) -> list[dict]:
@@ -264,6 +293,45 @@ class EvalResult:
     summary: list[dict]
     bd: list[dict]
     notes: list[str]
+    failed: list[str] = field(default_factory=list)  # a line per (image, codec) task that failed
+
+
+def _check_plan(run: list[str], anchor: str | None, rates: list[float] | None) -> str:
+    """The anchor (given, or the default) and the rates checked before anything is measured: a
+    typo should cost a second, not a run."""
+    best = [f"{fmt}-best" for fmt in CLASSICAL if any(c.startswith(f"{fmt}-") for c in run)]
+    anchor = anchor or ("avif-best" if "avif-best" in best else run[0])
+    if anchor not in run + best:
+        raise UsageError(f"anchor {anchor!r} is not one of the codecs run ({', '.join(run + best)})")
+    if rates and any(c in RESULIC_CODECS and c != "resulic-budget" for c in run):
+        from codec.presets import load_preset
+        from codec.settings import rate_to_level
+
+        p = load_preset()
+        for r in rates:
+            rate_to_level(p, r)  # a UsageError names the model's range
+    return anchor
+
+
+def coverage_notes(rows: list[dict]) -> list[str]:
+    """A note for each codec and setting measured on fewer images than the set (a task failed):
+    its means are over other images than the rest's."""
+    everything = {r["image"] for r in rows}
+    groups: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        groups.setdefault((r["codec"], r["setting"]), set()).add(r["image"])
+    return [f"{c} {s}: measured on {len(imgs)} of {len(everything)} images (not comparable with the others)"
+            for (c, s), imgs in sorted(groups.items()) if len(imgs) < len(everything)]  # fmt: skip
+
+
+def over_budget_notes(rows: list[dict]) -> list[str]:
+    """resulic-budget rows above their budget (the lowest rate at the smallest size is larger)."""
+    over: dict[str, list[str]] = {}
+    for r in rows:
+        if r["codec"] == "resulic-budget" and r["bpp"] > float(r["setting"].removeprefix("bpp<=")):
+            over.setdefault(r["setting"], []).append(f"{r['image']} {r['bpp']:.4f}")
+    return [f"resulic-budget {s}: over the budget on {len(v)} images (its lowest rate at its smallest size is larger): "
+            + ", ".join(v[:5]) + (" ..." if len(v) > 5 else "") for s, v in sorted(over.items())]  # fmt: skip
 
 
 def perceptual_plan(metrics, weights_dir: str | None) -> tuple[tuple[str, ...], list[str]]:
@@ -289,21 +357,33 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
 
     from pipelines.eval_report import write_outputs
 
-    with (Path(outdir) / "per_image.csv").open() as f:
-        rows = [{k: (v if k in ("image", "codec", "setting") else float(v) if v else None) for k, v in r.items()}
-                for r in csv.DictReader(f)]  # fmt: skip
+    path = Path(outdir) / "per_image.csv"
+    with path.open(newline="") as f:
+        text = f.read()
+    raw = list(csv.DictReader(io.StringIO(text, newline="")))
+    # a file cut off mid-write: its last line unended, or a short row (None for its missing fields)
+    short = [i for i, r in enumerate(raw, start=2) if None in r or any(v is None for v in r.values()) or not r["bpp"]]
+    if short or not text.endswith("\n"):
+        raise UsageError(f"{path} is incomplete (line {short[0] if short else len(raw) + 1}): measure again")
+    rows = [{k: (v if k in ("image", "codec", "setting") else float(v) if v else None) for k, v in r.items()}
+            for r in raw]  # fmt: skip
     known = {}
     if (Path(outdir) / "summary.csv").is_file():  # set-level metrics cannot be recomputed without features
         with (Path(outdir) / "summary.csv").open() as f:
             known = {(s["codec"], s["setting"]): {k: float(s[k]) for k in SET_METRICS if s.get(k)}
                      for s in csv.DictReader(f)}  # fmt: skip
     summary = summarise(rows, known)
-    codecs = {r["codec"] for r in rows}
-    bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else sorted(codecs)[0]))
+    bd_file = Path(outdir) / "bd_rate.csv"
+    if anchor is None and bd_file.is_file():  # the measured run's anchor, whatever rule chose it
+        with bd_file.open(newline="") as f:
+            anchor = next((b["anchor"] for b in csv.DictReader(f)), None)
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else codecs[0]))
     notes = [f"{m}: not computed (no measurement in per_image.csv)" for m in PAIR_METRICS
              if all(r.get(m) is None for r in rows)]  # fmt: skip
     notes += [f"{m}: not computed (summary.csv holds none)" for m in SET_METRICS
               if all(s.get(m) is None for s in summary)]  # fmt: skip
+    notes += coverage_notes(rows) + over_budget_notes(rows)
     env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None,
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
@@ -321,6 +401,9 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
         raise UsageError(f"budgets must be positive bits per pixel, got {budgets}")
     paths = list_images(dataset, images)
     run, notes = expand_codecs(list(codecs or DEFAULT_CODECS))
+    if not run:
+        raise UsageError(f"none of the codecs can run here: {'; '.join(notes)}")
+    anchor = _check_plan(run, anchor, rates)
     metrics = list(metrics or (*COMPUTED_METRICS, *PERCEPTUAL_METRICS))
     unknown = set(metrics) - set(COMPUTED_METRICS) - set(PERCEPTUAL_METRICS)
     if unknown:
@@ -334,11 +417,17 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     options = EvalOptions(tuple(rates or DEFAULT_RATES), tuple(budgets or DEFAULT_BUDGETS), cap,
                           str(weights_dir(metric_weights)), perceptual)  # fmt: skip
     t0 = time.time()
-    rows = run_all(paths, run, options, progress)
+    rows, failed = run_all(paths, run, options, progress)
+    if not rows:
+        raise RuntimeError(f"every task failed; the first: {failed[0]}")
     summary = summarise(rows)
-    anchor = anchor or ("avif-best" if "avif" in run else run[0])
-    bd = bd_rates(summary, anchor)
+    notes += failed + coverage_notes(rows) + over_budget_notes(rows)
+    try:
+        bd = bd_rates(summary, anchor)
+    except UsageError:  # the anchor was checked before measuring: its tasks failed
+        bd = []
+        notes.append(f"BD-rates: not computed (the anchor {anchor} has no measurements)")
     env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1),
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
-    return EvalResult(rows, summary, bd, notes)
+    return EvalResult(rows, summary, bd, notes, failed)

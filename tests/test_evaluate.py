@@ -4,6 +4,7 @@ DISTS too, from the published weights), not-computed metrics."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,87 @@ def test_eval_runs_as_ray_tasks_when_a_cluster_is_attached(ray_local, dataset, t
     res = evaluate(str(dataset), str(tmp_path / "o"), codecs=["webp", "resulic"], rates=[1], progress=False)
     assert len(res.rows) == 2 * (3 * 6 + 1)
     assert {r["image"] for r in res.rows} == {"img0", "img1"}
+
+
+def test_one_bad_image_costs_its_own_rows_only(dataset, tmp_path):
+    """A cut-off file among good ones: the others are measured and written, the failure named,
+    and the CLI exits 1."""
+    d = tmp_path / "ds"
+    d.mkdir()
+    for p in dataset.iterdir():
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "cut.png").write_bytes((dataset / "img0.png").read_bytes()[:300])
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(d), str(tmp_path / "o"), "--codecs", "webp",
+                          "--metrics", "psnr"], capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert re.search(r"note: cut.png, webp: failed \(ImageError: \S*cut.png: truncated image", res.stdout)
+    per = read(tmp_path / "o" / "per_image.csv")
+    assert {r["image"] for r in per} == {"img0", "img1"} and len(per) == 2 * 3 * 6
+    assert "cut.png, webp: failed" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_a_plan_that_cannot_run_fails_before_measuring(dataset, tmp_path, monkeypatch):
+    import pipelines.evaluate as ev
+
+    monkeypatch.setattr(ev, "run_all", lambda *a, **k: pytest.fail("measured before checking the plan"))
+    with pytest.raises(ValueError, match="anchor 'avif-bset' is not one of the codecs run"):
+        evaluate(str(dataset), str(tmp_path / "a"), codecs=["avif"], anchor="avif-bset", progress=False)
+    with pytest.raises(ValueError, match="rate 12 is outside"):
+        evaluate(str(dataset), str(tmp_path / "r"), codecs=["webp", "resulic"], rates=[0, 12], progress=False)
+    with pytest.raises(ValueError, match="none of the codecs can run here"):
+        evaluate(str(dataset), str(tmp_path / "n"), codecs=["resulic-refined"], progress=False)
+    with pytest.raises(ValueError, match="--images must be a positive"):
+        evaluate(str(dataset), str(tmp_path / "i"), codecs=["webp"], images=-1, progress=False)
+    (tmp_path / "twins").mkdir()
+    photo(64, 64).save(tmp_path / "twins" / "a.png")
+    photo(64, 64).save(tmp_path / "twins" / "a.jpg")
+    with pytest.raises(ValueError, match="share one: a.jpg, a.png"):
+        evaluate(str(tmp_path / "twins"), str(tmp_path / "t"), codecs=["webp"], progress=False)
+
+
+def test_eval_reads_images_as_compress_does(tmp_path):
+    """A 16-bit grayscale PNG is its image, not a white one (PIL's convert clips it)."""
+    from codec.images import load_image
+
+    gray = np.asarray(photo(128, 96).convert("L"), dtype=np.uint16) * 257
+    (tmp_path / "ds").mkdir()
+    Image.fromarray(gray).save(tmp_path / "ds" / "g16.png")
+    assert Image.open(tmp_path / "ds" / "g16.png").mode.startswith("I")
+    res = evaluate(str(tmp_path / "ds"), str(tmp_path / "o"), codecs=["webp"], metrics=["psnr"], progress=False)
+    ref = np.asarray(load_image(tmp_path / "ds" / "g16.png"))
+    assert 60 < ref.mean() < 200  # the photo's own grays
+    assert all(r["psnr"] < 60 for r in res.rows)  # measured against them, not against a lossless white
+
+
+def test_classical_sizes_exclude_the_sources_metadata():
+    img = photo(128, 96)
+    tagged = img.copy()
+    tagged.info["icc_profile"] = b"\0" * 3000  # a camera's profile rides in .info
+    tagged.info["comment"] = b"x" * 2000
+    for fmt in ("avif", "jpeg"):
+        assert len(Classical(fmt, 2).encode(tagged, 30)) == len(Classical(fmt, 2).encode(img, 30)), fmt
+        assert len(Classical(fmt, 1).encode(tagged, 30)) == len(Classical(fmt, 1).encode(img, 30)), fmt
+
+
+def test_budget_rows_over_their_budget_are_noted():
+    rows = [{"image": "x", "codec": "resulic-budget", "setting": "bpp<=0.0005", "bpp": 0.024},
+            {"image": "y", "codec": "resulic-budget", "setting": "bpp<=0.05", "bpp": 0.04}]  # fmt: skip
+    from pipelines.evaluate import over_budget_notes
+
+    want = "resulic-budget bpp<=0.0005: over the budget on 1 images (its lowest rate at its smallest size is larger)"
+    assert over_budget_notes(rows) == [f"{want}: x 0.0240"]
+
+
+def test_rebuild_refuses_a_cut_csv_and_keeps_the_runs_anchor(dataset, tmp_path):
+    from pipelines.evaluate import rebuild
+
+    out = tmp_path / "o"
+    evaluate(str(dataset), str(out), codecs=["webp", "jpeg"], metrics=["psnr"], progress=False)
+    assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}
+    rebuild(str(dataset), str(out))
+    assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}  # not the alphabetically first codec
+    text = (out / "per_image.csv").read_text()
+    (out / "per_image.csv").write_text(text[: int(len(text) * 0.6)])
+    with pytest.raises(ValueError, match="is incomplete .line [0-9]+.: measure again"):
+        rebuild(str(dataset), str(out))
+    assert not list(out.glob(".*.tmp"))  # outputs were replaced whole

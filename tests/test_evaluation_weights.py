@@ -88,3 +88,18 @@ def test_where_the_weights_are_looked_for(tmp_path, monkeypatch):
     assert default_weights_dir() == cache
     monkeypatch.setenv("RESULIC_METRIC_WEIGHTS", "/somewhere")
     assert default_weights_dir() == Path("/somewhere")
+
+
+def test_a_damaged_cache_file_is_a_weights_error(tmp_path):
+    """Not safetensors' own exception: eval reports the metric as not computed, and
+    fetch-metrics fetches it again (``cached`` is False)."""
+    from safetensors.torch import save_file
+
+    from evaluation.fetch import cached
+
+    save_file(LPIPS.raw_state(SHARED), str(tmp_path / LPIPS_CACHE))
+    data = (tmp_path / LPIPS_CACHE).read_bytes()
+    (tmp_path / LPIPS_CACHE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="unreadable"):
+        read_cache(tmp_path / LPIPS_CACHE, LPIPS.DIGEST)
+    assert not cached(tmp_path)

@@ -22,9 +22,11 @@ def test_a_few_steps_then_resume(tmp_path):
     main(args)
     model = CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm")
     assert model.config.block_out_channels == (32, 32) and len(model.config.latent_mean) == 32
+    photo(256, 256, "kodim05.png").save(photos / "b.png")  # the data grew: the run keeps its own normalisation
     main([*args, "--steps", "6"])  # the same command with more steps resumes from step 4
     ckpt = __import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 6
+    assert CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm").config.latent_mean == model.config.latent_mean
     fine = [*args[: args.index("--out")], "--out", str(tmp_path / "fine"), "--steps", "1", "--lr", "0", "--batch", "2",
             "--image-window", "8", "--init-from", str(tmp_path / "run" / "cdm")]  # fmt: skip
     main(fine)  # a new run from released-style weights (one step at lr 0: it writes what it loaded)

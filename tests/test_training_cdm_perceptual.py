@@ -37,3 +37,18 @@ def test_a_model_without_its_own_decoder_is_refused(tmp_path, train_photos):
     with pytest.raises(SystemExit, match="no decoder of its own"):
         main(["--model", "74603714a764be10", "--data", str(train_photos), "--out", str(tmp_path / "run"),
               "--crop", "128", "--steps", "1", "--metric-weights", str(PERCEPTUAL)])  # fmt: skip
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, train_photos):
+    """Crops, rate levels and noise come from generators whose states the checkpoint keeps: step 2
+    after a resume at step 1 is step 2 of a run that never stopped (it replayed step 1's draws)."""
+    args = ["--data", str(train_photos), "--batch", "1", "--crop", "128", "--scales", "1", "--save-every", "100",
+            "--log-every", "1", "--device", "cpu", "--metric-weights", str(PERCEPTUAL),
+            "--config", '{"block_out_channels": [32, 32], "norm_num_groups": 8}']  # fmt: skip
+    main([*args, "--out", str(tmp_path / "whole"), "--steps", "2"])
+    main([*args, "--out", str(tmp_path / "cut"), "--steps", "1"])
+    main([*args, "--out", str(tmp_path / "cut"), "--steps", "2"])
+    logs = [[json.loads(line) for line in (tmp_path / d / "train.log").read_text().splitlines()] for d in ("whole", "cut")]
+    drop = lambda r: {k: v for k, v in r.items() if k != "sec"}  # noqa: E731
+    assert [drop(r) for r in logs[0]] == [drop(r) for r in logs[1]]
+    assert logs[0][0]["lpips"] != logs[0][1]["lpips"]  # two different steps, not one twice

@@ -63,3 +63,20 @@ def test_a_codec_moved_to_new_lambdas_keeps_its_transforms():
     assert torch.allclose(moved.log_gain[0], 2 * codec.log_gain[0] - codec.log_gain[1], atol=1e-6)
     own = dict(codec.named_parameters())
     assert all(torch.equal(v, own[k]) for k, v in moved.named_parameters() if k != "log_gain")
+
+
+def test_exporting_leaves_the_model_being_trained_as_it_was(tmp_path):
+    """The export fits quantiles and rounds to float16 on a copy: a run's weights do not depend on
+    --save-every, and a resumed run goes on from what the uninterrupted one holds."""
+    from codec.latent_codec import LatentCodec
+    from training.latent_codec import save_weights
+
+    cfg = LatentCodecConfig(transform="conv", hidden=16, y_channels=32, z_channels=8, slices=[16, 16],
+                            param_hidden=16, num_rate_points=3, lambdas=[1e-6, 1e-5, 1e-4])  # fmt: skip
+    model = LatentCodec(cfg).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    save_weights(model, tmp_path / "lc.safetensors", {"step": "1"})
+    after = model.state_dict()
+    assert model.training and all(torch.equal(before[k], after[k]) for k in before)
+    assert load_latent_codec(tmp_path / "lc.safetensors").config.lambdas == cfg.lambdas
+    assert [p.name for p in tmp_path.iterdir()] == ["lc.safetensors"]  # written whole, no temporary left

@@ -79,3 +79,14 @@ def test_the_clock_stops_at_its_minutes():
     assert run.running() and run.lr_scale() == 0.1  # 59 of 60 s spent: past 85 %
     run.resume({"step": 3, "elapsed": 61.0})
     assert not run.running()
+
+
+def test_diverged_weights_are_never_checkpointed():
+    from training.runtime import require_finite
+
+    net = torch.nn.Linear(2, 2)
+    require_finite(3, net)
+    with torch.no_grad():
+        net.weight[0, 0] = float("nan")
+    with pytest.raises(SystemExit, match="non-finite weights at step 3"):
+        require_finite(3, net)

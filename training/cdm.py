@@ -42,7 +42,8 @@ from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n
 from codec.fixed_point import from_fixed
 from codec.presets import load_preset
 from codec.texture import luma_laplacian
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws
+from training.runtime import positive_int
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
@@ -67,9 +68,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--out", default="runs/cdm")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=positive_int, default=4000)
+    p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--crop", type=int, default=32, help="latent crop side (image side / 8)")
+    p.add_argument("--model-id", help="the release whose latent codec codes the crops (default: the newest)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops, rates and noise (with the step a resumed run starts at)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--image-loss-from", type=int, default=None, help="first step of stage 2 (default: 60%% of --steps)")
     p.add_argument("--image-loss-weight", type=float, default=1.0)
@@ -83,21 +86,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--init-from", help="a CDM weights directory to start from (its config and weights; not its "
                                        "blends, which a new calibration sets) when --out has no checkpoint")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--save-every", type=positive_int, default=200)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
     args = p.parse_args(argv)
 
     if args.crop % 16:  # before the cache is built, which can take minutes
         p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    preset = load_preset("taef2", weights_dir=args.weights_dir)
+    preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=args.model_id)
     ae = preset.autoencoder
     files = cache_from_specs(args.data, Path(args.cache), ae)
-    sampler = CropSampler(files, args.crop, seed=int(time.time()))
-    rng = random.Random(int(time.time()))
+    sampler = CropSampler(files, args.crop, seed=args.seed)
+    rng = random.Random(args.seed)
     if args.init_from:  # its config and normalisation too: the weights were trained with them
         start = CDMDenoiser.from_pretrained(args.init_from)
         model = CDMDenoiser(dataclasses.replace(start.config, blend=[]))
@@ -106,13 +109,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         mean, std = latent_stats(sampler.items)
         model = CDMDenoiser(CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
                                       **json.loads(args.config or "{}")))  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt_path, step = out / "checkpoint.pt", 0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    if ckpt is not None and "config" in ckpt:  # the run's own normalisation, not one of today's cache
+        model = CDMDenoiser(CDMConfig.from_dict(ckpt["config"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step = int(ckpt["step"])
+        seed_draws(args.seed, step, sampler.rng, rng)
         print(f"resumed at step {step}", flush=True)
     print(f"CDM denoiser: {sum(x.numel() for x in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     stage2 = int(0.6 * args.steps) if args.image_loss_from is None else args.image_loss_from
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                             "config": dataclasses.asdict(model.config)}, ckpt_path)  # fmt: skip
             model.save_pretrained(out / "cdm", {"step": step, "latent_codec_model_id": preset.model_id.hex()})
 
 

@@ -44,7 +44,8 @@ from codec.cdm.sampler import cdm_decode_latent
 from codec.presets import load_preset
 from codec.texture import hf_energy_tensor
 from training.cdm import decoded_latent
-from training.data import CropSampler, cache_from_specs
+from training.data import CropSampler, cache_from_specs, trained_for, write_whole
+from training.runtime import positive_int
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 BORDER = 8  # pixels of each crop left out of the measures (the decoder sees no context there)
@@ -110,16 +111,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
                    help="photo folders, each optionally FOLDER:SCALE,SCALE (never the evaluation set)")  # fmt: skip
     p.add_argument("--cache", default=".cache/latents")
-    p.add_argument("--crops", type=int, default=12)
+    p.add_argument("--crops", type=positive_int, default=12)
     p.add_argument("--crop", type=int, default=32, help="latent crop side")
     p.add_argument("--budget-db", type=float, default=0.9, help="PSNR the restoration may cost at each level")
     p.add_argument("--max-texture", type=float, default=1.0, help="texture ratio the blend may reach")
-    p.add_argument("--every", type=int, default=8, help="calibrate every N-th rate level, interpolate between")
+    p.add_argument("--every", type=positive_int, default=8, help="calibrate every N-th rate level, interpolate between")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    preset = load_preset("taef2")
+    # calibrated against the release it was trained for, not whichever is newest
+    preset = load_preset("taef2", model_id=trained_for(Path(args.cdm) / "model.safetensors"))
     model = CDMDenoiser.from_pretrained(args.cdm)
     sampler = CropSampler(cache_from_specs(args.data, Path(args.cache), preset.autoencoder), args.crop, seed=args.seed)
     z0, img = sampler.batch(args.crops)
@@ -127,10 +129,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     cfg_path = Path(args.cdm) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["blend"] = blend
-    cfg_path.write_text(json.dumps(cfg, indent=1) + "\n")
+    write_whole(cfg_path, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1) + "\n"))
     record = {"budget_db": args.budget_db, "max_texture": args.max_texture, "grid": GRID, "crops": args.crops, "seed": args.seed, "data": args.data,
               "levels": rows}  # fmt: skip
-    (Path(args.cdm) / "calibration.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_whole(Path(args.cdm) / "calibration.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
     print(f"wrote the blends of {len(blend)} levels into {cfg_path}")
 
 

@@ -43,7 +43,7 @@ from training.cdm import decoded_latent
 from training.data import save_checkpoint
 from training.discriminator import AdversarialTerm
 from training.photo_crops import PhotoCrops, add_photo_arguments
-from training.runtime import RunClock, add_runtime_arguments, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, positive_int, require_finite, start_runtime
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", help="the taef2 release (model id) the CDM is for (default: the newest)")
     add_photo_arguments(p)
     p.add_argument("--out", default="runs/cdm-perceptual")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lpips-weight", type=float, default=0.01, help="LPIPS in image-MSE units (the codec's)")
     p.add_argument("--adversarial-weight", type=float, default=0.0, help="the adversarial term, in image-MSE units")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     model = CDMDenoiser(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
-    run = RunClock(args, out / "train.log")
+    run = RunClock(args, out / "train.log", rngs={"crops": data.gen, "levels": rng})
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
           f"parameters, {len(data)} photo scales on {device}; bf16 {bf16}", flush=True)  # fmt: skip
 
     def checkpoint() -> None:
+        require_finite(run.step, model)
         state = {"model": model.state_dict(), "opt": opt.state_dict(), **run.state(), "config": dataclasses.asdict(config),
                  **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
         save_checkpoint(state, ckpt_path)

@@ -8,7 +8,9 @@ cached as safetensors; training then draws random aligned (latent, image) crops.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,30 +31,85 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=".cache/latents")
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a run killed mid-write keeps its last checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+def write_whole(path: str | Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``path``, then rename over it: a run killed mid-write leaves the old
+    file or the new one, never a cut one (checkpoints, exported weights, configs)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
     tmp.replace(path)
+
+
+def trained_for(weights: str | Path) -> str | None:
+    """The release (model id, hex) a trainer's safetensors output was trained for: its
+    ``latent_codec_model_id`` metadata (None when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        return (f.metadata() or {}).get("latent_codec_model_id")
+
+
+def seed_draws(seed: int, step: int, *rngs: random.Random) -> None:
+    """Seed torch and ``rngs`` from ``--seed`` and the step a run starts at: the same command gives
+    the same run, and a resumed run draws afresh instead of replaying its first crops (these
+    trainers' checkpoints keep no random states; ``training.runtime.RunClock``'s do)."""
+    torch.manual_seed(int(hashlib.sha256(f"{seed}:{step}".encode()).hexdigest()[:15], 16))
+    for i, rng in enumerate(rngs):
+        rng.seed(f"{seed}:{step}:{i}")
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    write_whole(path, lambda tmp: torch.save(state, tmp))
 
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+# Evaluation sets, never trained or calibrated on: a folder of this name anywhere in the path.
+EVALUATION_SETS = ("kodak",)
+
+
+def refuse_evaluation_set(source: str | Path) -> None:
+    """Raise if ``source`` (a folder, or an object-store URI) lies in an evaluation set."""
+    parts = Path(source).resolve().parts if "://" not in str(source) else str(source).split("/")
+    if any(part.lower() in EVALUATION_SETS for part in parts):
+        raise ValueError(f"{source} is an evaluation set ({', '.join(EVALUATION_SETS)}): never train or calibrate on it")
+
+
+def training_folder(folder: str | Path) -> Path:
+    """``folder`` checked as training data: it exists, holds photos, and is no evaluation set."""
+    path = Path(folder)
+    refuse_evaluation_set(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {folder}")
+    if not list_images(path):
+        raise ValueError(f"no photos in {folder}")
+    return path
+
+
+def _entry_name(folder: Path, path: Path, scale: float, autoencoder: TAEF2) -> str:
+    """A cache entry's file name: readable, and keyed by what its latent depends on (the photo's
+    place and bytes, the autoencoder's weights), so an edited photo or other weights never reuse
+    a stale entry and ``a/001.png`` and ``a/b/001.png`` never share one."""
+    h = hashlib.sha256(str(path.relative_to(folder)).encode())
+    h.update(path.read_bytes())
+    h.update(autoencoder.weights_sha256.encode())
+    return f"{folder.name}-{path.stem}-{h.hexdigest()[:12]}-s{int(scale * 100)}.safetensors"
+
+
 def build_cache(
     folders: list[Path], cache_dir: Path, autoencoder: TAEF2, scales: tuple[float, ...] = DEFAULT_SCALES
 ) -> list[Path]:
-    """Encode every photo at every scale into ``cache_dir``; already cached entries are kept.
-
-    Returns every entry of the cache, including those made earlier with other folders or scales.
-    """
+    """Encode every photo of ``folders`` at every scale into ``cache_dir``; already cached
+    entries are kept. Returns these folders' entries only: the cache may hold other folders'
+    (a calibration's held-out photos), which are not this run's data."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []
-    for folder in folders:
+    for folder in map(training_folder, folders):
         for path in list_images(folder):
             for scale in scales:
-                target = cache_dir / f"{folder.name}-{path.stem}-s{int(scale * 100)}.safetensors"
+                target = cache_dir / _entry_name(folder, path, scale, autoencoder)
                 out.append(target)
                 if target.exists():
                     continue
@@ -64,18 +121,19 @@ def build_cache(
                 x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
                 with torch.no_grad():
                     latent = autoencoder.encode(x)[0]
-                save_file({"latent": latent.contiguous(), "image": torch.from_numpy(arr.copy())}, str(target))
+                entry = {"latent": latent.contiguous(), "image": torch.from_numpy(arr.copy())}
+                write_whole(target, lambda tmp, entry=entry: save_file(entry, str(tmp)))
                 print(f"cached {target.name} {w}x{h}", flush=True)
-    return sorted(set(out) | set(cache_dir.glob("*.safetensors")))
+    return out
 
 
 def cache_from_specs(specs: list[str], cache_dir: Path, autoencoder: TAEF2) -> list[Path]:
-    """``build_cache`` for command-line specs ``FOLDER`` or ``FOLDER:SCALE,SCALE``; every cache entry."""
+    """``build_cache`` for command-line specs ``FOLDER`` or ``FOLDER:SCALE,SCALE``: their entries."""
     files: list[Path] = []
     for spec in specs:
         folder, _, scales = spec.partition(":")
         kw = {"scales": tuple(float(x) for x in scales.split(","))} if scales else {}
-        files = build_cache([Path(folder)], Path(cache_dir), autoencoder, **kw)  # each call lists the whole cache
+        files += build_cache([Path(folder)], Path(cache_dir), autoencoder, **kw)
     return files
 
 

@@ -49,28 +49,28 @@ from safetensors.torch import save_file
 from codec.presets import load_preset
 from evaluation.perceptual import LPIPS, default_weights_dir
 from training.cdm import decoded_latent
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws, write_whole
 from training.discriminator import AdversarialTerm
+from training.runtime import positive_int
 
 BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the decoder see no context there
 
 
 def save_decoder(decoder: torch.nn.Module, path: Path, meta: dict) -> None:
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    tmp.replace(path)
+    write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()}))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--out", default="runs/decoder")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=positive_int, default=3000)
+    p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--crop", type=int, default=32, help="latent crop side (image side / 8), a multiple of 16")
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops, rates and noise (with the step a resumed run starts at)")
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
+    p.add_argument("--warmup", type=positive_int, default=100, help="steps of linear learning-rate warm-up")
     p.add_argument("--loss", choices=("db", "mse"), default="mse",
                    help="db: the mean of each item's 10·log10(MSE); mse: the batch MSE (favours the low rates)")
     p.add_argument("--ms-ssim-weight", type=float, default=0.0, help="weight of 1 − MS-SSIM beside the image MSE")
@@ -82,16 +82,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--init", choices=("autoencoder", "release"), default="autoencoder",
                    help="start from TAEF2's own decoder or from the release's fine-tuned one")  # fmt: skip
     p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
-    p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), keeping the --steps schedule")
+    p.add_argument("--stop-at", type=positive_int, help="stop after this step (checkpointed), keeping the --steps schedule")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--save-every", type=positive_int, default=100)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
     args = p.parse_args(argv)
 
     if args.crop % 16:
         p.error("--crop must be a multiple of 16 (the latent codec's hyperprior stride)")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=args.model_id)
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.init == "release" and preset.decoder_finetune is None:
         p.error(f"--init release: model {preset.model_id.hex()} has no decoder of its own")
     files = cache_from_specs(args.data, Path(args.cache), ae)
-    sampler = CropSampler(files, args.crop, seed=int(time.time()))
-    rng = random.Random(int(time.time()))
+    sampler = CropSampler(files, args.crop, seed=args.seed)
+    rng = random.Random(args.seed)
     start = (preset.decoder_finetune if args.init == "release" else ae).decoder  # frozen: the log's reference
     decoder = copy.deepcopy(start)
     decoder.requires_grad_(True).train()
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         if adversarial:
             adversarial.load_state_dict(ckpt)
         step = int(ckpt["step"])
+        seed_draws(args.seed, step, sampler.rng, rng)
         print(f"resumed at step {step}", flush=True)
     log = open(out / "train.log", "a")
     t0 = time.time()

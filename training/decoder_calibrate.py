@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from codec.presets import load_preset
 from training.cdm import decoded_latent
-from training.data import cache_from_specs
+from training.data import cache_from_specs, trained_for, write_whole
+from training.runtime import positive_int
 
 
 @torch.no_grad()
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("out", help="the calibrated decoder file to write")
     p.add_argument("--data", required=True, help="a folder of held-out photos (never the training photos), FOLDER[:SCALE]")
     p.add_argument("--cache", default=".cache/latents")
-    p.add_argument("--images", type=int, default=10)
+    p.add_argument("--images", type=positive_int, default=10)
     p.add_argument("--crop", type=int, nargs=2, default=(48, 64), help="central latent crop, rows and columns")
-    p.add_argument("--every", type=int, default=8, help="measure every this many levels (and the top one)")
+    p.add_argument("--every", type=positive_int, default=8, help="measure every this many levels (and the top one)")
     p.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
@@ -59,10 +60,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if any(c % 16 for c in args.crop):
         p.error("--crop sides must be multiples of 16 (the latent codec's hyperprior stride)")
     torch.set_num_threads(args.threads)
-    preset = load_preset("taef2", weights_dir=args.weights_dir)
+    preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=trained_for(args.decoder))  # the decoder's release
     tuned = preset.autoencoder.with_decoder(args.decoder)
-    folder = Path(args.data.partition(":")[0])
-    files = [f for f in cache_from_specs([args.data], Path(args.cache), preset.autoencoder) if f.name.startswith(f"{folder.name}-")]
+    files = cache_from_specs([args.data], Path(args.cache), preset.autoencoder)
     items = []
     for f in files[: args.images]:
         it = load_file(str(f))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         x = it["image"][8 * i : 8 * (i + ch), 8 * j : 8 * (j + cw)].permute(2, 0, 1)[None].float() / 255
         items.append({"latent": it["latent"][:, i : i + ch, j : j + cw], "x": x})
     if not items:
-        p.error(f"no cached photo of {folder} is as large as the crop")
+        p.error(f"no cached photo of {args.data} is as large as the crop")
     n = preset.num_levels
     levels = sorted(set(range(0, n, args.every)) | {n - 1})
     psnr = measure_blends(preset, tuned, items, levels, args.grid)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     meta.update(blend=json.dumps(table), calibration=json.dumps(
         {"data": args.data, "images": len(items), "crop": list(args.crop), "levels": levels, "grid": args.grid,
          "psnr": [[round(v, 3) for v in row] for row in psnr]}))  # fmt: skip
-    save_file(load_file(args.decoder), args.out, metadata=meta)
+    write_whole(args.out, lambda tmp: save_file(load_file(args.decoder), str(tmp), metadata=meta))
     print(json.dumps({"blend": table}))
 
 

@@ -40,7 +40,8 @@ from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
 from codec.resample import SCALES
 from codec.settings import EncodeSettings
-from training.data import list_images
+from training.data import list_images, training_folder, write_whole
+from training.runtime import positive_int
 
 
 def measure(preset: Preset, images: list, levels: list[int], max_code: int,
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("out", help="the table to write (JSON), named by a release's detail_gains; the scales of an "
                    "existing table of the same model that this run does not measure are kept")
     p.add_argument("--data", required=True, help="a folder of held-out photos (never Kodak, never the training photos)")
-    p.add_argument("--images", type=int, default=14)
-    p.add_argument("--every", type=int, default=8, help="measure every this many levels (and the top one)")
+    p.add_argument("--images", type=positive_int, default=14)
+    p.add_argument("--every", type=positive_int, default=8, help="measure every this many levels (and the top one)")
     p.add_argument("--budget-db", type=float, default=DETAIL_BUDGET_DB)
     p.add_argument("--max-texture", type=float, default=DETAIL_MAX_TEXTURE)
     p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES,
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     preset = load_preset(model_id=args.model_id)
     if preset.cdm is None or preset.cdm.config.detail_sigma is None:
         p.error("the preset's model has no CDM with detail transfer: it writes no detail gain")
-    files = list_images(Path(args.data))[: args.images]
+    files = list_images(training_folder(args.data))[: args.images]
     if not files:
         p.error(f"no images in {args.data}")
     n = preset.num_levels
@@ -127,4 +128,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "data": args.data, "images": [f.name for f in files], "budget_db": args.budget_db,
         "max_texture": args.max_texture, "seconds": round(time.time() - t0),
     }  # fmt: skip
-    out.write_text(to_json(table))
+    write_whole(out, lambda tmp: tmp.write_text(to_json(table)))

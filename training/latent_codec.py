@@ -12,6 +12,7 @@ between. D mixes two terms:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -23,7 +24,8 @@ from safetensors.torch import save_file
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws, write_whole
+from training.runtime import positive_int
 
 
 @torch.no_grad()
@@ -77,7 +79,10 @@ def fit_quantiles(model: LatentCodec, steps: int = 2000) -> float:
 
 
 def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
-    """Frozen tables plus float16 weights (float16 is exact to load; the model uses these values)."""
+    """Frozen tables plus float16 weights (float16 is exact to load; the model uses these values),
+    from a copy: fitting the quantiles and rounding must not change the model being trained, or a
+    run would differ with --save-every and from its resumed self."""
+    model = copy.deepcopy(model)
     fit_quantiles(model)
     model.eval()
     tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if v.is_floating_point()}
@@ -85,8 +90,7 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
     # Round-trip through float16 before freezing, so the tables match the shipped weights.
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     tensors.update({k: v.contiguous() for k, v in model.freeze().items()})
-    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict()), **meta})
-    model.train()
+    write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={"config": json.dumps(model.config.to_dict()), **meta}))
 
 
 def load_model_weights(model: LatentCodec, state: dict[str, torch.Tensor]) -> None:
@@ -131,28 +135,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--out", default="runs/latent-codec")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=positive_int, default=6000)
+    p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--crop", type=int, default=32, help="latent crop side (image side / 8), a multiple of the codec stride")
     p.add_argument("--image-window", type=int, default=16, help="latent window decoded for the image loss; 0: none")
     p.add_argument("--image-loss-from", type=int, default=0, help="first step with the image loss (earlier: proxy only)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops, rates and noise (with the step a resumed run starts at)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--gain-lr-factor", type=float, default=30.0, help="learning-rate multiplier of the rate gains")
     p.add_argument("--density-lr-factor", type=float, default=10.0, help="learning-rate multiplier of the z density")
     p.add_argument("--init-from", help="start from this checkpoint's model weights (fresh optimiser, step 0)")
-    p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), keeping the --steps schedule")
+    p.add_argument("--stop-at", type=positive_int, help="stop after this step (checkpointed), keeping the --steps schedule")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--save-every", type=positive_int, default=250)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ae = TAEF2.from_pretrained(args.weights_dir)
     files = cache_from_specs(args.data, Path(args.cache), ae)
-    sampler = CropSampler(files, args.crop, seed=int(time.time()))
+    sampler = CropSampler(files, args.crop, seed=args.seed)
 
     ckpt_path = out / "checkpoint.pt"
     model = LatentCodec(LatentCodecConfig())
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         aux_opt.load_state_dict(ckpt["aux_opt"])
         step = int(ckpt["step"])
         sens = ckpt["sensitivity"]
+        seed_draws(args.seed, step, sampler.rng)
         print(f"resumed at step {step}", flush=True)
     else:
         if args.init_from:

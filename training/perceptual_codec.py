@@ -54,7 +54,7 @@ from training.decoder import save_decoder
 from training.discriminator import AdversarialTerm
 from training.latent_codec import bits_per_pixel, clipped_step, codec_step, gains_at, load_model_weights, save_weights
 from training.photo_crops import PhotoCrops, add_photo_arguments
-from training.runtime import RunClock, add_runtime_arguments, start_runtime
+from training.runtime import RunClock, add_runtime_arguments, positive_int, require_finite, start_runtime
 
 V2_CONFIG = dict(transform="conv", hidden=160, y_channels=320, z_channels=64,
                  slices=[16, 16, 32, 64, 192], param_hidden=128)  # fmt: skip
@@ -94,7 +94,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_photo_arguments(p)
     p.add_argument("--out", default="runs/perceptual-codec")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--decoder-lr", type=float, default=5e-5)
     p.add_argument("--gain-lr-factor", type=float, default=10.0)
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         raise SystemExit("--freeze-codec needs --init-from: the release whose latent codec stays as it is")
     if args.freeze_codec and args.lambdas:
         raise SystemExit("--lambdas retrains the gains: it cannot go with --freeze-codec")
+    if args.lambdas and (len(args.lambdas) < 2 or min(args.lambdas) <= 0 or args.lambdas != sorted(set(args.lambdas))):
+        raise SystemExit(f"--lambdas must be positive and increasing, at least two: {args.lambdas}")
     rt = start_runtime(args)
     device, bf16, autocast = rt.device, rt.bf16, rt.autocast
     out = Path(args.out)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     adversarial = AdversarialTerm(args.disc_lr, device) if args.adversarial_weight > 0 else None
 
     ckpt_path = out / "checkpoint.pt"
-    run = RunClock(args, out / "train.log")
+    run = RunClock(args, out / "train.log", rngs={"crops": data.gen})
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         if ("codec" in ckpt) != train_codec:
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         shutil.copyfile(codec_file, out / "latent_codec.safetensors")
 
     def checkpoint() -> None:
+        require_finite(run.step, decoder, *([codec] if train_codec else []))
         state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), **run.state(),
                  "sensitivity": sens, **(adversarial.state_dict() if adversarial else {})}  # fmt: skip
         if train_codec:

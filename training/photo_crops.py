@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import list_images
+from training.data import list_images, training_folder
 
 DEFAULT_DATA = ["../shared/datasets/photos-train-v2", "../shared/datasets/photos-train"]
 
@@ -65,12 +65,7 @@ class PhotoCrops:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        missing = [str(f) for f in folders if not Path(f).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"training data folder not found: {', '.join(missing)}")
-        paths = [p for f in folders for p in list_images(Path(f))]
-        if not paths:
-            raise ValueError(f"no photos in {', '.join(map(str, folders))}")
+        paths = [p for f in folders for p in list_images(training_folder(f))]
         photos = (load_photo(p, max_side, s) for p in paths for s in scales)
         self.photos = [t.to(device) for t in photos if min(t.shape[1:]) >= crop]
         if not self.photos:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from training.runtime import positive_int
+
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp"]
 STATE_FILE = "state.pt"
 
@@ -32,11 +34,11 @@ def add_ray_train_arguments(p: argparse.ArgumentParser, default_name: str) -> No
                                                          "rerun with the same name to resume")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="training workers (one GPU each with --device cuda)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="cuda: bf16 autocast on one GPU per worker")
-    p.add_argument("--steps", type=int, required=True, help="total optimiser steps (a rerun continues to it)")
-    p.add_argument("--batch", type=int, default=4, help="photos per worker and step")
+    p.add_argument("--steps", type=positive_int, required=True, help="total optimiser steps (a rerun continues to it)")
+    p.add_argument("--batch", type=positive_int, default=4, help="photos per worker and step")
     p.add_argument("--crop", type=int, default=512, help="crop side in pixels")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--save-every", type=positive_int, default=1000, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -134,7 +136,9 @@ def fit(loop: Callable[[dict], None], config: dict, args: argparse.Namespace):
     from ray.train.torch import TorchTrainer
 
     from pipelines.ray_runtime import ensure_ray
+    from training.data import refuse_evaluation_set
 
+    refuse_evaluation_set(args.data)
     ensure_ray()
     captions = json.loads(Path(args.captions).read_text()) if args.captions else None
     trainer = TorchTrainer(

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,17 +33,39 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a step count of 0 trains nothing; a cadence of 0 divides by it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser, *, steps: int, autocast_covers: str, save_every: int) -> None:
     """``--steps --minutes`` (what :class:`RunClock` reads), ``--device --bf16 --threads --save-every
     --log-every --seed --weights-dir --metric-weights``."""
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--minutes", type=float, help="stop (checkpointed) after this much wall time")
+    p.add_argument("--steps", type=positive_int, default=steps)
+    p.add_argument("--minutes", type=positive_float, help="stop (checkpointed) after this much wall time")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help=f"bfloat16 autocast for {autocast_covers} (default: on for cuda)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--save-every", type=int, default=save_every)
-    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
+    p.add_argument("--save-every", type=positive_int, default=save_every)
+    p.add_argument("--log-every", type=positive_int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
     p.add_argument("--metric-weights", default=None, help="LPIPS weights directory (evaluation.perceptual)")
@@ -65,26 +88,61 @@ def start_runtime(args: argparse.Namespace) -> Runtime:
     return Runtime(device, device.type == "cuda" if args.bf16 is None else args.bf16)
 
 
+def require_finite(step: int, *modules: torch.nn.Module) -> None:
+    """Stop before a checkpoint of weights that diverged (NaN or inf): writing it would make every
+    resume start from them; the last good checkpoint stays."""
+    for m in modules:
+        if not all(torch.isfinite(p).all() for p in m.parameters()):
+            raise SystemExit(f"non-finite weights at step {step}: nothing written, the last checkpoint stands "
+                             "(a lower --lr or other --lambdas may help)")  # fmt: skip
+
+
+def _as_tuple(state):
+    """``random.Random.getstate()``'s nested tuples, as a checkpoint may give them back (lists)."""
+    return tuple(_as_tuple(s) for s in state) if isinstance(state, list | tuple) else state
+
+
 class RunClock:
     """A run bounded by ``--steps`` and by ``--minutes`` of wall time, whichever ends first, and
     resumable at a step and an elapsed time. The learning rate falls tenfold after 85 % of that
     budget; log records and checkpoints come on the ``--log-every``/``--save-every`` cadence, and
-    a last checkpoint when the run ends between two."""
+    a last checkpoint when the run ends between two.
 
-    def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
+    ``rngs``: the trainer's own random generators (its crops', its rate draws'); with torch's
+    global ones they are saved in each checkpoint and restored on resume, so a resumed run draws
+    what the uninterrupted one would have, instead of the run's first crops again."""
+
+    def __init__(self, args: argparse.Namespace, log_path: Path,
+                 rngs: dict[str, torch.Generator | random.Random] | None = None) -> None:  # fmt: skip
         self.steps, self.budget = args.steps, args.minutes * 60 if args.minutes else math.inf
         self.log_every, self.save_every = args.log_every, args.save_every
         self.log_path, self.step, self.elapsed = log_path, 0, 0.0
+        self.rngs = rngs or {}
         self._start = time.time()
 
     def resume(self, checkpoint: dict) -> None:
-        """Go on from a checkpoint's ``step`` and ``elapsed`` (what :meth:`state` gave it)."""
+        """Go on from a checkpoint's ``step``, ``elapsed`` and random states (what :meth:`state` gave it)."""
         self.step, self.elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
         self._start = time.time() - self.elapsed
+        saved = checkpoint.get("rng")
+        if saved is None:  # a checkpoint from before random states were kept
+            print("note: this checkpoint holds no random states: the resumed run draws afresh", flush=True)
+        else:
+            torch.set_rng_state(saved["torch"].cpu())
+            if saved["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda"]])
+            for name, gen in self.rngs.items():
+                if isinstance(gen, torch.Generator):
+                    gen.set_state(saved[name].cpu())
+                else:
+                    gen.setstate(_as_tuple(saved[name]))
         print(f"resumed at step {self.step}", flush=True)
 
     def state(self) -> dict:
-        return {"step": self.step, "elapsed": self.elapsed}
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        for name, gen in self.rngs.items():
+            rng[name] = gen.get_state() if isinstance(gen, torch.Generator) else gen.getstate()
+        return {"step": self.step, "elapsed": self.elapsed, "rng": rng}
 
     def running(self) -> bool:
         return self.step < self.steps and self.elapsed < self.budget

@@ -23,7 +23,16 @@ import json
 import torch
 import torch.nn.functional as F
 
-from training.ray_train import add_ray_train_arguments, autocast, batches, fit, local_copy, report, resume_state, seed_for
+from training.ray_train import (
+    add_ray_train_arguments,
+    autocast,
+    batches,
+    fit,
+    local_copy,
+    report,
+    resume_state,
+    seed_for,
+)
 
 
 def train_loop(cfg: dict) -> None:

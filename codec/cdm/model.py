@@ -129,9 +129,12 @@ class CDMDenoiser(torch.nn.Module):
     def save_pretrained(self, directory: str | Path, meta: dict | None = None) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(asdict(self.config), indent=1) + "\n")
         state = {k: v.detach().half().contiguous() for k, v in self.unet.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"), metadata={k: str(v) for k, v in (meta or {}).items()})
+        # each file written beside and renamed: a training run killed mid-export leaves whole files
+        save_file(state, str(d / ".model.safetensors.tmp"), metadata={k: str(v) for k, v in (meta or {}).items()})
+        (d / ".config.json.tmp").write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+        (d / ".model.safetensors.tmp").replace(d / "model.safetensors")
+        (d / ".config.json.tmp").replace(d / "config.json")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "CDMDenoiser":

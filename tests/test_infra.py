@@ -115,6 +115,23 @@ def test_raycluster_gpu_group_from_zero_and_token_auth_everywhere():
         assert _token_auth(rc["spec"]["autoscalerOptions"])
 
 
+def test_ray_pods_give_the_object_store_a_memory_backed_shm():
+    """Kubernetes' default /dev/shm is 64 MiB: Ray would put its object store on disk."""
+    rc = yaml.safe_load((ROOT / "infra" / "kuberay" / "raycluster.yaml").read_text())
+    svc = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    for spec in (rc["spec"], svc):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_the_image_build_context_leaves_local_state_out():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "runs"} <= set(ignored)
+
+
 def test_cluster_launcher_config():
     cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
     assert cfg["head_node_type"] in cfg["available_node_types"]

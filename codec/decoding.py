@@ -19,6 +19,8 @@ Streams of one model, size, scale, level and start step share one batched pass.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from PIL import Image
 
@@ -59,6 +61,10 @@ def decode_batch(
     than ``max_pixels`` pixels is refused (``$RESULIC_MAX_PIXELS``, 256 Mpx by default).
     ``guidance``: the classifier-free guidance scale of a text-conditioned CDM (None: the model's).
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"steps must be a whole number >= 1, got {steps!r}")
+    if guidance is not None and not math.isfinite(guidance):
+        raise UsageError(f"guidance must be a finite number, got {guidance}")
     parsed = [parse(s, preset, device, max_pixels) for s in streams]
     out: list[Image.Image | None] = [None] * len(streams)
     groups: dict[tuple, list[int]] = {}

@@ -73,9 +73,12 @@ class EncodeSettings:
             object.__setattr__(self, "scale", 1 if self.target_bpp is None else "auto")
         if self.scale != "auto" and self.scale not in SCALES:
             raise UsageError(f"unknown scale {self.scale!r} (one of auto, {', '.join(map(str, SCALES))})")
-        steps = self.refine_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise UsageError(f"refine_steps must be a whole number >= 0, got {steps!r}")
+        for name in ("refine_steps", "pfo_steps"):
+            steps = getattr(self, name)
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise UsageError(f"{name} must be a whole number >= 0, got {steps!r}")
+        if self.pfo_seconds is not None and not (math.isfinite(self.pfo_seconds) and self.pfo_seconds > 0):
+            raise UsageError(f"pfo_seconds must be a positive number of seconds, got {self.pfo_seconds}")
         _check_detail_gain(self.detail_gain)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,38 @@ def _add_decoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", choices=["auto", "cdm", "plain"], default="auto",
                    help="cdm: compression-aware diffusion; plain: latent codec and autoencoder only; "
                         "auto (default): cdm when the stream's model has one")  # fmt: skip
-    p.add_argument("--steps", type=int, help="CDM denoiser evaluations (default 4)")
+    p.add_argument("--steps", type=_at_least(1), help="CDM denoiser evaluations (default 4)")
+
+
+def _at_least(low: int):
+    """argparse type: a whole number >= ``low`` (``--steps 0`` used to mean the default)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(above: float | None = None):
+    """argparse type: a finite number (above ``above`` when given)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or (above is not None and value <= above):
+            bound = "" if above is None else f" above {above:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text}")
+        return value
+
+    return parse
 
 
 def _detail_gain(value: str) -> str | float:
@@ -426,9 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="taef2", choices=["taef2", "sd21"],
                    help="taef2 (offline, shipped) or sd21 (the paper's model: --sd-model, --controlnet, --latent-codec)")
     p.add_argument("--text", default="", help="residual text to carry in the stream (coded losslessly)")
-    p.add_argument("--pfo-steps", type=int, default=0,
+    p.add_argument("--pfo-steps", type=_at_least(0), default=0,
                    help="refine the text's tokens against a text-conditioned CDM decoder (PEZ steps)")
-    p.add_argument("--pfo-seconds", type=float, help="time budget of that refinement")
+    p.add_argument("--pfo-seconds", type=_finite(above=0), help="time budget of that refinement")
     _add_detail_gain_arg(p)
     _add_scale_arg(p)
     _add_refine_arg(p)
@@ -440,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the suffix")
     p.add_argument("--reference", help="original image: also print PSNR and MS-SSIM against it")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale of a text-conditioned CDM "
+    p.add_argument("--guidance", type=_finite(), help="classifier-free guidance scale of a text-conditioned CDM "
                                                    "(default: the model's; sd21: 2.5, the paper's)")  # fmt: skip
     _add_decoder_args(p)
     _add_weights_args(p)
@@ -536,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=60.0, metavar="S", help="504 after S seconds (default 60)")
     p.add_argument("--refresh-seconds", type=float, default=10.0, metavar="S",
                    help="how often the service looks for newly committed data files (default 10)")
-    p.add_argument("--steps", type=int, help="CDM denoiser evaluations (default 4); ?decoder= picks the decoder")
+    p.add_argument("--steps", type=_at_least(1), help="CDM denoiser evaluations (default 4); ?decoder= picks the decoder")
     _add_weights_args(p)
     _add_storage_args(p)
     _add_device_arg(p)

@@ -214,3 +214,25 @@ def test_exit_status_and_tracebacks(tmp_path, monkeypatch, capsys):
         assert "resulic: unexpected error: AttributeError:" in capsys.readouterr().err
         assert report_error(e, debug=True) == 3
         assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_counts_and_scales_out_of_range_are_usage_errors(tmp_path):
+    """--steps 0 used to mean the default, -1 failed inside the sampler, a nan guidance and a
+    negative prompt-optimisation budget were taken."""
+    import codec
+
+    src, stream = tmp_path / "in.png", tmp_path / "x.rsl"
+    photo(64, 64).save(src)
+    run("encode", src, stream, "--rate", "1")
+    for flags, why in ((["--steps", "0"], "must be at least 1"), (["--steps", "-1"], "must be at least 1"),
+                       (["--guidance", "nan"], "must be a finite number")):  # fmt: skip
+        res = run("decode", stream, tmp_path / "o.png", *flags, check=False)
+        assert res.returncode == 2 and why in res.stderr, res.stderr
+    for flags, why in ((["--pfo-seconds", "-1"], "above 0"), (["--pfo-steps", "-3"], "must be at least 0")):
+        res = run("encode", src, tmp_path / "y.rsl", *flags, check=False)
+        assert res.returncode == 2 and why in res.stderr, res.stderr
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "y.rsl").exists()
+    with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
+        codec.decode(stream.read_bytes(), steps=0)
+    with pytest.raises(ValueError, match="pfo_seconds must be a positive"):
+        codec.encode(photo(64, 64), rate=1, pfo_seconds=-1.0)

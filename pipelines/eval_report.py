@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dic
     for metric in plotted(summary):
         rd_plot(summary, metric, out / PLOTS[metric][0], PLOTS[metric][1])
     _text(out / "report.md", report(summary, bd, notes, env))
+    _text(out / "run.json", json.dumps(env, indent=1) + "\n")  # what --from-csv reads back (the anchor)
     if report_path is not None:  # a second copy elsewhere (docs/results.md), its plot links made relative
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(out, Path(report_path).parent)

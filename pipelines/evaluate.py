@@ -212,12 +212,16 @@ def run_all(images: list[str], codecs: list[str], options: EvalOptions,
         from pipelines.ray_runtime import ensure_ray, worker_env
 
         ensure_ray()
-        remote = ray.remote(num_cpus=1, runtime_env={"env_vars": worker_env()})(_task)
+        remote = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": worker_env()})(_task)
         pending = [remote.remote(p, c, options) for p, c in tasks]
+        names = {ref: f"{Path(p).name}, {c}" for ref, (p, c) in zip(pending, tasks)}
         while pending:
             done, pending = ray.wait(pending)
             for ref in done:
-                take(ray.get(ref))
+                try:
+                    take(ray.get(ref))
+                except ray.exceptions.RayError as e:  # its worker died (out of memory, a crash in a codec library)
+                    take(f"{names[ref]}: failed ({type(e).__name__}: {str(e).splitlines()[0]})")
     else:
         for p, c in tasks:
             take(_task(p, c, options))
@@ -287,6 +291,10 @@ def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = BD_MET
     return sorted(out, key=lambda b: (b["codec"], order[b["metric"]]))
 
 
+class EvalError(ValueError):
+    """Nothing could be measured (every task failed): the run's failure, not a bug."""
+
+
 @dataclass
 class EvalResult:
     rows: list[dict]
@@ -303,13 +311,14 @@ def _check_plan(run: list[str], anchor: str | None, rates: list[float] | None) -
     anchor = anchor or ("avif-best" if "avif-best" in best else run[0])
     if anchor not in run + best:
         raise UsageError(f"anchor {anchor!r} is not one of the codecs run ({', '.join(run + best)})")
-    if rates and any(c in RESULIC_CODECS and c != "resulic-budget" for c in run):
+    if any(c in RESULIC_CODECS for c in run):
         from codec.presets import load_preset
         from codec.settings import rate_to_level
 
-        p = load_preset()
-        for r in rates:
-            rate_to_level(p, r)  # a UsageError names the model's range
+        p = load_preset()  # missing weights stop the run here, not as a note on every task at its end
+        for r in rates or ():
+            if any(c in RESULIC_CODECS and c != "resulic-budget" for c in run):
+                rate_to_level(p, r)  # a UsageError names the model's range
     return anchor
 
 
@@ -351,6 +360,18 @@ def perceptual_plan(metrics, weights_dir: str | None) -> tuple[tuple[str, ...], 
     return tuple(run), notes
 
 
+def _measured_anchor(outdir: Path) -> str | None:
+    """The anchor the measuring run used: ``run.json``'s, else ``bd_rate.csv``'s (older runs)."""
+    import csv
+
+    if (outdir / "run.json").is_file():
+        return json.loads((outdir / "run.json").read_text()).get("anchor")
+    if (outdir / "bd_rate.csv").is_file():
+        with (outdir / "bd_rate.csv").open(newline="") as f:
+            return next((b["anchor"] for b in csv.DictReader(f)), None)
+    return None
+
+
 def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | None = None) -> EvalResult:
     """Summary, BD-rates, plots and report again from ``OUTDIR/per_image.csv`` (no re-measuring)."""
     import csv
@@ -373,18 +394,16 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
             known = {(s["codec"], s["setting"]): {k: float(s[k]) for k in SET_METRICS if s.get(k)}
                      for s in csv.DictReader(f)}  # fmt: skip
     summary = summarise(rows, known)
-    bd_file = Path(outdir) / "bd_rate.csv"
-    if anchor is None and bd_file.is_file():  # the measured run's anchor, whatever rule chose it
-        with bd_file.open(newline="") as f:
-            anchor = next((b["anchor"] for b in csv.DictReader(f)), None)
+    anchor = anchor or _measured_anchor(Path(outdir))
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
-    bd = bd_rates(summary, anchor or ("avif-best" if "avif" in codecs else codecs[0]))
+    anchor = anchor or ("avif-best" if "avif" in codecs else codecs[0])
+    bd = bd_rates(summary, anchor)
     notes = [f"{m}: not computed (no measurement in per_image.csv)" for m in PAIR_METRICS
              if all(r.get(m) is None for r in rows)]  # fmt: skip
     notes += [f"{m}: not computed (summary.csv holds none)" for m in SET_METRICS
               if all(s.get(m) is None for s in summary)]  # fmt: skip
     notes += coverage_notes(rows) + over_budget_notes(rows)
-    env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None,
+    env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None, "anchor": anchor,
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
     return EvalResult(rows, summary, bd, notes)
@@ -419,7 +438,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     t0 = time.time()
     rows, failed = run_all(paths, run, options, progress)
     if not rows:
-        raise RuntimeError(f"every task failed; the first: {failed[0]}")
+        raise EvalError(f"every task failed; the first: {failed[0]}")
     summary = summarise(rows)
     notes += failed + coverage_notes(rows) + over_budget_notes(rows)
     try:
@@ -427,7 +446,7 @@ def evaluate(dataset: str, outdir: str, codecs: list[str] | None = None, rates: 
     except UsageError:  # the anchor was checked before measuring: its tasks failed
         bd = []
         notes.append(f"BD-rates: not computed (the anchor {anchor} has no measurements)")
-    env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1),
+    env = {"images": len(paths), "dataset": dataset, "wall_seconds": round(time.time() - t0, 1), "anchor": anchor,
            "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
     return EvalResult(rows, summary, bd, notes, failed)

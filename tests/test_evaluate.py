@@ -174,6 +174,47 @@ def test_eval_runs_as_ray_tasks_when_a_cluster_is_attached(ray_local, dataset, t
     assert {r["image"] for r in res.rows} == {"img0", "img1"}
 
 
+def test_a_crashed_ray_worker_costs_its_own_task_only(ray_local, dataset, monkeypatch):
+    """A task whose worker dies (out of memory, a crash inside a codec library) is a failed task,
+    not the end of the run."""
+    import os
+
+    import pipelines.evaluate as ev
+
+    real = ev._task
+
+    def crashing(path, codec, options):
+        if path.endswith("img1.png"):
+            os._exit(1)
+        return real(path, codec, options)
+
+    crashing.__module__ = "__main__"  # sent to the workers by value, with its crash
+    monkeypatch.setattr(ev, "_task", crashing)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    rows, failed = ev.run_all([str(dataset / "img0.png"), str(dataset / "img1.png")], ["webp"],
+                              ev.EvalOptions(perceptual=()), progress=False)  # fmt: skip
+    assert {r["image"] for r in rows} == {"img0"} and len(rows) == 6  # its six qualities
+    assert len(failed) == 1 and failed[0].startswith("img1.png, webp: failed (") and "Error" in failed[0]
+
+
+def test_every_task_failing_is_the_runs_failure(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "eval", str(tmp_path / "ds"), str(tmp_path / "o"),
+                          "--codecs", "webp", "--metrics", "psnr"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 1 and "every task failed; the first: cut.png, webp: failed" in res.stderr, res.stderr
+
+
+def test_missing_model_weights_stop_the_run_before_measuring(dataset, tmp_path, monkeypatch):
+    import pipelines.evaluate as ev
+
+    monkeypatch.setattr(ev, "run_all", lambda *a, **k: pytest.fail("measured before checking the weights"))
+    monkeypatch.setenv("RESULIC_TAEF2_DIR", str(tmp_path / "none"))  # part of the preset cache's key
+    with pytest.raises(FileNotFoundError, match="TAEF2 weights not found"):
+        evaluate(str(dataset), str(tmp_path / "o"), codecs=["resulic", "jpeg"], metrics=["psnr"], progress=False)
+
+
 def test_one_bad_image_costs_its_own_rows_only(dataset, tmp_path):
     """A cut-off file among good ones: the others are measured and written, the failure named,
     and the CLI exits 1."""
@@ -251,6 +292,9 @@ def test_rebuild_refuses_a_cut_csv_and_keeps_the_runs_anchor(dataset, tmp_path):
     assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}
     rebuild(str(dataset), str(out))
     assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}  # not the alphabetically first codec
+    (out / "bd_rate.csv").write_text("codec,anchor,metric,bd_rate_percent\n")  # the anchor's tasks had failed
+    rebuild(str(dataset), str(out))
+    assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}  # run.json remembers it
     text = (out / "per_image.csv").read_text()
     (out / "per_image.csv").write_text(text[: int(len(text) * 0.6)])
     with pytest.raises(ValueError, match="is incomplete .line [0-9]+.: measure again"):

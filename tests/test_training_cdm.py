@@ -27,6 +27,11 @@ def test_a_few_steps_then_resume(tmp_path):
     ckpt = __import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 6
     assert CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm").config.latent_mean == model.config.latent_mean
+    torch = __import__("torch")
+    old = {k: v for k, v in ckpt.items() if k != "config"}  # a checkpoint from before configs were kept
+    torch.save(old, tmp_path / "run" / "checkpoint.pt")
+    main([*args, "--steps", "7"])  # the exported config.json stands in for it
+    assert CDMDenoiser.from_pretrained(tmp_path / "run" / "cdm").config.latent_mean == model.config.latent_mean
     fine = [*args[: args.index("--out")], "--out", str(tmp_path / "fine"), "--steps", "1", "--lr", "0", "--batch", "2",
             "--image-window", "8", "--init-from", str(tmp_path / "run" / "cdm")]  # fmt: skip
     main(fine)  # a new run from released-style weights (one step at lr 0: it writes what it loaded)

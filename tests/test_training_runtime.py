@@ -90,3 +90,20 @@ def test_diverged_weights_are_never_checkpointed():
         net.weight[0, 0] = float("nan")
     with pytest.raises(SystemExit, match="non-finite weights at step 3"):
         require_finite(3, net)
+
+
+def test_a_checkpoint_without_random_states_resumes_with_fresh_draws(tmp_path):
+    """Checkpoints from before random states were kept: the generators, still at --seed's state,
+    would replay the run's first crops; they are reseeded from the seed and the step instead."""
+    import random
+
+    def draws(checkpoint: dict) -> tuple[list[float], float]:
+        gen, rng = torch.Generator().manual_seed(0), random.Random(0)
+        args = argparse.Namespace(steps=8, minutes=None, log_every=2, save_every=3, seed=0)
+        RunClock(args, tmp_path / "train.log", rngs={"crops": gen, "levels": rng}).resume(checkpoint)
+        return torch.rand(3, generator=gen).tolist(), rng.random()
+
+    start = (torch.rand(3, generator=torch.Generator().manual_seed(0)).tolist(), random.Random(0).random())
+    old = draws({"step": 4, "elapsed": 1.0})
+    assert old[0] != start[0] and old[1] != start[1]
+    assert draws({"step": 4, "elapsed": 1.0}) == old  # reproducible

@@ -43,7 +43,7 @@ from codec.fixed_point import from_fixed
 from codec.presets import load_preset
 from codec.texture import luma_laplacian
 from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws
-from training.runtime import positive_int
+from training.runtime import positive_int, require_finite
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
@@ -111,8 +111,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                                       **json.loads(args.config or "{}")))  # fmt: skip
     ckpt_path, step = out / "checkpoint.pt", 0
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
-    if ckpt is not None and "config" in ckpt:  # the run's own normalisation, not one of today's cache
-        model = CDMDenoiser(CDMConfig.from_dict(ckpt["config"]))
+    if ckpt is not None:  # the run's own normalisation, not one of today's cache
+        saved = ckpt.get("config")
+        if saved is None and (out / "cdm" / "config.json").is_file():  # a checkpoint from before configs were kept
+            saved = json.loads((out / "cdm" / "config.json").read_text())
+        if saved is None:
+            print("note: no saved config: the normalisation is measured on today's data", flush=True)
+        else:
+            model = CDMDenoiser(CDMConfig.from_dict(saved))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == args.steps:
+            require_finite(step, model)
             save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                              "config": dataclasses.asdict(model.config)}, ckpt_path)  # fmt: skip
             model.save_pretrained(out / "cdm", {"step": step, "latent_codec_model_id": preset.model_id.hex()})

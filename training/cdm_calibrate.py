@@ -44,7 +44,7 @@ from codec.cdm.sampler import cdm_decode_latent
 from codec.presets import load_preset
 from codec.texture import hf_energy_tensor
 from training.cdm import decoded_latent
-from training.data import CropSampler, cache_from_specs, trained_for, write_whole
+from training.data import CropSampler, cache_from_specs, release_of, write_whole
 from training.runtime import positive_int
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--every", type=positive_int, default=8, help="calibrate every N-th rate level, interpolate between")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-id", help="the release to calibrate against (default: the one the weights' metadata "
+                                      "names, else the newest)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     # calibrated against the release it was trained for, not whichever is newest
-    preset = load_preset("taef2", model_id=trained_for(Path(args.cdm) / "model.safetensors"))
+    preset = load_preset("taef2", model_id=release_of(Path(args.cdm) / "model.safetensors", args.model_id))
     model = CDMDenoiser.from_pretrained(args.cdm)
     sampler = CropSampler(cache_from_specs(args.data, Path(args.cache), preset.autoencoder), args.crop, seed=args.seed)
     z0, img = sampler.batch(args.crops)

@@ -49,6 +49,17 @@ def trained_for(weights: str | Path) -> str | None:
         return (f.metadata() or {}).get("latent_codec_model_id")
 
 
+def release_of(weights: str | Path, model_id: str | None) -> str | None:
+    """The release a calibrator measures ``weights`` against: ``--model-id``, else the one their
+    metadata names, else (None) the newest, said aloud."""
+    recorded = trained_for(weights)
+    if model_id and recorded and model_id != recorded:
+        raise ValueError(f"{weights} was trained for release {recorded}, not --model-id {model_id}")
+    if not (model_id or recorded):
+        print(f"note: {weights} names no release: calibrating against the newest", flush=True)
+    return model_id or recorded
+
+
 def seed_draws(seed: int, step: int, *rngs: random.Random) -> None:
     """Seed torch and ``rngs`` from ``--seed`` and the step a run starts at: the same command gives
     the same run, and a resumed run draws afresh instead of replaying its first crops (these

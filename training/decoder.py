@@ -51,7 +51,7 @@ from evaluation.perceptual import LPIPS, default_weights_dir
 from training.cdm import decoded_latent
 from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws, write_whole
 from training.discriminator import AdversarialTerm
-from training.runtime import positive_int
+from training.runtime import positive_int, require_finite
 
 BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the decoder see no context there
 
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == last:
+            require_finite(step, decoder)
             state = {"decoder": decoder.state_dict(), "opt": opt.state_dict(), "step": step}
             if adversarial:
                 state |= adversarial.state_dict()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from codec.presets import load_preset
 from training.cdm import decoded_latent
-from training.data import cache_from_specs, trained_for, write_whole
+from training.data import cache_from_specs, release_of, write_whole
 from training.runtime import positive_int
 
 
@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     p.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights-dir", default=None, help="TAEF2 weights directory")
+    p.add_argument("--model-id", help="the release to calibrate against (default: the one the weights' metadata "
+                                      "names, else the newest)")
     args = p.parse_args(argv)
     if any(c % 16 for c in args.crop):
         p.error("--crop sides must be multiples of 16 (the latent codec's hyperprior stride)")
     torch.set_num_threads(args.threads)
-    preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=trained_for(args.decoder))  # the decoder's release
+    preset = load_preset("taef2", weights_dir=args.weights_dir, model_id=release_of(args.decoder, args.model_id))
     tuned = preset.autoencoder.with_decoder(args.decoder)
     files = cache_from_specs([args.data], Path(args.cache), preset.autoencoder)
     items = []

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
 from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws, write_whole
-from training.runtime import positive_int
+from training.runtime import positive_int, require_finite
 
 
 @torch.no_grad()
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == last:
+            require_finite(step, model)
             save_checkpoint(
                 {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                  "step": step, "sensitivity": sens},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -115,6 +116,7 @@ class RunClock:
     def __init__(self, args: argparse.Namespace, log_path: Path,
                  rngs: dict[str, torch.Generator | random.Random] | None = None) -> None:  # fmt: skip
         self.steps, self.budget = args.steps, args.minutes * 60 if args.minutes else math.inf
+        self.seed = getattr(args, "seed", 0)
         self.log_every, self.save_every = args.log_every, args.save_every
         self.log_path, self.step, self.elapsed = log_path, 0, 0.0
         self.rngs = rngs or {}
@@ -125,12 +127,19 @@ class RunClock:
         self.step, self.elapsed = int(checkpoint["step"]), float(checkpoint["elapsed"])
         self._start = time.time() - self.elapsed
         saved = checkpoint.get("rng")
-        if saved is None:  # a checkpoint from before random states were kept
+        if saved is None:  # a checkpoint from before random states were kept: draw afresh, not replay the start
             print("note: this checkpoint holds no random states: the resumed run draws afresh", flush=True)
+            fresh = int(hashlib.sha256(f"{self.seed}:{self.step}".encode()).hexdigest()[:15], 16)
+            torch.manual_seed(fresh)
+            for i, gen in enumerate(self.rngs.values()):
+                if isinstance(gen, torch.Generator):
+                    gen.manual_seed(fresh + i)
+                else:
+                    gen.seed(fresh + i)
         else:
             torch.set_rng_state(saved["torch"].cpu())
-            if saved["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda"]])
+            if saved["cuda"] and torch.cuda.is_available():  # as many as this machine has
+                torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda"][: torch.cuda.device_count()]])
             for name, gen in self.rngs.items():
                 if isinstance(gen, torch.Generator):
                     gen.set_state(saved[name].cpu())

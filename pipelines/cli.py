@@ -162,10 +162,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: the output's extension names no image format (.png, .jpg, .webp, ...)")
     _refuse_same_file(args.output, args.input, *([args.reference] if args.reference else []))
     ref = load_image(args.reference) if args.reference else None  # a bad reference fails before anything is written
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read file ({e.strerror or e})") from e
+    data = _read_stream(path)
     t = time.perf_counter()
     try:
         image = codec.decode(data, decoder=args.decoder, device=args.device, guidance=args.guidance,
@@ -228,6 +225,20 @@ def _is_archive(path: str) -> bool:
         return False
 
 
+def _read_stream(path: Path) -> bytes:
+    """A stream file's bytes, once its first bytes are a stream's: a video given by mistake is
+    refused after three bytes, not read whole."""
+    from codec.bitstream import MAGIC, BitstreamError
+
+    try:
+        with path.open("rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise BitstreamError(f"{path}: not a resulic bitstream (bad magic)")
+            return MAGIC + f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read file ({e.strerror or e})") from e
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     if _is_archive(args.input) or "://" in args.input:
         from pipelines.catalog import archive_info
@@ -238,7 +249,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         path = Path(args.input)
         try:
-            meta = codec.info(path.read_bytes())
+            meta = codec.info(_read_stream(path))
         except codec.BitstreamError as e:
             raise codec.BitstreamError(f"{path}: {e}") from e
     if args.json:
@@ -718,9 +729,13 @@ def report_error(e: BaseException, debug: bool = False) -> int:
     else:
         from pipelines.terminal import log_file
 
-        path = log_file("-traceback.txt")
-        path.write_text(text)
-        where = f"{path}; --debug prints it"
+        try:
+            path = log_file("-traceback.txt")
+            path.write_text(text)
+            where = f"{path}; --debug prints it"
+        except OSError as log_error:  # the log folder cannot be written: the traceback is not lost
+            sys.stderr.write(text)
+            where = f"above; it could not be written under $RESULIC_LOG_DIR: {log_error}"
     if known:
         print(f"resulic: error: {line} (traceback: {where})", file=sys.stderr)
         return EXIT_FAILED

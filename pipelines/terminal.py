@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -20,12 +21,22 @@ from tqdm import tqdm
 
 
 def log_file(suffix: str, directory: str | None = None) -> Path:
-    """A file for this command's Ray output (``.log``) or error traceback: under
-    ``$RESULIC_LOG_DIR``, by default ``resulic-logs`` in the temporary folder (created), named
-    by the time and the process id."""
-    root = Path(directory or os.environ.get("RESULIC_LOG_DIR") or Path(tempfile.gettempdir()) / "resulic-logs")
-    root.mkdir(parents=True, exist_ok=True)
-    return root / f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}{suffix}"
+    """A new file (created, private) for this command's Ray output (``.log``) or error traceback:
+    under ``$RESULIC_LOG_DIR``, by default ``resulic-logs-<uid>`` in the temporary folder, named
+    by the time and the process id and made unique. The default folder is this user's alone
+    (mode 700, not a link): in a shared /tmp a predictable name could be another user's link."""
+    if directory or os.environ.get("RESULIC_LOG_DIR"):
+        root = Path(directory or os.environ["RESULIC_LOG_DIR"])
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Path(tempfile.gettempdir()) / f"resulic-logs-{os.getuid()}"
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            root = Path(tempfile.mkdtemp(prefix="resulic-logs-"))  # someone else's, or open to others
+    fd, name = tempfile.mkstemp(prefix=f"{dt.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}-", suffix=suffix, dir=root)
+    os.close(fd)
+    return Path(name)
 
 
 def end_ray() -> None:

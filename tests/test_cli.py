@@ -143,6 +143,19 @@ def test_bad_stream_input_one_line_error(tmp_path):
         res = run(*cmd, check=False)
         assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
         assert "t.rsl" in res.stderr and "truncated" in res.stderr
+    fifo = tmp_path / "stream.mp4"  # not a stream, and endless: refused on its first bytes, not read whole
+    os.mkfifo(fifo)
+    for cmd in (["info", fifo], ["decode", fifo, tmp_path / "o.png"]):
+        end = os.open(fifo, os.O_RDWR)  # open without blocking; the writer keeps it full
+        writer = subprocess.Popen(["yes"], stdout=end, stderr=subprocess.DEVNULL)
+        os.close(end)
+        try:
+            res = subprocess.run([*RESULIC, *map(str, cmd)], capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        finally:
+            writer.kill()
+            writer.wait()
+        assert res.returncode == 1 and "not a resulic bitstream (bad magic)" in res.stderr, res.stderr
 
 
 def test_weights_dir_flag_reports_missing_weights(tmp_path):
@@ -214,6 +227,20 @@ def test_exit_status_and_tracebacks(tmp_path, monkeypatch, capsys):
         assert "resulic: unexpected error: AttributeError:" in capsys.readouterr().err
         assert report_error(e, debug=True) == 3
         assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_log_folder_that_cannot_be_written_loses_no_traceback(tmp_path, monkeypatch, capsys):
+    from codec.bitstream import BitstreamError
+    from pipelines.cli import report_error
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("RESULIC_LOG_DIR", str(tmp_path / "file" / "logs"))
+    try:
+        raise BitstreamError("bitstream is truncated")
+    except BitstreamError as e:
+        assert report_error(e) == 1  # not an error raised while reporting one
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "it could not be written under $RESULIC_LOG_DIR" in err
 
 
 def test_counts_and_scales_out_of_range_are_usage_errors(tmp_path):

@@ -73,3 +73,20 @@ def test_without_json_stdout_is_left_alone(capsys):
         print("table", file=results)
         print("line")
     assert capsys.readouterr().out == "table\nline\n"
+
+
+def test_the_default_log_folder_is_private_and_names_are_unique(monkeypatch, tmp_path):
+    import os
+    import stat
+    import tempfile
+
+    from pipelines.terminal import log_file
+
+    monkeypatch.delenv("RESULIC_LOG_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    a, b = log_file(".log"), log_file(".log")
+    assert a != b and a.exists() and a.parent == tmp_path / f"resulic-logs-{os.getuid()}"
+    assert stat.S_IMODE(a.parent.stat().st_mode) & 0o077 == 0 and stat.S_IMODE(a.stat().st_mode) & 0o077 == 0
+    os.chmod(a.parent, 0o777)  # opened to others (or made by someone else): not used
+    c = log_file(".log")
+    assert c.parent != a.parent and c.parent.name.startswith("resulic-logs-")

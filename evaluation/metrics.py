@@ -40,6 +40,9 @@ def ms_ssim(a: Image.Image, b: Image.Image) -> float:
     side = min(x.shape[-2:])
     if side > 160:
         return float(_ms_ssim(x, y, data_range=1.0))
+    if side < 2:  # a window of one pixel: no variance, so SSIM is its luminance term (the library refuses such shapes)
+        c1 = 0.01**2
+        return float(((2 * x * y + c1) / (x * x + y * y + c1)).mean())
     win = min(11, side if side % 2 else side - 1)
     return float(_ssim(x, y, data_range=1.0, win_size=max(win, 1)))
 

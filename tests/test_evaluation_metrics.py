@@ -21,6 +21,11 @@ def test_ms_ssim_full_and_small_images():
     assert 0 < ms_ssim(big, noisy) < 1
     small = photo(24, 20)
     assert abs(ms_ssim(small, small) - 1) < 1e-6
+    # one pixel a side (the library refuses the shape): the one-pixel window's SSIM, as on a flat 2x2
+    flat = [Image.new("RGB", (2, 2), c) for c in ((10, 20, 30), (12, 20, 30))]
+    for size in ((1, 1), (1, 5), (7, 1)):
+        a, b = (Image.new("RGB", size, im.getpixel((0, 0))) for im in flat)
+        assert abs(ms_ssim(a, b) - ms_ssim(*flat)) < 1e-6 and ms_ssim(a, a) == 1.0
 
 
 def test_bd_rate_hand_computed_cases():

@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from codec.usage import UsageError
 
 TILE_ENV = "RESULIC_TILE_LATENTS"
 # Latent pixels a tile's side: 128 (1024 image pixels) keeps a tile's activations near 1.5 GB
@@ -48,7 +51,7 @@ def tile_side() -> int:
     except ValueError:
         side = 0
     if side < 2 * HALO:
-        raise ValueError(f"${TILE_ENV} must be a whole number of latent pixels >= {2 * HALO}, got {raw!r}")
+        raise UsageError(f"${TILE_ENV} must be a whole number of latent pixels >= {2 * HALO}, got {raw!r}")
     return side
 
 
@@ -66,19 +69,23 @@ def tiled(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: Sequence[torch.Te
     ``inputs``: (B, C, H·scale_in, W·scale_in) tensors on one grid of H × W units; ``fn`` maps
     crops of them to a tuple of (B, C', h·scale_out, w·scale_out) tensors. ``fn`` must be local
     within ``halo`` units (no normalisation over the image); then the result equals the whole
-    call's. Differentiable: the tiles are written into the outputs with autograd-tracked copies.
+    call's. Differentiable: with gradients on, each tile is checkpointed (its activations
+    recomputed in the backward pass), so memory stays a tile's there too.
     """
     tile = tile_side() if tile is None else tile
+    if any(t.shape[-2] % scale_in or t.shape[-1] % scale_in for t in inputs):
+        raise ValueError(f"tiled inputs must be whole units of {scale_in} pixels, got {tuple(inputs[0].shape[-2:])}")
     units_h, units_w = inputs[0].shape[-2] // scale_in, inputs[0].shape[-1] // scale_in
     if units_h <= tile and units_w <= tile:
         return tuple(fn(*inputs))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     outs: list[torch.Tensor] = []
     for y0, y1 in _cuts(units_h, tile):
         ya, yb = max(0, y0 - halo), min(units_h, y1 + halo)
         for x0, x1 in _cuts(units_w, tile):
             xa, xb = max(0, x0 - halo), min(units_w, x1 + halo)
             crops = [t[..., ya * scale_in : yb * scale_in, xa * scale_in : xb * scale_in] for t in inputs]
-            parts = fn(*crops)
+            parts = checkpoint(fn, *crops, use_reentrant=False) if grad else fn(*crops)
             if not outs:
                 outs = [p.new_empty((*p.shape[:-2], units_h * scale_out, units_w * scale_out)) for p in parts]
             s = scale_out

@@ -697,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.terminal import stdout_for_results
 
     try:
+        if os.environ.get("RESULIC_TILE_LATENTS") is not None:  # a bad value fails now, not in every row or request
+            from codec.tiling import tile_side
+
+            tile_side()
         with stdout_for_results(getattr(args, "json", False)) as args.results:
             return args.func(args)
     except Exception as e:  # noqa: BLE001 - every error ends in one line and a status (report_error)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from codec.presets import PRESET_ENV
+from codec.tiling import TILE_ENV
 from codec.usage import UsageError
 from evaluation.weights import METRIC_WEIGHTS_ENV
 
@@ -21,7 +22,7 @@ LOOPBACK = "127.0.0.1"
 # loaded preset depends on (taken from the preset module, so that a new override cannot be left
 # behind on the driver and silently change the model a cluster's workers code with), the pixel
 # cap, and the metric weights of `resulic eval`.
-FORWARDED_ENV = (*PRESET_ENV, "RESULIC_MAX_PIXELS", METRIC_WEIGHTS_ENV)
+FORWARDED_ENV = (*PRESET_ENV, "RESULIC_MAX_PIXELS", TILE_ENV, METRIC_WEIGHTS_ENV)
 
 
 def worker_env() -> dict[str, str]:

@@ -259,6 +259,8 @@ def test_counts_and_scales_out_of_range_are_usage_errors(tmp_path):
         res = run("encode", src, tmp_path / "y.rsl", *flags, check=False)
         assert res.returncode == 2 and why in res.stderr, res.stderr
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "y.rsl").exists()
+    res = run("decode", stream, tmp_path / "o.png", check=False, env={"RESULIC_TILE_LATENTS": "10"})
+    assert res.returncode == 2 and "$RESULIC_TILE_LATENTS must be a whole number" in res.stderr  # before any work
     with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
         codec.decode(stream.read_bytes(), steps=0)
     with pytest.raises(ValueError, match="pfo_seconds must be a positive"):

@@ -78,7 +78,8 @@ def test_workers_get_every_override_the_model_depends_on(monkeypatch: pytest.Mon
     from evaluation.weights import METRIC_WEIGHTS_ENV
     from pipelines.ray_runtime import worker_env
 
-    wanted = {name: f"/set/by/driver/{name}" for name in (*PRESET_ENV, "RESULIC_MAX_PIXELS", METRIC_WEIGHTS_ENV)}
+    wanted = {name: f"/set/by/driver/{name}" for name in (*PRESET_ENV, "RESULIC_MAX_PIXELS", "RESULIC_TILE_LATENTS",
+                                                               METRIC_WEIGHTS_ENV)}  # fmt: skip
     for name, value in wanted.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RESULIC_UNRELATED", "x")

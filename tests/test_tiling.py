@@ -25,6 +25,12 @@ def image() -> torch.Tensor:
     return to_tensor(photo(320, 256))
 
 
+@pytest.fixture(scope="module")
+def small() -> torch.Tensor:
+    """208 x 200 pixels: 26 x 25 latents, still 2 x 2 tiles of 24 (for the costlier gradient tests)."""
+    return to_tensor(photo(208, 200))
+
+
 def test_cuts_cover_the_length_in_near_equal_spans():
     assert _cuts(10, 24) == [(0, 10)]
     assert _cuts(50, 24) == [(0, 17), (17, 33), (33, 50)]
@@ -90,8 +96,9 @@ def test_tiled_detail_transfer_is_the_whole_one(ae, image, monkeypatch):
     assert torch.equal(whole.plain, ae.decode(z))
 
 
-def test_tiled_decoding_is_differentiable(ae, image, monkeypatch):
+def test_tiled_decoding_is_differentiable(ae, small, monkeypatch):
     """Latent refinement and prompt optimisation run gradients through these decodes."""
+    image = small
     z = ae.encode(image).detach()
 
     def grad() -> torch.Tensor:
@@ -106,14 +113,41 @@ def test_tiled_decoding_is_differentiable(ae, image, monkeypatch):
     assert whole.abs().max() > 0 and (tiles - whole).abs().max() < 1e-4 * whole.abs().max()
 
 
-def test_a_tiled_stream_decodes_as_an_untiled_one(monkeypatch):
-    """The codec end to end (the offline preset's CDM decode and its plain decoder):
-    8-bit pixels agree but for float rounding at a rare pixel."""
-    stream = codec.encode(photo(320, 256), rate=3)
-    whole = np.asarray(codec.decode(stream), dtype=np.int16)
+def test_a_tiled_stream_decodes_as_an_untiled_one(monkeypatch, cdm_preset):
+    """The codec end to end with a CDM and its detail transfer: the gain search (which decodes
+    each image as a CDM decoder will) picks the same gain, so the stream is the same; the CDM
+    and plain decodes' 8-bit pixels agree but for float rounding at a rare pixel."""
+    img = photo(320, 256)
+    assert cdm_preset.cdm.config.detail_sigma is not None
+    whole_stream = codec.encode(img, rate=3, preset=cdm_preset)
+    whole = [
+        np.asarray(codec.decode(whole_stream, preset=cdm_preset, decoder=d), dtype=np.int16) for d in ("cdm", "plain")
+    ]
     monkeypatch.setenv(TILE_ENV, SMALL_TILE)
-    tiles = np.asarray(codec.decode(stream), dtype=np.int16)
-    plain_tiles = np.asarray(codec.decode(stream, decoder="plain"), dtype=np.int16)
-    monkeypatch.delenv(TILE_ENV)
-    assert np.abs(tiles - whole).max() <= 1 and (tiles != whole).mean() < 1e-3
-    assert np.abs(np.asarray(codec.decode(stream, decoder="plain"), dtype=np.int16) - plain_tiles).max() <= 1
+    stream = codec.encode(img, rate=3, preset=cdm_preset)
+    tiles = [np.asarray(codec.decode(stream, preset=cdm_preset, decoder=d), dtype=np.int16) for d in ("cdm", "plain")]
+    assert stream == whole_stream
+    for t, w in zip(tiles, whole):
+        assert np.abs(t - w).max() <= 1 and (t != w).mean() < 1e-3
+
+
+def test_inputs_must_be_whole_units(ae):
+    """The untiled network rounds a side up, tiles would drop the remainder: refused instead."""
+    with pytest.raises(ValueError, match="whole units of 8 pixels"):
+        tiled(lambda x: (x,), [torch.zeros(1, 3, 260, 256)], scale_in=8, scale_out=1, tile=24)
+
+
+def test_with_gradients_each_tile_is_recomputed_not_kept(ae, small):
+    """Checkpointed tiles: the forward pass keeps no tile's activations (each is run again in
+    the backward pass), so memory stays a tile's with gradients on too."""
+    calls = []
+
+    def tail(h):
+        calls.append(h.shape)
+        return (ae.decode_from_features(ae.decode_features(h)),)
+
+    head = ae.decode_head(ae.encode(small).detach().requires_grad_(True))
+    out = tiled(tail, [head], scale_in=1, scale_out=8, tile=24)[0]
+    assert len(calls) == 4
+    out.mean().backward()
+    assert len(calls) == 8

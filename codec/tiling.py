@@ -78,7 +78,7 @@ def tiled(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: Sequence[torch.Te
     units_h, units_w = inputs[0].shape[-2] // scale_in, inputs[0].shape[-1] // scale_in
     if units_h <= tile and units_w <= tile:
         return tuple(fn(*inputs))
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    grad = torch.is_grad_enabled()  # inputs or fn's own weights (a decoder in training) may need gradients
     outs: list[torch.Tensor] = []
     for y0, y1 in _cuts(units_h, tile):
         ya, yb = max(0, y0 - halo), min(units_h, y1 + halo)

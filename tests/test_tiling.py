@@ -151,3 +151,11 @@ def test_with_gradients_each_tile_is_recomputed_not_kept(ae, small):
     assert len(calls) == 4
     out.mean().backward()
     assert len(calls) == 8
+    calls.clear()  # a decoder being trained: its weights need gradients, its input does not
+    ae.decoder.requires_grad_(True)
+    try:
+        tiled(tail, [head.detach()], scale_in=1, scale_out=8, tile=24)[0].mean().backward()
+        assert len(calls) == 8 and ae.decoder[-1].weight.grad is not None
+    finally:
+        ae.decoder.requires_grad_(False)
+        ae.decoder.zero_grad(set_to_none=True)

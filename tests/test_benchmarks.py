@@ -57,7 +57,8 @@ def test_speed_prints_the_ratio_to_the_autoencoder():
     out = run("speed.py", str(KODAK), "--images", "1", "--repeats", "1")
     (cells,) = [c for name, c in table(out).items() if name.endswith(".png")]
     ae_enc, enc, ratio = (float(c) for c in cells[1:4])
-    assert 0 < ae_enc < enc and abs(ratio - enc / ae_enc) < 0.02  # encoding includes the autoencoder
+    # encoding includes the autoencoder, but one run of each is timed: near 1x, noise can invert them
+    assert 0 < ae_enc < 1.5 * enc and abs(ratio - enc / ae_enc) < 0.02
     assert re.search(r"mean ratio to the autoencoder: encode [\d.]+x, decode [\d.]+x", out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 from pathlib import Path
@@ -24,27 +25,27 @@ def plotted(summary: list[dict]) -> list[str]:
     return [m for m in PLOTS if m in ("psnr", "ms_ssim") or any(s.get(m) is not None for s in summary)]
 
 
-def _replace(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``: a killed run leaves the old file or the new one,
-    never a cut one that ``--from-csv`` would trust."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _whole(path: Path, data: bytes) -> None:
+    """A killed run leaves the old file or the new one, never a cut one that ``--from-csv``
+    would trust (``operators.archive.write_whole``)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from operators.archive import write_whole
+
+    write_whole(LocalFileSystem(), os.path.abspath(path), data)
 
 
 def _text(path: Path, text: str) -> None:
-    _replace(path, lambda tmp: tmp.write_text(text))
+    _whole(path, text.encode())
 
 
 def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
-
-    _replace(path, write)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+    _text(path, buf.getvalue())
 
 
 def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
@@ -66,7 +67,9 @@ def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _whole(path, buf.getvalue())
     plt.close(fig)
 
 

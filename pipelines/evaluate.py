@@ -316,8 +316,8 @@ def _check_plan(run: list[str], anchor: str | None, rates: list[float] | None) -
         from codec.settings import rate_to_level
 
         p = load_preset()  # missing weights stop the run here, not as a note on every task at its end
-        for r in rates or ():
-            if any(c in RESULIC_CODECS and c != "resulic-budget" for c in run):
+        if any(c in RESULIC_CODECS and c != "resulic-budget" for c in run):
+            for r in rates or ():
                 rate_to_level(p, r)  # a UsageError names the model's range
     return anchor
 

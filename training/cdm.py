@@ -42,8 +42,8 @@ from codec.cdm.process import alphas_cumprod, ddim_timesteps, forward_process, n
 from codec.fixed_point import from_fixed
 from codec.presets import load_preset
 from codec.texture import luma_laplacian
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws
-from training.runtime import positive_int, require_finite
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
+from training.runtime import positive_int, require_finite, seed_draws
 
 
 def latent_stats(items: list[dict]) -> tuple[list[float], list[float]]:
@@ -101,24 +101,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     files = cache_from_specs(args.data, Path(args.cache), ae)
     sampler = CropSampler(files, args.crop, seed=args.seed)
     rng = random.Random(args.seed)
-    if args.init_from:  # its config and normalisation too: the weights were trained with them
+    ckpt_path, step = out / "checkpoint.pt", 0
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    saved = None if ckpt is None else ckpt.get("config")
+    if ckpt is not None and saved is None and (out / "cdm" / "config.json").is_file():  # from before configs were kept
+        saved = json.loads((out / "cdm" / "config.json").read_text())
+    if saved is not None:  # a resumed run keeps its own normalisation, not one of today's cache
+        model = CDMDenoiser(CDMConfig.from_dict(saved))
+    elif args.init_from:  # its config and normalisation too: the weights were trained with them
         start = CDMDenoiser.from_pretrained(args.init_from)
         model = CDMDenoiser(dataclasses.replace(start.config, blend=[]))
         model.unet.load_state_dict(start.unet.state_dict())
     else:
+        if ckpt is not None:
+            print("note: no saved config: the normalisation is measured on today's data", flush=True)
         mean, std = latent_stats(sampler.items)
         model = CDMDenoiser(CDMConfig(num_levels=preset.num_levels, latent_mean=mean, latent_std=std,
                                       **json.loads(args.config or "{}")))  # fmt: skip
-    ckpt_path, step = out / "checkpoint.pt", 0
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
-    if ckpt is not None:  # the run's own normalisation, not one of today's cache
-        saved = ckpt.get("config")
-        if saved is None and (out / "cdm" / "config.json").is_file():  # a checkpoint from before configs were kept
-            saved = json.loads((out / "cdm" / "config.json").read_text())
-        if saved is None:
-            print("note: no saved config: the normalisation is measured on today's data", flush=True)
-        else:
-            model = CDMDenoiser(CDMConfig.from_dict(saved))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     cfg_path = Path(args.cdm) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["blend"] = blend
-    write_whole(cfg_path, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1) + "\n"))
+    write_whole(cfg_path, (json.dumps(cfg, indent=1) + "\n").encode())
     record = {"budget_db": args.budget_db, "max_texture": args.max_texture, "grid": GRID, "crops": args.crops, "seed": args.seed, "data": args.data,
               "levels": rows}  # fmt: skip
-    write_whole(Path(args.cdm) / "calibration.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    write_whole(Path(args.cdm) / "calibration.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote the blends of {len(blend)} levels into {cfg_path}")
 
 

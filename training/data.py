@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from codec.autoencoder import TAEF2
 
@@ -31,13 +32,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=".cache/latents")
 
 
-def write_whole(path: str | Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` beside ``path``, then rename over it: a run killed mid-write leaves the old
-    file or the new one, never a cut one (checkpoints, exported weights, configs)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
+def write_whole(path: str | Path, data: bytes) -> None:
+    """A run killed mid-write leaves the old file or the new one, never a cut one (checkpoints,
+    exported weights, configs): ``operators.archive.write_whole`` on the local disk."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from operators.archive import write_whole as archive_write_whole
+
+    archive_write_whole(LocalFileSystem(), os.path.abspath(path), data)
 
 
 def trained_for(weights: str | Path) -> str | None:
@@ -60,17 +62,10 @@ def release_of(weights: str | Path, model_id: str | None) -> str | None:
     return model_id or recorded
 
 
-def seed_draws(seed: int, step: int, *rngs: random.Random) -> None:
-    """Seed torch and ``rngs`` from ``--seed`` and the step a run starts at: the same command gives
-    the same run, and a resumed run draws afresh instead of replaying its first crops (these
-    trainers' checkpoints keep no random states; ``training.runtime.RunClock``'s do)."""
-    torch.manual_seed(int(hashlib.sha256(f"{seed}:{step}".encode()).hexdigest()[:15], 16))
-    for i, rng in enumerate(rngs):
-        rng.seed(f"{seed}:{step}:{i}")
-
-
 def save_checkpoint(state: dict, path: Path) -> None:
-    write_whole(path, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_whole(path, buf.getvalue())
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -99,14 +94,14 @@ def training_folder(folder: str | Path) -> Path:
     return path
 
 
-def _entry_name(folder: Path, path: Path, scale: float, autoencoder: TAEF2) -> str:
-    """A cache entry's file name: readable, and keyed by what its latent depends on (the photo's
-    place and bytes, the autoencoder's weights), so an edited photo or other weights never reuse
-    a stale entry and ``a/001.png`` and ``a/b/001.png`` never share one."""
+def _entry_key(folder: Path, path: Path, data: bytes, autoencoder: TAEF2) -> str:
+    """A photo's cache entries' name, less the scale: readable, and keyed by what a latent
+    depends on (the photo's place and bytes, the autoencoder's weights), so an edited photo or
+    other weights never reuse a stale entry and ``a/001.png`` and ``a/b/001.png`` never share one."""
     h = hashlib.sha256(str(path.relative_to(folder)).encode())
-    h.update(path.read_bytes())
+    h.update(data)
     h.update(autoencoder.weights_sha256.encode())
-    return f"{folder.name}-{path.stem}-{h.hexdigest()[:12]}-s{int(scale * 100)}.safetensors"
+    return f"{folder.name}-{path.stem}-{h.hexdigest()[:12]}"
 
 
 def build_cache(
@@ -114,17 +109,19 @@ def build_cache(
 ) -> list[Path]:
     """Encode every photo of ``folders`` at every scale into ``cache_dir``; already cached
     entries are kept. Returns these folders' entries only: the cache may hold other folders'
-    (a calibration's held-out photos), which are not this run's data."""
+    (a calibration's held-out photos), which are not this run's data. Each photo is read once."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for folder in map(training_folder, folders):
         for path in list_images(folder):
+            data = path.read_bytes()
+            key = _entry_key(folder, path, data, autoencoder)
             for scale in scales:
-                target = cache_dir / _entry_name(folder, path, scale, autoencoder)
+                target = cache_dir / f"{key}-s{int(scale * 100)}.safetensors"
                 out.append(target)
                 if target.exists():
                     continue
-                img = Image.open(path).convert("RGB")
+                img = Image.open(io.BytesIO(data)).convert("RGB")
                 if scale != 1.0:
                     img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
                 w, h = img.width // 8 * 8, img.height // 8 * 8
@@ -133,7 +130,7 @@ def build_cache(
                 with torch.no_grad():
                     latent = autoencoder.encode(x)[0]
                 entry = {"latent": latent.contiguous(), "image": torch.from_numpy(arr.copy())}
-                write_whole(target, lambda tmp, entry=entry: save_file(entry, str(tmp)))
+                write_whole(target, save(entry))
                 print(f"cached {target.name} {w}x{h}", flush=True)
     return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from codec.presets import load_preset
 from training.cdm import decoded_latent
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     meta.update(blend=json.dumps(table), calibration=json.dumps(
         {"data": args.data, "images": len(items), "crop": list(args.crop), "levels": levels, "grid": args.grid,
          "psnr": [[round(v, 3) for v in row] for row in psnr]}))  # fmt: skip
-    write_whole(args.out, lambda tmp: save_file(load_file(args.decoder), str(tmp), metadata=meta))
+    write_whole(args.out, save(load_file(args.decoder), metadata=meta))
     print(json.dumps({"blend": table}))
 
 

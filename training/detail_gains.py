@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "data": args.data, "images": [f.name for f in files], "budget_db": args.budget_db,
         "max_texture": args.max_texture, "seconds": round(time.time() - t0),
     }  # fmt: skip
-    write_whole(out, lambda tmp: tmp.write_text(to_json(table)))
+    write_whole(out, to_json(table).encode())

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, seed_draws, write_whole
-from training.runtime import positive_int, require_finite
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, write_whole
+from training.runtime import positive_int, require_finite, seed_draws
 
 
 @torch.no_grad()
@@ -90,7 +90,7 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
     # Round-trip through float16 before freezing, so the tables match the shipped weights.
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     tensors.update({k: v.contiguous() for k, v in model.freeze().items()})
-    write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata={"config": json.dumps(model.config.to_dict()), **meta}))
+    write_whole(path, save(tensors, metadata={"config": json.dumps(model.config.to_dict()), **meta}))
 
 
 def load_model_weights(model: LatentCodec, state: dict[str, torch.Tensor]) -> None:

@@ -98,6 +98,22 @@ def require_finite(step: int, *modules: torch.nn.Module) -> None:
                              "(a lower --lr or other --lambdas may help)")  # fmt: skip
 
 
+def _seed_of(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def seed_draws(seed: int, step: int, *rngs: random.Random | torch.Generator) -> None:
+    """Seed torch and ``rngs`` from ``--seed`` and the step a run starts at: the same command gives
+    the same run, and a run resumed without saved random states draws afresh instead of
+    replaying its first crops (the checkpoints of :class:`RunClock` keep those states)."""
+    torch.manual_seed(_seed_of(f"{seed}:{step}"))
+    for i, rng in enumerate(rngs):
+        if isinstance(rng, torch.Generator):
+            rng.manual_seed(_seed_of(f"{seed}:{step}:{i}"))
+        else:
+            rng.seed(f"{seed}:{step}:{i}")
+
+
 def _as_tuple(state):
     """``random.Random.getstate()``'s nested tuples, as a checkpoint may give them back (lists)."""
     return tuple(_as_tuple(s) for s in state) if isinstance(state, list | tuple) else state
@@ -129,13 +145,7 @@ class RunClock:
         saved = checkpoint.get("rng")
         if saved is None:  # a checkpoint from before random states were kept: draw afresh, not replay the start
             print("note: this checkpoint holds no random states: the resumed run draws afresh", flush=True)
-            fresh = int(hashlib.sha256(f"{self.seed}:{self.step}".encode()).hexdigest()[:15], 16)
-            torch.manual_seed(fresh)
-            for i, gen in enumerate(self.rngs.values()):
-                if isinstance(gen, torch.Generator):
-                    gen.manual_seed(fresh + i)
-                else:
-                    gen.seed(fresh + i)
+            seed_draws(self.seed, self.step, *self.rngs.values())
         else:
             torch.set_rng_state(saved["torch"].cpu())
             if saved["cuda"] and torch.cuda.is_available():  # as many as this machine has

@@ -30,7 +30,7 @@ from codec.encoder import _Analysed, _assemble  # noqa: E402
 from codec.images import load_image, pad, to_tensor  # noqa: E402
 from codec.presets import load_preset  # noqa: E402
 from codec.settings import rate_to_level  # noqa: E402
-from evaluation.metrics import bd_rate, ms_ssim, pareto_front, psnr  # noqa: E402
+from evaluation.metrics import bd_rate, envelope, ms_ssim, psnr  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
 AVIF_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60)
@@ -113,8 +113,9 @@ def main() -> None:
     if avif_means:
         ours_psnr = [(float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals]))) for vals in ours.values()]
         ours_ssim = [(float(np.mean([v[0] for v in vals])), float(np.mean([v[2] for v in vals]))) for vals in ours.values()]
-        env_psnr = pareto_front([(m[0], m[1]) for m in avif_means.values()])
-        env_ssim = pareto_front([(m[0], m[2]) for m in avif_means.values()])
+        factors = sorted({f for f, _ in avif_means})
+        env_psnr = envelope([[(m[0], m[1]) for (f, _), m in avif_means.items() if f == fa] for fa in factors])
+        env_ssim = envelope([[(m[0], m[2]) for (f, _), m in avif_means.items() if f == fa] for fa in factors])
         print("\nBD-rate against the AVIF envelope over 0.01-0.1 bpp (negative: fewer bits):")
         for name, test, anchor in (("PSNR", ours_psnr, env_psnr), ("MS-SSIM", ours_ssim, env_ssim)):
             # the envelope is kept one point beyond the range on each side so it spans it

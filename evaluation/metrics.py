@@ -57,26 +57,51 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return out
 
 
-def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
-    """Bjøntegaard delta rate in percent: the mean rate change of ``test`` against ``anchor`` at equal
-    quality, over the quality range both cover. Points are (rate, quality); log-rate is interpolated
-    as a monotone cubic (PCHIP) of quality, as in current BD-rate practice. Negative: ``test`` saves."""
+def _log_rate_of_quality(points: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, log rate) of a curve's Pareto front, quality strictly rising: what BD-rate
+    interpolates. A dominated point (more bits, worse quality) is not a setting anyone would use,
+    and would fold the interpolated curve back on itself."""
+    front = pareto_front(points)
+    return np.array([q for _, q in front]), np.log(np.array([r for r, _ in front]))
+
+
+def _pchip(q: np.ndarray, log_r: np.ndarray):
     from scipy.interpolate import PchipInterpolator
 
-    def curve(points):
-        pts = sorted(points, key=lambda p: p[1])
-        q = np.array([p[1] for p in pts])
-        r = np.log(np.array([p[0] for p in pts]))
-        keep = np.concatenate([[True], np.diff(q) > 0])
-        return q[keep], r[keep]
+    return PchipInterpolator(q, log_r)
 
-    qa, ra = curve(anchor)
-    qt, rt = curve(test)
-    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
-    if len(qa) < 2 or len(qt) < 2 or lo >= hi:
+
+def envelope(curves: list[list[tuple[float, float]]], samples: int = 129) -> list[tuple[float, float]]:
+    """The best practical curve over several operating curves (one format at several scales): at
+    each quality, the fewest bits any of them needs, each read between its points as ``bd_rate``
+    reads it (log rate a PCHIP of quality), sampled at ``samples`` qualities per curve. Joining
+    the curves' own points instead would draw chords between scales that no setting reaches, and
+    a single scale could then beat the best curve."""
+    dense: list[tuple[float, float]] = []
+    for pts in curves:
+        q, log_r = _log_rate_of_quality(pts)
+        if len(q) < 2:  # one setting: a point, not a curve
+            dense += pareto_front(pts)
+            continue
+        grid = np.linspace(q[0], q[-1], samples)
+        dense += list(zip(np.exp(_pchip(q, log_r)(grid)).tolist(), grid.tolist()))
+    return pareto_front(dense)
+
+
+def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]], lower_is_better: bool = False) -> float:
+    """Bjøntegaard delta rate in percent: the mean rate change of ``test`` against ``anchor`` at equal
+    quality, over the quality range both cover. Points are (rate, quality), quality higher-better
+    unless ``lower_is_better`` (LPIPS, DISTS); each curve's dominated points are left out, and
+    log-rate is interpolated as a monotone cubic (PCHIP) of quality, as in current BD-rate practice.
+    Negative: ``test`` saves."""
+    sign = -1.0 if lower_is_better else 1.0
+    qa, ra = _log_rate_of_quality([(r, sign * q) for r, q in anchor])
+    qt, rt = _log_rate_of_quality([(r, sign * q) for r, q in test])
+    if len(qa) < 2 or len(qt) < 2 or max(qa.min(), qt.min()) >= min(qa.max(), qt.max()):
         raise ValueError("the two curves share no quality range")
+    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
     grid = np.linspace(lo, hi, 1001)
-    diff = PchipInterpolator(qt, rt)(grid) - PchipInterpolator(qa, ra)(grid)
+    diff = _pchip(qt, rt)(grid) - _pchip(qa, ra)(grid)
     return float((np.exp(np.trapz(diff, grid) / (hi - lo)) - 1) * 100)
 
 

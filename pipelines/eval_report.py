@@ -77,20 +77,29 @@ def _fmt(v, digits: int = 3) -> str:
     return "n/c" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _measured(env: dict) -> str:
+    """Where and how long the measuring run ran, and whether this report was rebuilt from its CSV."""
+    where = ("measuring machine not recorded" if env.get("cpus") is None
+             else f"{env['cpus']} CPUs ({env['machine']}), Python {env['python']}")  # fmt: skip
+    took = f"; measured in {env['wall_seconds']} s" if env.get("wall_seconds") is not None else ""
+    return where + took + ("; rebuilt from per_image.csv" if env.get("rebuilt") else "")
+
+
 def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plots: str = "") -> str:
     """The Markdown report; ``plots`` is the path from the report to the folder holding the plots."""
     images = " ".join(f"![{PLOTS[m][1].split(' (')[0]}]({plots}{PLOTS[m][0]})" for m in plotted(summary))
     lines = [f"# Evaluation: {env['dataset']}", "",
-             f"{env['images']} images; {env['cpus']} CPUs ({env['machine']}), Python {env['python']}; "
-             + (f"measured in {env['wall_seconds']} s" if env["wall_seconds"] is not None else "rebuilt from per_image.csv")
+             f"{env['images']} images; " + _measured(env)
              + f"; written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
              "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
              "texture, below 1 blurs it. LPIPS (AlexNet, v0.1) and DISTS are distances from the published "
              "weights: lower is better. n/c: not computed.", "", images, "", "## BD-rate", "",
              "Negative: fewer bits than the anchor at equal quality (equal PSNR, MS-SSIM, LPIPS or DISTS; "
-             "over the quality range both cover; n/c where the curves share none). `<codec>-best` is the "
-             "codec's best practical curve: the Pareto front over full size and the 2x and 4x downscales.", "",
+             "over the quality range both cover, points that cost more and look worse left out; n/c where the "
+             "curves share none). `<codec>-best` is the codec's best practical curve: at each quality, the "
+             "fewest bits of full size, the 2x or the 4x downscale, each read between its points as BD-rate "
+             "reads it.", "",
              "| codec | anchor | metric | BD-rate % |", "|---|---|---|---|"]  # fmt: skip
     lines += [f"| {b['codec']} | {b['anchor']} | {b['metric']} | {_fmt(b['bd_rate_percent'], 1)} |" for b in bd]
     lines += ["", "## Means per codec and setting", "",
@@ -111,8 +120,11 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], bd: list[dic
     _csv(out / "per_image.csv", rows, PER_IMAGE_COLUMNS)
     _csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
     _csv(out / "bd_rate.csv", bd, BD_COLUMNS)
-    for metric in plotted(summary):
-        rd_plot(summary, metric, out / PLOTS[metric][0], PLOTS[metric][1])
+    for metric, (name, label) in PLOTS.items():
+        if metric in plotted(summary):
+            rd_plot(summary, metric, out / name, label)
+        else:  # an earlier run's plot of a metric this run did not measure would pass for this run's
+            (out / name).unlink(missing_ok=True)
     _text(out / "report.md", report(summary, bd, notes, env))
     _text(out / "run.json", json.dumps(env, indent=1) + "\n")  # what --from-csv reads back (the anchor)
     if report_path is not None:  # a second copy elsewhere (docs/results.md), its plot links made relative

@@ -26,7 +26,7 @@ from PIL import Image
 from codec.images import load_image
 from codec.usage import UsageError
 from evaluation.baselines import QUALITIES, SCALES, Classical, available
-from evaluation.metrics import bd_rate, hf_energy_ratio, ms_ssim, pareto_front, psnr
+from evaluation.metrics import bd_rate, envelope, hf_energy_ratio, ms_ssim, psnr
 from pipelines.peak_memory import PeakMemory
 
 # -scaled: coded with --scale auto (at 1/2 or 1/4 of the size at ultra-low rates);
@@ -256,24 +256,24 @@ def summarise(rows: list[dict], known: dict[tuple[str, str], dict] | None = None
 
 def curves(summary: list[dict], metric: str) -> dict[str, list[tuple[float, float]]]:
     """(bpp, metric) per codec where measured, plus for each classical format run at several scales
-    its best practical curve ``<fmt>-best``: the Pareto front over full size and the downscales
-    (highest quality per rate; lowest for LPIPS and DISTS)."""
+    its best practical curve ``<fmt>-best``: the envelope of its scales' curves (the fewest bits at
+    each quality; quality is highest, or lowest for LPIPS and DISTS)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for m in summary:
         if m.get(metric) is not None:
             out.setdefault(m["codec"], []).append((m["bpp"], m[metric]))
     sign = -1 if metric in LOWER_IS_BETTER else 1
     for fmt in CLASSICAL:
-        scaled = [(r, sign * q) for c, pts in out.items() if c == fmt or c.startswith(f"{fmt}-") for r, q in pts]
-        if len({c for c in out if c == fmt or c.startswith(f"{fmt}-")}) > 1:
-            out[f"{fmt}-best"] = [(r, sign * q) for r, q in pareto_front(scaled)]
+        scales = [pts for c, pts in out.items() if c == fmt or c.startswith(f"{fmt}-")]
+        if len(scales) > 1:
+            best = envelope([[(r, sign * q) for r, q in pts] for pts in scales])
+            out[f"{fmt}-best"] = [(r, sign * q) for r, q in best]
     return {c: sorted(pts) for c, pts in out.items()}
 
 
 def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = BD_METRICS) -> list[dict]:
-    """BD-rate of every codec against ``anchor`` on each of ``metrics`` that was measured. The
-    rate at equal quality does not depend on which way the quality scale points, so LPIPS and
-    DISTS need no change of sign."""
+    """BD-rate of every codec against ``anchor`` on each of ``metrics`` that was measured (LPIPS
+    and DISTS read lower-is-better, which decides which of a curve's points are dominated)."""
     out = []
     for metric in [m for m in metrics if any(s.get(m) is not None for s in summary)]:
         cs = curves(summary, metric)
@@ -283,7 +283,7 @@ def bd_rates(summary: list[dict], anchor: str, metrics: tuple[str, ...] = BD_MET
             if codec == anchor:
                 continue
             try:
-                value = bd_rate(cs[anchor], pts)
+                value = bd_rate(cs[anchor], pts, lower_is_better=metric in LOWER_IS_BETTER)
             except ValueError:
                 value = None  # the curves share no quality range
             out.append({"codec": codec, "anchor": anchor, "metric": metric, "bd_rate_percent": value})
@@ -360,16 +360,17 @@ def perceptual_plan(metrics, weights_dir: str | None) -> tuple[tuple[str, ...], 
     return tuple(run), notes
 
 
-def _measured_anchor(outdir: Path) -> str | None:
-    """The anchor the measuring run used: ``run.json``'s, else ``bd_rate.csv``'s (older runs)."""
+def _measured_run(outdir: Path) -> dict:
+    """What the measuring run recorded in ``run.json`` (its anchor, machine and time); for older
+    runs without one, the anchor of ``bd_rate.csv``."""
     import csv
 
     if (outdir / "run.json").is_file():
-        return json.loads((outdir / "run.json").read_text()).get("anchor")
+        return json.loads((outdir / "run.json").read_text())
     if (outdir / "bd_rate.csv").is_file():
         with (outdir / "bd_rate.csv").open(newline="") as f:
-            return next((b["anchor"] for b in csv.DictReader(f)), None)
-    return None
+            return {"anchor": next((b["anchor"] for b in csv.DictReader(f)), None)}
+    return {}
 
 
 def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | None = None) -> EvalResult:
@@ -386,15 +387,16 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
     short = [i for i, r in enumerate(raw, start=2) if None in r or any(v is None for v in r.values()) or not r["bpp"]]
     if short or not text.endswith("\n"):
         raise UsageError(f"{path} is incomplete (line {short[0] if short else len(raw) + 1}): measure again")
-    rows = [{k: (v if k in ("image", "codec", "setting") else float(v) if v else None) for k, v in r.items()}
-            for r in raw]  # fmt: skip
+    rows = [{k: (v if k in ("image", "codec", "setting") else None if not v else int(float(v)) if k == "bytes" else float(v))
+             for k, v in r.items()} for r in raw]  # fmt: skip
     known = {}
     if (Path(outdir) / "summary.csv").is_file():  # set-level metrics cannot be recomputed without features
         with (Path(outdir) / "summary.csv").open() as f:
             known = {(s["codec"], s["setting"]): {k: float(s[k]) for k in SET_METRICS if s.get(k)}
                      for s in csv.DictReader(f)}  # fmt: skip
     summary = summarise(rows, known)
-    anchor = anchor or _measured_anchor(Path(outdir))
+    measured = _measured_run(Path(outdir))
+    anchor = anchor or measured.get("anchor")
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
     anchor = anchor or ("avif-best" if "avif" in codecs else codecs[0])
     bd = bd_rates(summary, anchor)
@@ -403,8 +405,9 @@ def rebuild(dataset: str, outdir: str, anchor: str | None = None, report: str | 
     notes += [f"{m}: not computed (summary.csv holds none)" for m in SET_METRICS
               if all(s.get(m) is None for s in summary)]  # fmt: skip
     notes += coverage_notes(rows) + over_budget_notes(rows)
-    env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "wall_seconds": None, "anchor": anchor,
-           "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
+    # the measuring run's machine and time, where it recorded them: this run measured nothing
+    env = {"images": len({r["image"] for r in rows}), "dataset": dataset, "anchor": anchor, "rebuilt": True,
+           **{k: measured.get(k) for k in ("wall_seconds", "cpus", "machine", "python")}}  # fmt: skip
     write_outputs(Path(outdir), rows, summary, bd, notes, env, Path(report) if report else None)
     return EvalResult(rows, summary, bd, notes)
 

@@ -98,6 +98,21 @@ def test_bd_rates_from_summaries_match_a_hand_computed_case():
     assert all(abs(b["bd_rate_percent"] - (-50.0)) < 1e-9 for b in bd)  # half the bits at every quality
 
 
+def test_a_rerun_leaves_no_plot_of_a_metric_it_did_not_measure(tmp_path):
+    from pipelines.eval_report import write_outputs
+
+    def rows(lpips: bool) -> list[dict]:
+        return [{"image": "x", "codec": "a", "setting": str(bpp), "bpp": bpp, "psnr": 20 + bpp * 100,
+                 "ms_ssim": 0.9, "lpips": 0.5 - bpp if lpips else None} for bpp in (0.01, 0.02, 0.05)]  # fmt: skip
+
+    env = {"dataset": "d", "images": 1, "cpus": 2, "machine": "m", "python": "3", "wall_seconds": 1.0}
+    for lpips in (True, False):
+        summary = summarise(rows(lpips))
+        write_outputs(tmp_path, rows(lpips), summary, bd_rates(summary, "a"), [], env)
+        assert (tmp_path / "rd_lpips.png").exists() == lpips and (tmp_path / "rd_psnr.png").exists()
+        assert ("rd_lpips.png" in (tmp_path / "report.md").read_text()) == lpips
+
+
 def test_unknown_codec_and_unavailable_ones():
     with pytest.raises(ValueError, match="unknown codec"):
         expand_codecs(["h266"])
@@ -290,8 +305,12 @@ def test_rebuild_refuses_a_cut_csv_and_keeps_the_runs_anchor(dataset, tmp_path):
     out = tmp_path / "o"
     evaluate(str(dataset), str(out), codecs=["webp", "jpeg"], metrics=["psnr"], progress=False)
     assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}
+    measured = (out / "per_image.csv").read_text()
+    took = re.search(r"; measured in [0-9.]+ s;", (out / "report.md").read_text()).group(0)
     rebuild(str(dataset), str(out))
     assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}  # not the alphabetically first codec
+    assert (out / "per_image.csv").read_text() == measured  # byte counts stay integers
+    assert f"{took[:-1]}; rebuilt from per_image.csv;" in (out / "report.md").read_text()  # the measuring run's time
     (out / "bd_rate.csv").write_text("codec,anchor,metric,bd_rate_percent\n")  # the anchor's tasks had failed
     rebuild(str(dataset), str(out))
     assert {b["anchor"] for b in read(out / "bd_rate.csv")} == {"webp"}  # run.json remembers it

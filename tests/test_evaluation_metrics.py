@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from evaluation.metrics import PSNR_CAP, ms_ssim, psnr
@@ -58,3 +59,36 @@ def test_pareto_front():
     from evaluation.metrics import pareto_front
 
     assert pareto_front([(3, 12.0), (1, 10.0), (2, 9.0), (4, 11.0)]) == [(1, 10.0), (3, 12.0)]
+
+
+def _saturating(offset: float, slope: float, cap: float, qualities: list[float]) -> list[tuple[float, float]]:
+    """A PSNR-like curve: log rate rises with quality and steeply near the scale's ceiling ``cap``."""
+    return [(float(np.exp(offset + slope * q + 1.0 / (cap - q))), q) for q in qualities]
+
+
+def test_envelope_is_never_beaten_by_one_of_its_curves():
+    from evaluation.metrics import bd_rate, envelope
+
+    full = _saturating(-9.0, 0.30, 40, [22, 25, 28, 31])
+    half = _saturating(-7.5, 0.25, 30, [20, 23, 26, 28.5])
+    quarter = _saturating(-6.8, 0.22, 26, [18, 21, 23.5, 25])
+    best = envelope([full, half, quarter])
+    # joining the three curves' own points drew chords that full size beat by 22 %
+    assert [round(bd_rate(best, c), 1) >= 0.0 for c in (full, half, quarter)] == [True] * 3
+    assert abs(bd_rate(best, full)) < 0.05  # full size is the best curve over its own range
+    assert min(q for _, q in best) == 18 and max(q for _, q in best) == 31
+    assert all(r1 < r2 and q1 < q2 for (r1, q1), (r2, q2) in zip(best, best[1:]))
+    assert envelope([[(0.1, 20.0)], [(0.2, 19.0), (0.3, 25.0)]])[0] == (0.1, 20.0)  # a lone point counts too
+
+
+def test_bd_rate_leaves_dominated_points_out_in_either_direction():
+    from evaluation.metrics import bd_rate
+
+    anchor = [(0.01, 20.0), (0.02, 22.0), (0.05, 24.5), (0.1, 26.0)]
+    test = [(r * 0.8, q) for r, q in anchor]
+    worse = [*test, (0.06, 23.0)]  # more bits than (0.04, 24.5) for less quality: nobody's setting
+    assert abs(bd_rate(anchor, worse) - (-20.0)) < 1e-9
+    flip = [(r, -q) for r, q in anchor]  # a lower-is-better metric: the same curves, read the other way
+    assert abs(bd_rate(flip, [(r, -q) for r, q in worse], lower_is_better=True) - (-20.0)) < 1e-9
+    with pytest.raises(ValueError, match="share no quality range"):
+        bd_rate(flip, [(r, -q) for r, q in worse])  # read higher-is-better, the front is one point

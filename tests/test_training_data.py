@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from codec.autoencoder import TAEF2
-from tests.conftest import photo
-from training.data import build_cache, cache_from_specs, refuse_evaluation_set, training_folder
+from evaluation.heldout import HeldOutImageError
+from tests.conftest import KODAK, photo
+from training.data import build_cache, cache_from_specs, training_folder
 from training.runtime import positive_float, positive_int
 
 
@@ -36,18 +37,23 @@ def test_a_run_gets_its_own_folders_entries_only(tmp_path, ae):
 
 
 def test_missing_empty_and_evaluation_folders_are_refused(tmp_path):
+    from PIL import Image
+
     with pytest.raises(FileNotFoundError, match="not found"):
         training_folder(tmp_path / "typo")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no photos in"):
         training_folder(tmp_path / "empty")
-    kodak = _folder(tmp_path / "datasets" / "Kodak", {"k.png": "kodim23.png"})
-    for source in (kodak, str(kodak) + "/", "s3://bucket/kodak/", "gs://b/eval/kodak"):
-        with pytest.raises(ValueError, match="is an evaluation set"):
-            refuse_evaluation_set(source)
-    with pytest.raises(ValueError, match="is an evaluation set"):
-        training_folder(kodak)
-    refuse_evaluation_set("s3://bucket/photos-train")  # no error
+    named = _folder(tmp_path / "home" / "kodak" / "photos", {"k.png": "kodim23.png"})  # a crop, and a name
+    assert training_folder(named) == named  # neither is an evaluation image
+    renamed = tmp_path / "holiday"
+    renamed.mkdir()
+    with Image.open(KODAK / "kodim23.png") as img:
+        img.resize((384, 256)).transpose(Image.Transpose.ROTATE_90).save(renamed / "IMG_0001.jpg", quality=50)
+    with pytest.raises(HeldOutImageError, match="IMG_0001.jpg is evaluation image kodak/kodim23"):
+        training_folder(renamed)
+    with pytest.raises(HeldOutImageError):  # what the trainers and calibrations read their photos through
+        cache_from_specs([f"{renamed}:1.0"], tmp_path / "cache", None)
 
 
 def test_cadences_and_counts_must_be_positive():

@@ -72,25 +72,20 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-# Evaluation sets, never trained or calibrated on: a folder of this name anywhere in the path.
-EVALUATION_SETS = ("kodak",)
-
-
-def refuse_evaluation_set(source: str | Path) -> None:
-    """Raise if ``source`` (a folder, or an object-store URI) lies in an evaluation set."""
-    parts = Path(source).resolve().parts if "://" not in str(source) else str(source).split("/")
-    if any(part.lower() in EVALUATION_SETS for part in parts):
-        raise ValueError(f"{source} is an evaluation set ({', '.join(EVALUATION_SETS)}): never train or calibrate on it")
-
-
 def training_folder(folder: str | Path) -> Path:
-    """``folder`` checked as training data: it exists, holds photos, and is no evaluation set."""
+    """``folder`` checked as training data: it exists, holds photos, and none of them is an
+    evaluation image (by its pixels: ``evaluation.heldout``; a folder's name proves nothing)."""
+    from evaluation.heldout import refuse_held_out
+
     path = Path(folder)
-    refuse_evaluation_set(path)
     if not path.is_dir():
         raise FileNotFoundError(f"training data folder not found: {folder}")
-    if not list_images(path):
+    photos = list_images(path)
+    if not photos:
         raise ValueError(f"no photos in {folder}")
+    for photo in photos:
+        with Image.open(photo) as img:
+            refuse_held_out(img, str(photo))
     return path
 
 

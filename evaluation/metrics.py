@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim as _ms_ssim

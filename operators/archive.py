@@ -41,18 +41,17 @@ from schemas.archive import (
     DATA_DIR,
     INDEX_FILE,
     INDEX_SCHEMA,
-    INDEXED_FILES_META,
     INDEX_SOURCE_COLUMNS,
-    LAST_COLUMNS,
+    INDEXED_FILES_META,
     JOBS_DIR,
+    LAST_COLUMNS,
     META_FILE,
     QUARANTINE_DIR,
     ROW_GROUP_ROWS,
-    STAGING_DIR,
     ROW_STATUSES,
+    STAGING_DIR,
     STATUS_FAILED,
 )
-
 
 # What reading a file that is not a data file (or not an index) of this layout raises: bad
 # bytes (ArrowInvalid is a ValueError), a column missing (KeyError), a null in a required
@@ -340,6 +339,16 @@ def write_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes, staging: 
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_local(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`write_whole` on the local disk: a command's output file, a trainer's checkpoint or
+    export, an evaluation's CSVs and plots (a full disk leaves the old file, never a cut one that
+    a resume or ``--from-csv`` would trust). The error names the file."""
+    try:
+        write_whole(LocalFileSystem(), os.path.abspath(path), data)
+    except OSError as e:
+        raise OSError(f"{path}: cannot write ({e.strerror or e})") from e
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:

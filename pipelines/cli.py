@@ -130,13 +130,14 @@ def _encode_settings(args: argparse.Namespace) -> EncodeSettings:
 def cmd_encode(args: argparse.Namespace) -> int:
     import codec
     from codec.settings import over_target_reason
+    from operators.archive import write_local
 
     t = time.perf_counter()
     settings = _encode_settings(args)
     _refuse_same_file(args.output, args.input)
     data = codec.encode(Path(args.input), settings=settings, preset=args.preset, text=args.text,
                         device=args.device)  # fmt: skip
-    _write_whole(args.output, data)
+    write_local(args.output, data)
     meta = codec.info(data)
     print(f"{args.output}: {meta['bytes']} bytes, {meta['bpp']:.5f} bpp, {meta['width']}x{meta['height']}, "
           f"preset {meta['preset']} rate {meta['rate']:g}"
@@ -148,13 +149,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    import codec
-    from codec.images import load_image
-    from evaluation.metrics import ms_ssim, psnr
-
     from PIL import Image
 
+    import codec
+    from codec.images import load_image
     from codec.usage import UsageError
+    from evaluation.metrics import ms_ssim, psnr
+    from operators.archive import write_local
 
     path = Path(args.input)
     image_format = Image.registered_extensions().get(Path(args.output).suffix.lower())
@@ -171,7 +172,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise codec.BitstreamError(f"{path}: {e}") from e
     buffer = io.BytesIO()
     image.save(buffer, image_format)
-    _write_whole(args.output, buffer.getvalue())
+    write_local(args.output, buffer.getvalue())
     line = f"{args.output}: {image.width}x{image.height}, {time.perf_counter() - t:.2f} s"
     if ref is not None:
         line += f", PSNR {psnr(ref, image):.2f} dB, MS-SSIM {ms_ssim(ref, image):.4f}"
@@ -190,19 +191,6 @@ def _refuse_same_file(output: str, *inputs: str) -> None:
     for other in inputs:
         if out == os.path.realpath(other):
             raise UsageError(f"{output}: the output is the same file as an input")
-
-
-def _write_whole(path: str, data: bytes) -> None:
-    """The file holds all of ``data`` or is left as it was (a full disk, a size limit): never a
-    part (``operators.archive.write_whole``)."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    from operators.archive import write_whole
-
-    try:
-        write_whole(LocalFileSystem(), os.path.abspath(path), data)
-    except OSError as e:
-        raise OSError(f"{path}: cannot write ({e.strerror or e})") from e
 
 
 def _storage_options(args: argparse.Namespace) -> dict:

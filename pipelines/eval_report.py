@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from operators.archive import write_local
+
 PER_IMAGE_COLUMNS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists",
                      "encode_s", "decode_s", "encode_mpix_s", "decode_mpix_s", "peak_rss_mib"]  # fmt: skip
 SUMMARY_COLUMNS = ["codec", "setting", "images", "bpp", "psnr", "ms_ssim", "hf_ratio", "lpips", "dists", "fid", "kid",
@@ -25,18 +27,8 @@ def plotted(summary: list[dict]) -> list[str]:
     return [m for m in PLOTS if m in ("psnr", "ms_ssim") or any(s.get(m) is not None for s in summary)]
 
 
-def _whole(path: Path, data: bytes) -> None:
-    """A killed run leaves the old file or the new one, never a cut one that ``--from-csv``
-    would trust (``operators.archive.write_whole``)."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    from operators.archive import write_whole
-
-    write_whole(LocalFileSystem(), os.path.abspath(path), data)
-
-
 def _text(path: Path, text: str) -> None:
-    _whole(path, text.encode())
+    write_local(path, text.encode())
 
 
 def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -69,7 +61,7 @@ def rd_plot(summary: list[dict], metric: str, path: Path, label: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _whole(path, buf.getvalue())
+    write_local(path, buf.getvalue())
     plt.close(fig)
 
 

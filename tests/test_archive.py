@@ -292,3 +292,14 @@ def test_write_whole_replaces_or_leaves_the_old_file(tmp_path):
     with pytest.raises(IsADirectoryError):
         write_whole(fs, str(tmp_path / "d"), b"x")  # a folder where the file must be
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "file", "img.png"]  # no temporary files left
+
+
+def test_write_local_names_the_file_it_cannot_write(tmp_path, monkeypatch):
+    from operators.archive import write_local
+
+    monkeypatch.chdir(tmp_path)
+    write_local("out/report.csv", b"a,b\n")  # relative to the working folder, folders made
+    assert (tmp_path / "out" / "report.csv").read_bytes() == b"a,b\n"
+    with pytest.raises(OSError, match=r"^out: cannot write \(Is a directory\)$"):
+        write_local("out", b"x")
+    assert (tmp_path / "out" / "report.csv").read_bytes() == b"a,b\n"

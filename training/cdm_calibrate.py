@@ -43,8 +43,9 @@ from codec.cdm.process import n_r_for_level
 from codec.cdm.sampler import cdm_decode_latent
 from codec.presets import load_preset
 from codec.texture import hf_energy_tensor
+from operators.archive import write_local
 from training.cdm import decoded_latent
-from training.data import CropSampler, cache_from_specs, release_of, write_whole
+from training.data import CropSampler, cache_from_specs, release_of
 from training.runtime import positive_int
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -131,10 +132,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     cfg_path = Path(args.cdm) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["blend"] = blend
-    write_whole(cfg_path, (json.dumps(cfg, indent=1) + "\n").encode())
+    write_local(cfg_path, (json.dumps(cfg, indent=1) + "\n").encode())
     record = {"budget_db": args.budget_db, "max_texture": args.max_texture, "grid": GRID, "crops": args.crops, "seed": args.seed, "data": args.data,
               "levels": rows}  # fmt: skip
-    write_whole(Path(args.cdm) / "calibration.json", (json.dumps(record, indent=1) + "\n").encode())
+    write_local(Path(args.cdm) / "calibration.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote the blends of {len(blend)} levels into {cfg_path}")
 
 

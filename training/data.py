@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save
 
 from codec.autoencoder import TAEF2
+from operators.archive import write_local
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 DEFAULT_SCALES = (0.7, 0.5)
@@ -30,16 +30,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=["../shared/datasets/photos-train"],
                    help="photo folders, each optionally FOLDER:SCALE,SCALE (default scales 0.7,0.5)")  # fmt: skip
     p.add_argument("--cache", default=".cache/latents")
-
-
-def write_whole(path: str | Path, data: bytes) -> None:
-    """A run killed mid-write leaves the old file or the new one, never a cut one (checkpoints,
-    exported weights, configs): ``operators.archive.write_whole`` on the local disk."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    from operators.archive import write_whole as archive_write_whole
-
-    archive_write_whole(LocalFileSystem(), os.path.abspath(path), data)
 
 
 def trained_for(weights: str | Path) -> str | None:
@@ -65,7 +55,7 @@ def release_of(weights: str | Path, model_id: str | None) -> str | None:
 def save_checkpoint(state: dict, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    write_whole(path, buf.getvalue())
+    write_local(path, buf.getvalue())
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -125,7 +115,7 @@ def build_cache(
                 with torch.no_grad():
                     latent = autoencoder.encode(x)[0]
                 entry = {"latent": latent.contiguous(), "image": torch.from_numpy(arr.copy())}
-                write_whole(target, save(entry))
+                write_local(target, save(entry))
                 print(f"cached {target.name} {w}x{h}", flush=True)
     return out
 

@@ -48,8 +48,9 @@ from safetensors.torch import save
 
 from codec.presets import load_preset
 from evaluation.perceptual import LPIPS, default_weights_dir
+from operators.archive import write_local
 from training.cdm import decoded_latent
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, write_whole
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 from training.discriminator import AdversarialTerm
 from training.runtime import positive_int, require_finite, seed_draws
 
@@ -58,7 +59,7 @@ BORDER = 16  # pixels of each crop's edge left out of the loss: ẑ and the deco
 
 def save_decoder(decoder: torch.nn.Module, path: Path, meta: dict) -> None:
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()}
-    write_whole(path, save(tensors, metadata={k: str(v) for k, v in meta.items()}))
+    write_local(path, save(tensors, metadata={k: str(v) for k, v in meta.items()}))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

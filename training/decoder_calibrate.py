@@ -17,8 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from codec.presets import load_preset
+from operators.archive import write_local
 from training.cdm import decoded_latent
-from training.data import cache_from_specs, release_of, write_whole
+from training.data import cache_from_specs, release_of
 from training.runtime import positive_int
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     meta.update(blend=json.dumps(table), calibration=json.dumps(
         {"data": args.data, "images": len(items), "crop": list(args.crop), "levels": levels, "grid": args.grid,
          "psnr": [[round(v, 3) for v in row] for row in psnr]}))  # fmt: skip
-    write_whole(args.out, save(load_file(args.decoder), metadata=meta))
+    write_local(args.out, save(load_file(args.decoder), metadata=meta))
     print(json.dumps({"blend": table}))
 
 

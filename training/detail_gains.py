@@ -40,7 +40,8 @@ from codec.latent_codec import LEVELS_PER_POINT
 from codec.presets import Preset, load_preset
 from codec.resample import SCALES
 from codec.settings import EncodeSettings
-from training.data import list_images, training_folder, write_whole
+from operators.archive import write_local
+from training.data import list_images, training_folder
 from training.runtime import positive_int
 
 
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "data": args.data, "images": [f.name for f in files], "budget_db": args.budget_db,
         "max_texture": args.max_texture, "seconds": round(time.time() - t0),
     }  # fmt: skip
-    write_whole(out, to_json(table).encode())
+    write_local(out, to_json(table).encode())

@@ -24,7 +24,8 @@ from safetensors.torch import save
 
 from codec.autoencoder import TAEF2
 from codec.latent_codec import LatentCodec, LatentCodecConfig
-from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint, write_whole
+from operators.archive import write_local
+from training.data import CropSampler, add_data_arguments, cache_from_specs, save_checkpoint
 from training.runtime import positive_int, require_finite, seed_draws
 
 
@@ -90,7 +91,7 @@ def save_weights(model: LatentCodec, path: Path, meta: dict) -> None:
     # Round-trip through float16 before freezing, so the tables match the shipped weights.
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     tensors.update({k: v.contiguous() for k, v in model.freeze().items()})
-    write_whole(path, save(tensors, metadata={"config": json.dumps(model.config.to_dict()), **meta}))
+    write_local(path, save(tensors, metadata={"config": json.dumps(model.config.to_dict()), **meta}))
 
 
 def load_model_weights(model: LatentCodec, state: dict[str, torch.Tensor]) -> None:

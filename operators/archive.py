@@ -295,12 +295,34 @@ class Archive:
 
     def read_asset(self, entry: dict, columns: list[str] | None = None) -> dict:
         """One asset row, reading the file's footer and one row group."""
-        with self.fs.open(self.path(entry["file"]), "rb") as f:
-            group = pq.ParquetFile(f).read_row_group(entry["row_group"], columns=columns)
-        row = group.slice(entry["row"], 1).to_pylist()[0]
-        if row["key"] != entry["key"]:
-            raise ArchiveError(f"{self.url}: index is stale for key {entry['key']!r}")
+        row = self.read_assets([entry], columns)[0]
+        if isinstance(row, Exception):
+            raise row
         return row
+
+    def read_assets(self, entries: list[dict], columns: list[str] | None = None) -> list[dict | Exception]:
+        """The rows index ``entries`` point at (``file``, ``row_group``, ``row``, ``key``), in
+        order, reading each row group once. An entry gets the error instead of its row when its
+        row group cannot be read (a damaged or missing file fails its own rows only) or when its
+        row holds another key (a stale index: that entry only)."""
+        out: list[dict | Exception] = [ArchiveError("unread")] * len(entries)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, e in enumerate(entries):
+            groups.setdefault((e["file"], e["row_group"]), []).append(i)
+        for (file, group), idx in groups.items():
+            try:
+                with self.fs.open(self.path(file), "rb") as f:
+                    table = pq.ParquetFile(f).read_row_group(group, columns=columns)
+            except Exception as e:  # noqa: BLE001 - any failure to read is this group's rows' failure
+                for i in idx:
+                    out[i] = e
+                continue
+            for i in idx:
+                row = entries[i]["row"]
+                found = table.slice(row, 1).to_pylist()[0] if 0 <= row < table.num_rows else {}
+                out[i] = found if found.get("key") == entries[i]["key"] else ArchiveError(
+                    f"{self.url}: index is stale for key {entries[i]['key']!r}")  # fmt: skip
+        return out
 
 
 def _indexed_files(schema: pa.Schema) -> set[str] | None:

@@ -9,12 +9,11 @@ import time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 from PIL import Image
 
-from operators.archive import Archive, ArchiveError, write_whole
+from operators.archive import Archive, write_whole
 from operators.sources import _retry
 from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
 
@@ -95,25 +94,13 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
 
 def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str, Any]) -> pa.Table:
     """Index rows -> the bitstreams they point at, reading each needed row group once. A row
-    group that cannot be read fails its rows (``load_error``), not the batch."""
-    arc = Archive(archive_url, storage_options)
+    group that cannot be read, or a row the index no longer describes, fails its own rows
+    (``load_error``), not the batch."""
     rows = batch.to_pylist()
-    streams: list[bytes | None] = [None] * len(rows)
-    errors: list[str | None] = [None] * len(rows)
-    by_group: dict[tuple[str, int], list[int]] = {}
-    for i, r in enumerate(rows):
-        by_group.setdefault((r["file"], r["row_group"]), []).append(i)
-    for (file, group), idx in by_group.items():
-        try:
-            with arc.fs.open(arc.path(file), "rb") as f:
-                table = pq.ParquetFile(f).read_row_group(group, columns=["key", "bitstream"])
-            for i in idx:
-                if table.column("key")[rows[i]["row"]].as_py() != rows[i]["key"]:
-                    raise ArchiveError(f"index is stale for key {rows[i]['key']!r}")
-                streams[i] = table.column("bitstream")[rows[i]["row"]].as_py()
-        except Exception as e:  # noqa: BLE001 - a damaged or missing data file fails its own rows only
-            for i in idx:
-                errors[i] = f"{rows[i]['key']}: cannot read {file}: {type(e).__name__}: {e}"
+    found = Archive(archive_url, storage_options).read_assets(rows, columns=["key", "bitstream"])
+    streams = [None if isinstance(f, Exception) else f["bitstream"] for f in found]
+    errors = [f"{r['key']}: cannot read {r['file']}: {type(f).__name__}: {f}" if isinstance(f, Exception) else None
+              for r, f in zip(rows, found)]  # fmt: skip
     return batch.append_column("bitstream", pa.array(streams, pa.large_binary())).append_column(
         "load_error", pa.array(errors, pa.string()))
 

@@ -18,11 +18,10 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
-from operators.archive import UNREADABLE, Archive
+from operators.archive import Archive
 from schemas.archive import (ASSET_SCHEMA, STATUS_FAILED, STATUS_REFRESHED, STATUS_SHARD, STATUS_SKIPPED,
                             STATUS_STILL_FAILED, STATUS_UNCHANGED, STATUS_WRITTEN)
 
@@ -48,21 +47,13 @@ def archived_again(arc: Archive, refreshed: pa.Table, now: dt.datetime) -> pa.Ta
     and ``source_fingerprint`` and this job's time (``job_id`` stays the encoding job's):
     committed, they let the next job skip the source without reading it. A row that cannot be
     read is left out (the next job reads its source again)."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in refreshed.select(["key", "source_uri", "source_fingerprint", "archived_file", "archived_row_group",
-                               "archived_row"]).to_pylist():  # fmt: skip
-        groups.setdefault((r["archived_file"], r["archived_row_group"]), []).append(r)
-    rows = []
-    for (file, group), wanted in groups.items():
-        try:
-            with arc.fs.open(arc.path(file), "rb") as f:
-                old = pq.ParquetFile(f).read_row_group(group).select(ASSET_SCHEMA.names).to_pylist()
-        except (OSError, *UNREADABLE):
-            continue
-        for r in wanted:
-            if r["archived_row"] < len(old) and old[r["archived_row"]]["key"] == r["key"]:
-                rows.append({**old[r["archived_row"]], "source_uri": r["source_uri"],
-                             "source_fingerprint": r["source_fingerprint"], "written_at": now})  # fmt: skip
+    wanted = refreshed.select(["key", "source_uri", "source_fingerprint", "archived_file", "archived_row_group",
+                               "archived_row"]).to_pylist()  # fmt: skip
+    places = [{"key": r["key"], "file": r["archived_file"], "row_group": r["archived_row_group"],
+               "row": r["archived_row"]} for r in wanted]  # fmt: skip
+    rows = [{**old, "source_uri": r["source_uri"], "source_fingerprint": r["source_fingerprint"], "written_at": now}
+            for r, old in zip(wanted, arc.read_assets(places, columns=ASSET_SCHEMA.names))
+            if not isinstance(old, Exception)]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=ASSET_SCHEMA)
 
 

@@ -200,6 +200,26 @@ def test_read_asset_reads_footer_and_one_row_group(tmp_path):
     assert read < size / 3  # 10 row groups of 32 assets: the other nine are never read
 
 
+def test_read_assets_fails_a_stale_or_unreadable_entry_alone(tmp_path):
+    from operators.restore import load_bitstreams
+
+    Archive(str(tmp_path)).write_data_file(_rows([f"k{i:03d}" for i in range(40)], "j1"), "j1-0", {})
+    arc = Archive(str(tmp_path))
+    entries = arc.lookup(["k001", "k002", "k003", "k035"]).to_pylist()
+    assert len({(e["file"], e["row_group"]) for e in entries[:3]}) == 1
+    entries[1] = {**entries[1], "row": entries[1]["row"] + 1}  # the index says k002 lies where k003 does
+    entries[3] = {**entries[3], "file": "data/gone.parquet"}
+    got = arc.read_assets(entries, columns=["key", "bitstream"])
+    assert [g["key"] if isinstance(g, dict) else type(g).__name__ for g in got] == [
+        "k001", "ArchiveError", "k003", "FileNotFoundError"]  # fmt: skip
+    assert "index is stale for key 'k002'" in str(got[1])
+    with pytest.raises(ArchiveError, match="stale"):
+        arc.read_asset(entries[1])
+    out = load_bitstreams(pa.Table.from_pylist(entries), str(tmp_path), {}).to_pylist()
+    assert [r["bitstream"] is not None for r in out] == [True, False, True, False]  # k001 and k003 restore
+    assert out[1]["load_error"].startswith("k002: cannot read") and "stale" in out[1]["load_error"]
+
+
 def test_a_local_commit_is_flushed_to_disk_before_and_after_its_rename(tmp_path, monkeypatch):
     synced: list[str] = []
     real_fsync = os.fsync

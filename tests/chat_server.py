@@ -44,6 +44,7 @@ class ChatServer:
                 pass
 
             def do_POST(self) -> None:
+                self.counted_out = False  # one handler serves each request of a kept-alive connection
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
@@ -67,10 +68,18 @@ class ChatServer:
                         answer = "lighthouse"
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                """Out of flight before the answer goes out: once the client has it, it may send its
+                next request, which another thread would otherwise count beside this one."""
+                if not self.counted_out:
+                    self.counted_out = True
                     with server.lock:
                         server.in_flight -= 1
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+                self._done()
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for k, v in (headers or {}).items():

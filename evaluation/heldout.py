@@ -27,8 +27,10 @@ from PIL import Image
 
 SIDE = 64  # grey thumbnail, pixels a side
 FREQUENCIES = 16  # the lowest FREQUENCIES x FREQUENCIES DCT coefficients, less the mean: 255 bits
+HASH = f"phash-{SIDE}px-{FREQUENCIES}x{FREQUENCIES}-box"  # heldout.json's hashes are of this kind
 MAX_DISTANCE = 40  # bits: a match (copies are within 14, other photos 90 or more)
 HASHES = Path(__file__).with_name("heldout.json")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _ORIENTATIONS = (None, *Image.Transpose)
 
 
@@ -37,7 +39,6 @@ class HeldOutImageError(ValueError):
 
 
 def _thumbnail(img: Image.Image) -> Image.Image:
-    img.draft("RGB", (2 * SIDE, 2 * SIDE))  # JPEG decodes at a reduced scale: fast, and the hash is coarse
     return img.convert("L").resize((SIDE, SIDE), Image.Resampling.BOX)
 
 
@@ -60,16 +61,18 @@ def orientation_hashes(img: Image.Image) -> list[int]:
 
 
 def _known() -> dict[str, int]:
-    sets = json.loads(HASHES.read_text())["sets"]
-    return {f"{name}/{image}": int(h, 16) for name, images in sets.items() for image, h in images.items()}
+    data = json.loads(HASHES.read_text())
+    if data.get("hash") != HASH:
+        raise ValueError(f"{HASHES} holds {data.get('hash')} hashes, this code makes {HASH}: rewrite every set")
+    return {f"{name}/{image}": int(h, 16) for name, images in data["sets"].items() for image, h in images.items()}
 
 
 def held_out_match(img: Image.Image) -> tuple[str, int] | None:
     """(set/image, distance in bits) of the evaluation image ``img`` copies, or None."""
     candidates = orientation_hashes(img)
-    best = min(((name, min((h ^ c).bit_count() for c in candidates)) for name, h in _known().items()),
-               key=lambda m: m[1])  # fmt: skip
-    return best if best[1] <= MAX_DISTANCE else None
+    distances = [(name, min((h ^ c).bit_count() for c in candidates)) for name, h in _known().items()]
+    best = min(distances, key=lambda m: m[1], default=None)
+    return best if best is not None and best[1] <= MAX_DISTANCE else None
 
 
 def refuse_held_out(img: Image.Image, where: str) -> None:
@@ -80,18 +83,50 @@ def refuse_held_out(img: Image.Image, where: str) -> None:
                                 "never train or calibrate on an evaluation set")  # fmt: skip
 
 
-def _write_set(name: str, folder: Path) -> None:
-    data = json.loads(HASHES.read_text()) if HASHES.exists() else {"sets": {}}
-    data["hash"] = f"phash-{SIDE}px-{FREQUENCIES}x{FREQUENCIES}-box"
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    data["sets"][name] = {p.stem: f"{image_hash(Image.open(p)):064x}" for p in images}
-    HASHES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"{len(images)} images of {name} hashed into {HASHES}")
+def refuse_held_out_file(path: Path) -> None:
+    """:func:`refuse_held_out` on an image file; a JPEG is decoded at a reduced scale (fast, and
+    the hash is coarse). An unreadable file is an error that names it."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (2 * SIDE, 2 * SIDE))
+            img.load()
+            refuse_held_out(img, str(path))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: cannot read the image ({e})") from e
+
+
+def write_set(name: str, folder: Path, replace: bool = False) -> dict[str, str]:
+    """Hash every image of ``folder`` as evaluation set ``name`` into ``heldout.json``. Replacing
+    an existing set by other images takes ``replace`` (a wrong folder must not quietly drop its
+    protection)."""
+    from operators.archive import write_local
+
+    data = json.loads(HASHES.read_text()) if HASHES.exists() else {"hash": HASH, "sets": {}}
+    if data["sets"] and data.get("hash") != HASH:
+        raise ValueError(f"{HASHES} holds {data.get('hash')} hashes: rewrite every set with {HASH}, from a new file")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    stems = [p.stem for p in images]
+    if not images:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"two images of {folder} share a name: {sorted({s for s in stems if stems.count(s) > 1})}")
+    old = set(data["sets"].get(name, {}))
+    if old and old != set(stems) and not replace:
+        raise ValueError(f"set {name} would lose {sorted(old - set(stems))} and gain {sorted(set(stems) - old)}: "
+                         "pass --replace if that is meant")  # fmt: skip
+    hashes = {}
+    for p in images:
+        with Image.open(p) as img:
+            hashes[p.stem] = f"{image_hash(img):064x}"
+    data["hash"], data["sets"][name] = HASH, hashes
+    write_local(HASHES, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    return hashes
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="hash an evaluation set's images into evaluation/heldout.json")
     p.add_argument("name")
     p.add_argument("folder", type=Path)
+    p.add_argument("--replace", action="store_true", help="replace the set's images by the folder's")
     a = p.parse_args()
-    _write_set(a.name, a.folder)
+    print(f"{len(write_set(a.name, a.folder, a.replace))} images of {a.name} hashed into {HASHES}")

@@ -302,9 +302,11 @@ class Archive:
 
     def read_assets(self, entries: list[dict], columns: list[str] | None = None) -> list[dict | Exception]:
         """The rows index ``entries`` point at (``file``, ``row_group``, ``row``, ``key``), in
-        order, reading each row group once. An entry gets the error instead of its row when its
-        row group cannot be read (a damaged or missing file fails its own rows only) or when its
-        row holds another key (a stale index: that entry only)."""
+        order, reading each row group once (``columns`` of it, ``key`` always). An entry gets the
+        error instead of its row when its row group cannot be read or lacks one of ``columns``
+        (a damaged, foreign or missing file fails its own rows only), or when its row holds
+        another key (a stale index: that entry only)."""
+        wanted = None if columns is None else list(dict.fromkeys(["key", *columns]))
         out: list[dict | Exception] = [ArchiveError("unread")] * len(entries)
         groups: dict[tuple[str, int], list[int]] = {}
         for i, e in enumerate(entries):
@@ -312,14 +314,17 @@ class Archive:
         for (file, group), idx in groups.items():
             try:
                 with self.fs.open(self.path(file), "rb") as f:
-                    table = pq.ParquetFile(f).read_row_group(group, columns=columns)
+                    table = pq.ParquetFile(f).read_row_group(group, columns=wanted)
+                missing = [c for c in wanted or ["key"] if c not in table.column_names]  # pyarrow skips them silently
+                if missing:
+                    raise ArchiveError(f"{file} has no column {', '.join(missing)}")
             except Exception as e:  # noqa: BLE001 - any failure to read is this group's rows' failure
                 for i in idx:
                     out[i] = e
                 continue
             for i in idx:
                 row = entries[i]["row"]
-                found = table.slice(row, 1).to_pylist()[0] if 0 <= row < table.num_rows else {}
+                found = table.slice(row, 1).to_pylist()[0] if isinstance(row, int) and 0 <= row < table.num_rows else {}
                 out[i] = found if found.get("key") == entries[i]["key"] else ArchiveError(
                     f"{self.url}: index is stale for key {entries[i]['key']!r}")  # fmt: skip
         return out
@@ -370,7 +375,9 @@ def write_local(path: str | os.PathLike, data: bytes) -> None:
     try:
         write_whole(LocalFileSystem(), os.path.abspath(path), data)
     except OSError as e:
-        raise OSError(f"{path}: cannot write ({e.strerror or e})") from e
+        named = type(e)(f"{path}: cannot write ({e.strerror or e})")  # the same kind (PermissionError, ...)
+        named.errno = e.errno  # ENOSPC stays ENOSPC
+        raise named from e
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 
@@ -218,6 +219,23 @@ def test_read_assets_fails_a_stale_or_unreadable_entry_alone(tmp_path):
     out = load_bitstreams(pa.Table.from_pylist(entries), str(tmp_path), {}).to_pylist()
     assert [r["bitstream"] is not None for r in out] == [True, False, True, False]  # k001 and k003 restore
     assert out[1]["load_error"].startswith("k002: cannot read") and "stale" in out[1]["load_error"]
+    for row in (-1, 10**6):  # a row the group does not have
+        assert isinstance(arc.read_assets([{**entries[0], "row": row}])[0], ArchiveError)
+    assert arc.read_assets(entries[:1], columns=["bitstream"])[0]["key"] == "k001"  # the key is always read
+
+
+def test_read_assets_fails_the_rows_of_a_file_without_a_wanted_column(tmp_path):
+    from operators.restore import load_bitstreams
+
+    arc = Archive(str(tmp_path))
+    arc.write_data_file(_rows(["a", "b"], "j1"), "j1-0", {})
+    entries = arc.lookup(["a", "b"]).to_pylist()
+    path = tmp_path / entries[0]["file"]
+    pq.write_table(pq.read_table(path).drop_columns(["bitstream", "job_id"]), path, row_group_size=ROW_GROUP_ROWS)
+    got = arc.read_assets(entries, columns=["key", "bitstream"])
+    assert all(isinstance(g, ArchiveError) and "has no column bitstream" in str(g) for g in got)
+    out = load_bitstreams(pa.Table.from_pylist(entries), str(tmp_path), {}).to_pylist()  # its rows fail, not the batch
+    assert all(r["bitstream"] is None and "has no column bitstream" in r["load_error"] for r in out)
 
 
 def test_a_local_commit_is_flushed_to_disk_before_and_after_its_rename(tmp_path, monkeypatch):
@@ -320,6 +338,7 @@ def test_write_local_names_the_file_it_cannot_write(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_local("out/report.csv", b"a,b\n")  # relative to the working folder, folders made
     assert (tmp_path / "out" / "report.csv").read_bytes() == b"a,b\n"
-    with pytest.raises(OSError, match=r"^out: cannot write \(Is a directory\)$"):
+    with pytest.raises(IsADirectoryError, match=r"^out: cannot write \(Is a directory\)$") as e:
         write_local("out", b"x")
+    assert e.value.errno == errno.EISDIR
     assert (tmp_path / "out" / "report.csv").read_bytes() == b"a,b\n"

@@ -65,7 +65,7 @@ def list_images(folder: Path) -> list[Path]:
 def training_folder(folder: str | Path) -> Path:
     """``folder`` checked as training data: it exists, holds photos, and none of them is an
     evaluation image (by its pixels: ``evaluation.heldout``; a folder's name proves nothing)."""
-    from evaluation.heldout import refuse_held_out
+    from evaluation.heldout import refuse_held_out_file
 
     path = Path(folder)
     if not path.is_dir():
@@ -74,8 +74,7 @@ def training_folder(folder: str | Path) -> Path:
     if not photos:
         raise ValueError(f"no photos in {folder}")
     for photo in photos:
-        with Image.open(photo) as img:
-            refuse_held_out(img, str(photo))
+        refuse_held_out_file(photo)
     return path
 
 
@@ -94,7 +93,8 @@ def build_cache(
 ) -> list[Path]:
     """Encode every photo of ``folders`` at every scale into ``cache_dir``; already cached
     entries are kept. Returns these folders' entries only: the cache may hold other folders'
-    (a calibration's held-out photos), which are not this run's data. Each photo is read once."""
+    (a calibration's held-out photos), which are not this run's data. Each photo's bytes are
+    read once to key and encode it (``training_folder`` opens each first to check it)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for folder in map(training_folder, folders):

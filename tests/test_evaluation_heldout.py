@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from evaluation.heldout import (HASH, HASHES, MAX_DISTANCE, HeldOutImageError, held_out_match, refuse_held_out,
-                                refuse_held_out_file)
+from evaluation.heldout import (
+    HASH,
+    HASHES,
+    MAX_DISTANCE,
+    HeldOutImageError,
+    held_out_match,
+    refuse_held_out,
+    refuse_held_out_file,
+)
 from tests.conftest import KODAK, ROOT
 
 TRAIN = ROOT.parent / "shared" / "datasets" / "photos-train"

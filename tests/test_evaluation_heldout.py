@@ -21,7 +21,6 @@ from evaluation.heldout import (
 )
 from tests.conftest import KODAK, ROOT
 
-TRAIN = ROOT.parent / "shared" / "datasets" / "photos-train"
 
 
 def _copy(img: Image.Image, fmt: str, **kw) -> Image.Image:

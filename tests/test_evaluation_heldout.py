@@ -22,7 +22,6 @@ from evaluation.heldout import (
 from tests.conftest import KODAK, ROOT
 
 
-
 def _copy(img: Image.Image, fmt: str, **kw) -> Image.Image:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)

@@ -86,7 +86,9 @@ def report(summary: list[dict], bd: list[dict], notes: list[str], env: dict, plo
              "bpp counts the whole file (headers and text included). hf_ratio is the reconstruction's "
              "high-frequency energy (mean squared Laplacian of the luma) over the original's: 1 keeps the "
              "texture, below 1 blurs it. LPIPS (AlexNet, v0.1) and DISTS are distances from the published "
-             "weights: lower is better. n/c: not computed.", "", images, "", "## BD-rate", "",
+             "weights: lower is better. peak MiB is the measuring process's peak resident memory while it coded "
+             "(libraries and models already loaded included): a bound, not the codec's own need. n/c: not "
+             "computed.", "", images, "", "## BD-rate", "",
              "Negative: fewer bits than the anchor at equal quality (equal PSNR, MS-SSIM, LPIPS or DISTS; "
              "over the quality range both cover, points that cost more and look worse left out; n/c where the "
              "curves share none). `<codec>-best` is the codec's best practical curve: at each quality, the "

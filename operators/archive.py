@@ -143,7 +143,11 @@ class Archive:
         return rel
 
     def data_files(self) -> list[str]:
+        """The committed data files as storage lists them now. fsspec keeps listings (s3fs, until
+        told otherwise): a long-running reader would never see another process's commits, nor
+        the files a compaction removed."""
         base = self.path(DATA_DIR)
+        self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
         return sorted(posixpath.relpath(p, self.root) for p in self.fs.glob(f"{base}/*.parquet"))
@@ -220,8 +224,11 @@ class Archive:
         moved (read-only use)."""
         index, indexed = self._read_index()
         present = self.data_files()
-        if write and indexed - set(present):  # data files gone (not by a compaction, which updates the index first)
-            return self._rebuild()[0]  # from what is there: their assets are no longer archived
+        if indexed - set(present):  # data files gone (not by a compaction, which updates the index first)
+            if write:
+                return self._rebuild()[0]  # from what is there: their assets are no longer archived
+            # a reader: the same, in memory (a key whose newest row is gone may have an older one)
+            return latest_per_key(self.read_rows(present))
         new = [rel for rel in present if rel not in indexed]
         if not new:
             return index
@@ -313,7 +320,8 @@ class Archive:
             groups.setdefault((e["file"], e["row_group"]), []).append(i)
         for (file, group), idx in groups.items():
             try:
-                with self.fs.open(self.path(file), "rb") as f:
+                # no read-ahead: s3fs's default would fetch 50 MB past the row group for one asset
+                with self.fs.open(self.path(file), "rb", cache_type="none") as f:
                     table = pq.ParquetFile(f).read_row_group(group, columns=wanted)
                 missing = [c for c in wanted or ["key"] if c not in table.column_names]  # pyarrow skips them silently
                 if missing:

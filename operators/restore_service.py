@@ -261,8 +261,13 @@ class RestoreAPI:
             except FileNotFoundError:
                 await asyncio.to_thread(self.index.refresh)
                 self._refreshed = time.monotonic()
-                entry = self.index.get(key) or entry
+                found = self.index.get(key)
+                if found is None:  # its only file went away outside a compaction
+                    raise HTTPException(404, f"{key!r} is not in the archive") from None
+                entry = found
                 row = await asyncio.to_thread(self.archive.read_asset, entry, ["key", "status", "error", "bitstream"])
+        except HTTPException:
+            raise
         except Exception as e:  # noqa: BLE001 - a data file gone or damaged since the index read it
             raise HTTPException(500, f"cannot read {key!r} from {entry['file']}: {type(e).__name__}") from None
         if row["status"] != STATUS_WRITTEN or row["bitstream"] is None:

@@ -224,6 +224,30 @@ def test_read_assets_fails_a_stale_or_unreadable_entry_alone(tmp_path):
     assert arc.read_assets(entries[:1], columns=["bitstream"])[0]["key"] == "k001"  # the key is always read
 
 
+def test_reading_one_asset_from_s3_fetches_about_its_row_group(s3_server, monkeypatch):
+    """No read-ahead: s3fs's default cache fetched 50 MB (here the whole file) for one asset."""
+    import uuid
+
+    import s3fs
+
+    fetched, fetch = [], s3fs.core.S3File._fetch_range
+
+    def recording(f, start: int, end: int) -> bytes:
+        fetched.append(end - start)
+        return fetch(f, start, end)
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", recording)
+    bucket = f"read-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    arc = Archive(f"s3://{bucket}/arc")
+    rel = arc.write_data_file(_rows([f"k{i:03d}" for i in range(320)], "j1", payload=20000), "j1-0", {})
+    size = arc.fs.size(arc.path(rel))
+    entry = arc.lookup(["k077"]).to_pylist()[0]
+    fetched.clear()
+    assert len(arc.read_asset(entry, columns=["bitstream"])["bitstream"]) == 20000
+    assert sum(fetched) < size / 4, (sum(fetched), size)  # 10 row groups: about one, and the footer
+
+
 def test_read_assets_fails_the_rows_of_a_file_without_a_wanted_column(tmp_path):
     from operators.restore import load_bitstreams
 

@@ -88,3 +88,34 @@ def test_refresh_after_a_compaction_starts_over(arc):
     assert idx.refresh()
     files = {idx.get(k)["file"] for k in ("a.png", "b/c.png", "b/d.png", "e.png", "f.png")}
     assert len(files) == 1 and files <= idx.files and len(idx) == 5
+
+
+def test_a_file_deleted_outside_a_compaction_leaves_the_readers_index(arc):
+    _commit(arc, "j2-0", ["a.png", "g.png"])  # a newer a.png, and a key of its own
+    arc.refresh_index()  # the stored index has read both files
+    gone = arc.path(arc.lookup(["g.png"]).to_pylist()[0]["file"])
+    arc.fs.rm(gone)  # a lifecycle rule, a person: no compaction updated the index first
+    idx = AssetIndex(arc)
+    idx.refresh()
+    assert idx.get("g.png") is None  # not a 500 on read: not in the archive
+    assert idx.get("a.png")["file"] == "data/j1-0.parquet"  # its older row, still there
+
+
+def test_a_reader_on_s3_sees_what_other_processes_commit_and_remove(s3_server):
+    """s3fs keeps listings: the reader's filesystem instance must not answer from them."""
+    import uuid
+
+    import s3fs
+
+    bucket = f"idx-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    url = f"s3://{bucket}/arc"
+    writer = Archive(url, fs=s3fs.S3FileSystem(skip_instance_cache=True))  # another process's
+    writer.create({"preset": "taef2"})
+    _commit(writer, "j1-0", ["a.png"])
+    idx = AssetIndex(Archive(url))
+    assert idx.refresh() and idx.get("a.png")
+    _commit(writer, "j2-0", ["b.png"])
+    assert idx.refresh() and idx.get("b.png")
+    compact(url, rows_per_file=100)
+    assert idx.refresh() and len(idx.files) == 1 and idx.get("a.png")["file"] == idx.get("b.png")["file"]

@@ -234,6 +234,17 @@ def test_assets_moved_by_a_compaction_are_served_at_once(service):
     assert service.request("/v1/assets/a.png?format=jpeg")[0] == 200
 
 
+def test_an_asset_whose_file_was_deleted_is_not_found(service):
+    """A data file removed outside a compaction (a lifecycle rule): its keys are 404, not 500."""
+    arc = Archive(str(service.archive))
+    _commit(arc, "j4-0", {"gone.png": (codec.encode(photo(64, 64), rate=1), None)})
+    time.sleep(1.2)
+    assert service.request("/v1/assets/gone.png?decoder=plain")[0] == 200
+    arc.fs.rm(arc.path("data/j4-0.parquet"))
+    status, _, body = service.request("/v1/assets/gone.png?decoder=plain&format=webp")  # not cached
+    assert status == 404 and b"not in the archive" in body, body
+
+
 def test_the_token_never_reaches_a_log(service):
     service.request("/v1/assets/a.png", token=TOKEN)
     service.request("/v1/assets/a.png", token=TOKEN + "-wrong")

@@ -142,8 +142,20 @@ def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None
         from fsspec.asyn import sync
 
         bucket, key, _ = fs.split_path(path)
-        pages = iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/" if key else "")
-        while page := _retry(lambda: sync(fs.loop, _take, pages, LIST_BLOCK_ROWS)):
+        prefix = key.rstrip("/") + "/" if key else ""
+        listing: dict[str, Any] = {"pages": iterdir(bucket, delimiter="", prefix=prefix), "last": None}
+
+        def next_page() -> list[dict]:
+            try:
+                return sync(fs.loop, _take, listing["pages"], LIST_BLOCK_ROWS, listing["last"])
+            except Exception:
+                # a listing that raised is closed (it would yield nothing more, as if it had
+                # ended): the retry lists again from the start, past the last key yielded
+                listing["pages"] = iterdir(bucket, delimiter="", prefix=prefix)
+                raise
+
+        while page := _retry(next_page):
+            listing["last"] = page[-1]["name"]
             for info in page:
                 if info.get("type") == "file":
                     yield info["name"], info
@@ -151,7 +163,9 @@ def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None
     if isinstance(fs, LocalFileSystem):
         yield from _walk_local(fs, path, maxdepth)
         return
-    for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True):
+    # a folder that cannot be listed stops the job: its photos would be no job's inputs (fsspec's
+    # default leaves it out without a word)
+    for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True, on_error=_unlistable):
         for name, meta in sorted(files.items()):
             yield posixpath.join(d, name), meta
 
@@ -166,7 +180,7 @@ def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterato
     pending: list[tuple[str, int | None]] = [(path, maxdepth)]
     while pending:
         top, depth = pending.pop(0)
-        for d, dirs, files in os.walk(top):  # not following links: they wait in ``pending``
+        for d, dirs, files in os.walk(top, onerror=_unlistable):  # not following links: they wait in ``pending``
             real = os.path.realpath(d)
             if real in seen:
                 dirs[:] = []
@@ -187,10 +201,22 @@ def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterato
                 yield full, meta
 
 
-async def _take(pages: Any, n: int) -> list[dict]:
-    """Up to ``n`` more entries of an async listing (the next call goes on where this one stopped)."""
+def _unlistable(e: OSError) -> None:
+    """A folder that cannot be listed stops the job (``os.walk`` and fsspec's walk would skip it
+    without a word, and its photos would be no job's inputs); one that is gone holds none."""
+    if isinstance(e, FileNotFoundError):
+        return
+    where = f" {e.filename}" if getattr(e, "filename", None) else " a folder"
+    raise type(e)(e.errno, f"cannot list{where}: {e.strerror or e}") from e
+
+
+async def _take(pages: Any, n: int, after: str | None = None) -> list[dict]:
+    """Up to ``n`` more entries of an async listing (the next call goes on where this one
+    stopped), leaving out names up to ``after`` (S3 lists in key order)."""
     out: list[dict] = []
     async for info in pages:
+        if after is not None and info["name"] <= after:
+            continue
         out.append(info)
         if len(out) >= n:
             break

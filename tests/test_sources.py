@@ -281,8 +281,8 @@ def test_a_flat_s3_prefix_streams_page_by_page(s3_server, monkeypatch):
     pages = []
     original = sources._take
 
-    async def counting(p, n):
-        got = await original(p, n)
+    async def counting(p, n, after=None):
+        got = await original(p, n, after)
         pages.append(len(got))
         return got
 
@@ -295,6 +295,51 @@ def test_a_flat_s3_prefix_streams_page_by_page(s3_server, monkeypatch):
     keys = [k for b in [first, *rest] for k in b.column("key").to_pylist()]
     assert keys == [f"{i:03d}.png" for i in range(25)] + ["deep/z.jpg"]
     assert first.column("source_fingerprint").to_pylist()[0].startswith("1:")
+
+
+def test_an_s3_listing_that_breaks_mid_page_goes_on_where_it_stopped(s3_server, monkeypatch):
+    """A listing that raised is closed: retried as it was, it ended there and the job saw half the bucket."""
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    bucket = f"broken-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    for i in range(26):
+        fs.pipe(f"{bucket}/p/{i:03d}.png", b"x")
+    monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 10)
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    iterdir, calls = s3fs.S3FileSystem._iterdir, []
+
+    async def breaking(self, *args, **kw):
+        calls.append(1)
+        n = 0
+        async for info in iterdir(self, *args, **kw):
+            n += 1
+            if (len(calls), n) in ((1, 15), (2, 25)):  # two read timeouts, each in a page
+                raise OSError("Read timeout on endpoint URL")
+            yield info
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_iterdir", breaking)
+    (task,) = list_tasks(Source.parse(f"s3://{bucket}/p"))
+    keys = [k for b in task() for k in b.column("key").to_pylist()]
+    assert keys == [f"{i:03d}.png" for i in range(26)] and len(calls) == 3
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_listing(folder, monkeypatch):
+    import os
+
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if str(path).endswith("sub"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(PermissionError, match=r"cannot list .*sub: Permission denied"):
+        _listing(Source.parse(str(folder)))
 
 
 def test_fetch_reads_hashes_and_fails_per_row(folder):

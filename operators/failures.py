@@ -10,7 +10,10 @@ Two ways a job stops early:
   failures pass ``max_rate`` of the assets processed, the job stops (:class:`JobAborted`), with
   the first distinct reasons.
 
-Rows already committed stay in the archive; the rest are picked up by the next run.
+Rows already committed stay in the archive, and the stopped job commits the failures the
+monitor was told of (the sink had not yet written them): the next run counts those as still
+failed and goes on past them, where it would otherwise meet them first again and stop again,
+night after night. The rest are picked up by the next run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from schemas.archive import STATUS_FAILED, STATUS_SHARD, STATUS_SKIPPED
 MAX_FAILURE_RATE = 0.25  # --max-failure-rate default
 MIN_FAILURES = 8  # failures before the rate is judged (a first bad file is no trend)
 FIRST_REASONS = 5
+KEPT_FAILURES = 10_000  # failed rows the monitor keeps for a stopped job to commit (the rest: the next run's)
+# what a kept failure carries to its archived row (no pixels, no stream)
+FAILURE_COLUMNS = ("key", "source_uri", "source_fingerprint", "source_sha256", "source_size", "caption",
+                   "caption_source", "status", "error")  # fmt: skip
 SYSTEMIC_MARKERS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "NCCL error",
                     "device-side assert")  # fmt: skip
 
@@ -59,14 +66,18 @@ class FailureMonitor:
         self.max_rate, self.min_failures = max_rate, min_failures
         self.processed = self.failed = self.unchanged = self.listed = 0
         self.reasons: list[str] = []
+        self.failures: list[dict] = []
         self.verdict: str | None = None
 
     def add_listed(self, n: int) -> None:
         """Assets found by the listing so far (the progress bar's total)."""
         self.listed += n
 
-    def record(self, processed: int, failed: int, reasons: list[str], unchanged: int = 0) -> str | None:
-        """Add one batch's counts; returns the reason to stop, once there is one."""
+    def record(self, processed: int, failed: int, reasons: list[str], unchanged: int = 0,
+               failures: list[dict] | None = None) -> str | None:  # fmt: skip
+        """Add one batch's counts (and its failed rows, kept up to ``KEPT_FAILURES``); returns the
+        reason to stop, once there is one."""
+        self.failures += (failures or [])[: max(0, KEPT_FAILURES - len(self.failures))]
         self.unchanged += unchanged
         self.processed += processed
         self.failed += failed
@@ -82,6 +93,9 @@ class FailureMonitor:
         """Stop the job for a reason of the driver's (the archive's lease was lost)."""
         self.verdict = self.verdict or reason
 
+    def kept_failures(self) -> list[dict]:
+        return list(self.failures)
+
     def state(self) -> dict:
         return {"listed": self.listed, "processed": self.processed, "failed": self.failed, "unchanged": self.unchanged,
                 "reasons": list(self.reasons), "verdict": self.verdict}  # fmt: skip
@@ -96,8 +110,10 @@ def check_failures(batch: pa.Table, monitor) -> pa.Table:
     skipped = pc.sum(pc.is_in(status, pa.array(STATUS_SKIPPED))).as_py() or 0
     markers = pc.sum(pc.equal(status, STATUS_SHARD)).as_py() or 0  # a shard read to its end: not an asset
     failed_mask = pc.fill_null(pc.equal(status, STATUS_FAILED), False)
-    reasons = [_reason(r) for r in batch.filter(failed_mask).column("error").to_pylist()]
-    verdict = ray.get(monitor.record.remote(batch.num_rows - skipped - markers, len(reasons), reasons, skipped))
+    failed = batch.filter(failed_mask)
+    reasons = [_reason(r) for r in failed.column("error").to_pylist()]
+    rows = failed.select([c for c in FAILURE_COLUMNS if c in failed.column_names]).to_pylist()
+    verdict = ray.get(monitor.record.remote(batch.num_rows - skipped - markers, len(reasons), reasons, skipped, rows))
     if verdict:
         raise JobAborted(verdict)
     return batch

@@ -13,6 +13,7 @@ members it vouches for. Each write task returns its tally; the driver adds them 
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import uuid
 from typing import Any, Iterable
 
@@ -39,6 +40,19 @@ def finalise_rows(table: pa.Table, job_id: str, written_at: dt.datetime) -> pa.T
         if f.name not in table.column_names:
             table = table.append_column(f.name, pa.nulls(n, f.type))
     return table
+
+
+def commit_stopped_failures(arc: Archive, failures: list[dict], job_id: str, now: dt.datetime) -> str | None:
+    """Commit the failed rows a stopped job's monitor kept (``FailureMonitor.kept_failures``)
+    that its sink had not written: the data file's name, or None when there were none."""
+    mine = [rel for rel in arc.data_files() if posixpath.basename(rel).startswith(f"{job_id}-")]
+    done = set(arc.read_rows(mine).column("key").to_pylist())
+    rows = [r for r in {r["key"]: r for r in failures}.values() if r["key"] not in done]
+    if not rows:
+        return None
+    table = pa.Table.from_pylist(rows).sort_by("key")
+    return arc.write_data_file(finalise_rows(table, job_id, now).select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA),
+                               f"{job_id}-stopped", {})  # fmt: skip
 
 
 def archived_again(arc: Archive, refreshed: pa.Table, now: dt.datetime) -> pa.Table:

@@ -35,7 +35,7 @@ from operators.failures import MAX_FAILURE_RATE, FailureMonitor, check_failures,
 from operators.incremental import account_skipped_shards, known_shards, known_sources, mark_unchanged, skip_known_shards
 from operators.lease import ArchiveLease
 from operators.residual import attach_residual
-from operators.sink import ArchiveDatasink, finalise_rows
+from operators.sink import ArchiveDatasink, commit_stopped_failures, finalise_rows
 from operators.sources import ListingDatasource, Source, expand_shards, fetch, stat_sources
 from pipelines.compact import recover
 from pipelines.ray_runtime import PoolPlan, ensure_ray, gpus_for, plan_pool, worker_env
@@ -143,6 +143,8 @@ def compress(
             gc.collect()
         if not aborted:
             commit_shard_markers(arc, sink, job_id)
+        else:  # so that the next run goes on past them (operators.failures)
+            commit_stopped_failures(arc, ray.get(monitor.kept_failures.remote()), job_id, dt.datetime.now(dt.timezone.utc))
         index = arc.refresh_index()
         summary = summarise(sink, job_id, source, archive, p, settings, time.time() - t0)
         if aborted:

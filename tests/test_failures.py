@@ -80,6 +80,20 @@ def test_a_mostly_broken_collection_stops_with_reasons(ray_local, tmp_path):
     assert s["aborted"] is None and (s["written"], s["failed"]) == (2, 12)
 
 
+def test_a_stopped_job_commits_the_failures_it_met_and_the_rerun_goes_past_them(ray_local, tmp_path):
+    """The first photos in listing order are broken and nothing reaches a data file before the
+    stop (rows_per_file 64): without the stopped job's failures committed, every rerun met them
+    first again and stopped again."""
+    src = _broken_folder(tmp_path / "src", bad=10, good=6)  # bad00..bad09 sort first
+    arc = str(tmp_path / "arc")
+    first = compress(src_str := str(src), arc, batch_size=1, rows_per_file=64, max_failure_rate=0.5)
+    assert first["aborted"].startswith("JobAborted: ") and first["written"] == 0
+    assert first["failed"] >= 8 and len(first["failures"]) == first["failed"]  # committed, with their reasons
+    again = compress(src_str, arc, batch_size=1, rows_per_file=64, max_failure_rate=0.5)
+    assert again["aborted"] is None and again["written"] == 6, again
+    assert again["still_failed"] == first["failed"] and again["still_failed"] + again["failed"] == 10
+
+
 def test_cli_exits_non_zero_when_the_job_stops(tmp_path):
     src = _broken_folder(tmp_path / "src", bad=10, good=1)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

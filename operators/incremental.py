@@ -97,18 +97,19 @@ def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
     archived (``unchanged``) or failed (``still_failed``). Every key under a shard's name comes
     from reading that shard; a member found unchanged by its bytes when the shard was read
     again (a touched shard) keeps its older row, so members are not matched by fingerprint. A
-    shard that failed (cut short) adds its own row as ``still_failed``. With ``retry_failed``,
-    shards with any failure are read again."""
+    shard that failed (cut short) adds its own row as ``still_failed``. A shard with a member
+    that failed for a reason not its own (no fingerprint: the caption endpoint, memory) is read
+    again, as, with ``retry_failed``, are shards with any failure."""
     keys = index.column("key")
     own = pc.ends_with(keys, "/")
     shard_rows = index.filter(pc.and_(own, pc.is_in(index.column("last_status"), pa.array([STATUS_SHARD, STATUS_FAILED]))))
     shards = pa.table({"shard": shard_rows.column("key"), "shard_fingerprint": shard_rows.column("last_source_fingerprint"),
                        "shard_status": shard_rows.column("last_status")})  # fmt: skip
     members = index.filter(pc.and_(pc.invert(own), pc.match_substring(keys, "/")))
-    m = _members_of(members, shards)
-    archived = pc.fill_null(pc.equal(m.column("status"), STATUS_WRITTEN), False)
-    failed = pc.fill_null(pc.equal(m.column("last_status"), STATUS_FAILED), False)
-    m = m.append_column("_status", pc.if_else(archived, pa.scalar(STATUS_UNCHANGED), pa.scalar(STATUS_STILL_FAILED)))
+    m_all = _members_of(members, shards)
+    archived = pc.fill_null(pc.equal(m_all.column("status"), STATUS_WRITTEN), False)
+    failed = pc.fill_null(pc.equal(m_all.column("last_status"), STATUS_FAILED), False)
+    m = m_all.append_column("_status", pc.if_else(archived, pa.scalar(STATUS_UNCHANGED), pa.scalar(STATUS_STILL_FAILED)))
     m = m.filter(pc.or_(archived, failed))
     own_status = pc.if_else(pc.equal(shards.column("shard_status"), STATUS_FAILED), pa.scalar(STATUS_STILL_FAILED),
                             pa.scalar(STATUS_SHARD))  # fmt: skip
@@ -118,9 +119,13 @@ def known_shards(index: pa.Table, retry_failed: bool = False) -> pa.Table:
         pa.table({"shard": shards.column("shard"), "shard_fingerprint": shards.column("shard_fingerprint"),
                   "key": shards.column("shard"), "source_uri": shard_rows.column("source_uri"), "status": own_status}),
     ])  # fmt: skip
+    # a member that failed for a reason not its own (its source forgotten: the endpoint, memory)
+    # is tried again, so its shard is read again
+    again = m_all.filter(pc.and_(failed, pc.is_null(m_all.column("last_source_fingerprint")))).column("shard").to_pylist()
     if retry_failed:
-        again = out.filter(pc.equal(out.column("status"), STATUS_STILL_FAILED)).column("shard")
-        out = out.filter(pc.invert(pc.is_in(out.column("shard"), value_set=again)))
+        again += out.filter(pc.equal(out.column("status"), STATUS_STILL_FAILED)).column("shard").to_pylist()
+    if again:
+        out = out.filter(pc.invert(pc.is_in(out.column("shard"), value_set=pa.array(again, pa.string()))))
     return out.sort_by([("shard", "ascending"), ("key", "ascending")])
 
 

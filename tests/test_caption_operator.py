@@ -82,3 +82,15 @@ def test_a_refused_key_stops_the_job_a_failing_server_fails_rows(batch, monkeypa
         rows = Captioner(cfg.to_dict())(batch).to_pylist()
     failed = [r for r in rows if r["status"] == "failed"]
     assert failed and all("HTTP 503" in r["error"] for r in failed)
+
+
+def test_a_row_failed_by_the_endpoint_forgets_its_source_so_the_next_job_retries_it(batch, monkeypatch):
+    """Matched by its fingerprint or its content hash, the next job would count it still failed."""
+    listed = batch.append_column("source_fingerprint", pa.array(["10:1", "11:1", "12:1"])).append_column(
+        "source_sha256", pa.array(["a" * 64, "b" * 64, "c" * 64]))  # fmt: skip
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with ChatServer(fail_first=100, fail_status=503) as server:
+        cfg = CaptionConfig(backend="openai", endpoint=server.url, model="m", retries=0)
+        rows = Captioner(cfg.to_dict())(listed).to_pylist()
+    assert all(r["status"] == "failed" for r in rows)
+    assert all(r["source_fingerprint"] is None and r["source_sha256"] is None for r in rows)

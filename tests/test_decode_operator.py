@@ -33,3 +33,17 @@ def test_reasons_per_row():
     assert by["skipped.png"]["status"] == "unchanged" and by["skipped.png"]["pixels"] is None
     assert all(r["status"] == "failed" for k, r in by.items() if k not in ("good.png", "skipped.png"))
     assert "data" not in out[0]  # source bytes are dropped once decoded
+
+
+def test_running_out_of_memory_forgets_the_source_so_the_next_job_reads_it_again(monkeypatch):
+    import operators.decode as decode
+
+    def short_of_memory(*args, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(decode, "load_image", short_of_memory)
+    batch = _batch({"big.png": png_bytes(photo(48, 32))}).append_column(
+        "source_fingerprint", pa.array(["10:1"])).append_column("source_sha256", pa.array(["a" * 64]))  # fmt: skip
+    (row,) = decode_images(batch).to_pylist()
+    assert row["status"] == "failed" and row["error"] == "out of memory while decoding the image"
+    assert row["source_fingerprint"] is None and row["source_sha256"] is None

@@ -79,6 +79,21 @@ def test_known_shards_skip_whole_shards_with_their_members():
     assert retry == {"s0/": None, "s1/": None, "s2/": None, "s3/": None}  # shards with failures are read again
 
 
+def test_a_shard_whose_member_failed_for_a_reason_not_its_own_is_read_again():
+    """s0/b.png's captioning failed at the endpoint (its source forgotten): s0 is read again."""
+    index = _index([
+        ("s0/", STATUS_SHARD, "F0", None, 0), ("s0/a.png", "written", "F0", "x", 0), ("s0/b.png", "failed", None, None, 0),
+        ("s1/", STATUS_SHARD, "F1", None, 0), ("s1/a.png", "failed", "F1", "z", 0),  # its own failure: skipped
+    ])  # fmt: skip
+    listing = pa.table({"key": ["s0/", "s1/"], "source_uri": ["u0", "u1"], "source_fingerprint": ["F0", "F1"],
+                        "caption": pa.nulls(2, pa.string()), "status": pa.nulls(2, pa.string()),
+                        "error": pa.nulls(2, pa.string())})  # fmt: skip
+    for retry in (False, True):
+        shards = known_shards(index, retry_failed=retry)
+        out = {r["key"]: r["status"] for r in account_skipped_shards(skip_known_shards(listing, shards), shards).to_pylist()}
+        assert out == ({"s0/": None, "s1/": None} if retry else {"s0/": None, "s1/a.png": STATUS_STILL_FAILED})
+
+
 def test_a_touched_shard_s_members_stay_accounted_for():
     """s0 was touched (new fingerprint F0b) and read again: its members matched by their bytes
     kept their rows of F0, and the marker is F0b's. The next job skips s0 with every member."""

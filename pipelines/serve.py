@@ -68,6 +68,20 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def serve_running() -> bool:
+    """Whether the connected Ray cluster already has a Serve controller. ``serve.start`` would
+    join it and keep its HTTP options (Ray only logs that the new ones are ignored); there is
+    no public call that says so without starting one, hence the controller's actor name."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def build_app(args: dict[str, Any]):
     """The Serve application: the ingress bound to its decoder deployment."""
     from codec.images import MAX_PIXELS
@@ -112,6 +126,11 @@ def serve_archive(options: ServeOptions, host: str, port: int, on_ready: Callabl
     Archive(options.archive, options.storage_options).meta()  # a wrong path fails here, not in a replica
     app = build_app(vars(options))
     ensure_ray()
+    if serve_running():
+        raise UsageError("Ray Serve already runs on this cluster: its HTTP host and port would stay its own (a "
+                         "token-less app could answer on a public address), and stopping would remove its other "
+                         "apps. Deploy resulic there as an application (infra/kuberay), or serve from a cluster "
+                         "of its own")  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -124,4 +143,4 @@ def serve_archive(options: ServeOptions, host: str, port: int, on_ready: Callabl
         serve.shutdown()
 
 
-__all__ = ["ServeOptions", "build_app", "serve_archive", "read_token", "is_loopback", "TOKEN_ENV"]
+__all__ = ["ServeOptions", "build_app", "serve_archive", "serve_running", "read_token", "is_loopback", "TOKEN_ENV"]

@@ -60,3 +60,25 @@ def test_cli_refuses_a_public_host_without_a_token(tmp_path):
     assert r.returncode == 2 and "at least" in r.stderr and "short" not in r.stderr.replace("shorter", "")
     r = _cli(str(tmp_path / "nothing"), RESULIC_SERVE_TOKEN=GOOD)  # loopback with a token: the archive is checked first
     assert r.returncode == 1 and "not a resulic archive" in r.stderr
+
+
+def test_serve_refuses_a_cluster_where_serve_already_runs(ray_local, tmp_path, monkeypatch):
+    """Joining it would keep its host (0.0.0.0 on a cluster) for an app allowed no token, and
+    stopping would remove its other apps."""
+    from ray import serve
+
+    from conftest import free_port
+    from operators.archive import Archive
+    from pipelines.serve import ServeOptions, serve_archive, serve_running
+
+    Archive(str(tmp_path / "arc")).create({"preset": "taef2"})
+    monkeypatch.delenv("RESULIC_SERVE_TOKEN", raising=False)
+    assert not serve_running()
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    try:
+        assert serve_running()
+        with pytest.raises(UsageError, match="Ray Serve already runs on this cluster"):
+            serve_archive(ServeOptions(archive=str(tmp_path / "arc")), "127.0.0.1", free_port())
+    finally:
+        serve.shutdown()
+    assert not serve_running()

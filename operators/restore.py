@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import time
@@ -11,14 +10,11 @@ from typing import Any
 import pyarrow as pa
 import torch
 from fsspec.core import url_to_fs
-from PIL import Image
 
 from operators.archive import Archive, write_whole
+from operators.formats import FORMATS, encode_image, too_large_for
 from operators.sources import _retry
 from schemas.archive import STATUS_FAILED, STATUS_WRITTEN
-
-FORMATS = {"png": ("PNG", ".png", {}), "jpeg": ("JPEG", ".jpg", {"quality": 95}), "webp": ("WEBP", ".webp", {"quality": 95})}
-
 
 class UnsafeKeyError(ValueError):
     """A key that would write outside the destination."""
@@ -85,13 +81,6 @@ def _safe_relpath(key: str, fmt: str) -> str | None:
         return None
 
 
-def encode_image(image: Image.Image, fmt: str) -> bytes:
-    name, _, kwargs = FORMATS[fmt]
-    buf = io.BytesIO()
-    image.save(buf, name, **kwargs)
-    return buf.getvalue()
-
-
 def load_bitstreams(batch: pa.Table, archive_url: str, storage_options: dict[str, Any]) -> pa.Table:
     """Index rows -> the bitstreams they point at, reading each needed row group once. A row
     group that cannot be read, or a row the index no longer describes, fails its own rows
@@ -135,6 +124,10 @@ class Restorer:
         if status != STATUS_WRITTEN or stream is None:
             return None, f"{key}: not restorable (archived with status {status})"
         try:
+            head = codec.info(stream)
+            refused = too_large_for(self.fmt, head["width"], head["height"])
+            if refused:
+                return None, f"{key}: {refused}"
             image = codec.decode(stream, **self.decode_args)
         except codec.BitstreamError as e:
             return None, f"{key}: {e}"
@@ -163,4 +156,4 @@ class Restorer:
         ).append_column("error", pa.array(errors, pa.string())).append_column("seconds", pa.array(seconds, pa.float64()))
 
 
-__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "claim_paths", "case_insensitive", "encode_image", "UnsafeKeyError"]
+__all__ = ["Restorer", "load_bitstreams", "dest_relpath", "claim_paths", "case_insensitive", "UnsafeKeyError"]

@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from codec.bitstream import Bitstream, BitstreamError, PixelLimitError
 from operators.asset_index import MAX_PAGE, AssetIndex
+from operators.formats import too_large_for
 from operators.archive import Archive
 from operators.response_cache import CachedResponse, ResponseCache
 from schemas.archive import STATUS_WRITTEN
@@ -110,7 +111,7 @@ class AssetDecoder:
     def _finish(self, job: DecodeJob, image: Any) -> DecodeResult:
         import codec
         from codec.usage import UsageError
-        from operators.restore import encode_image
+        from operators.formats import encode_image
 
         try:
             if image is None:
@@ -197,7 +198,7 @@ class RestoreAPI:
         cached = self.cache.get(loc)
         hit = cached is not None
         if not hit and known:  # a client revalidating what this replica has not kept: a read, no decode
-            stream, entry = await self._stream(entry)
+            stream, entry = await self._stream(entry, fmt)
             etag = etag_of(stream, fmt, decoder, self.settings.steps)
             if matches(known, etag):
                 return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
@@ -250,7 +251,7 @@ class RestoreAPI:
         except asyncio.TimeoutError:
             raise HTTPException(504, f"restoring {entry['key']!r} took more than {self.settings.request_timeout_s:g} s") from None
 
-    async def _stream(self, entry: dict) -> tuple[bytes, dict]:
+    async def _stream(self, entry: dict, fmt: str) -> tuple[bytes, dict]:
         """The asset's bitstream, checked as far as the container and the pixel limit go, and the
         index entry it was read by. A data file gone since the index read it (a compaction
         replaced it) sends the index to storage at once and the read is tried again."""
@@ -280,11 +281,14 @@ class RestoreAPI:
         if head.width * head.height > self.max_pixels:
             raise HTTPException(413, f"{key!r} restores to {head.width}x{head.height} pixels, more than this "
                                      f"service's limit of {self.max_pixels:,}")  # fmt: skip
+        refused = too_large_for(fmt, head.width, head.height)
+        if refused:  # known before a decode is spent on it
+            raise HTTPException(413, f"{key!r}: {refused}")
         return stream, entry
 
     async def _decode(self, entry: dict, loc: tuple) -> CachedResponse:
         key, fmt, decoder = entry["key"], loc[3], loc[4]
-        stream, entry = await self._stream(entry)
+        stream, entry = await self._stream(entry, fmt)
         try:
             result: DecodeResult = await self.decoder.decode.remote(DecodeJob(stream, fmt, decoder))
         except Exception as e:  # noqa: BLE001 - backpressure or a replica lost: try again later

@@ -55,3 +55,18 @@ def test_restore_one(tmp_path, preset):
     assert "x.png" in r.restore_one("x.png", "written", stream[:-5])[1]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["p.jpg.png"]
 
+
+
+def test_a_format_that_cannot_hold_the_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    import codec
+    from operators.formats import too_large_for
+
+    assert too_large_for("webp", 16383, 10) is None and too_large_for("png", 70000, 10) is None
+    assert too_large_for("jpeg", 65501, 8) == "jpeg holds at most 65500 pixels a side, the image is 65501x8: ask for png"
+    strip = Image.new("RGB", (16400, 16))
+    for x in range(0, 16400, 96):
+        strip.paste(photo(96, 16), (x, 0))
+    stream = codec.encode(strip, rate=0)
+    monkeypatch.setattr(codec, "decode", lambda *a, **k: pytest.fail("decoded an image the format cannot hold"))
+    path, error = Restorer(str(tmp_path), "webp").restore_one("long.png", "written", stream)
+    assert path is None and error == "long.png: webp holds at most 16383 pixels a side, the image is 16400x16: ask for png or jpeg"

@@ -35,6 +35,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from operators.archive import write_whole
+
 LEASE_DIR = "_lease"
 LEASE_TTL = 600.0  # seconds a lease lives without renewal; a killed job frees its archive after it
 
@@ -101,10 +103,12 @@ class ArchiveLease:
     def _read(self, n: int) -> LeaseInfo | None:
         try:
             doc = json.loads(self.archive.fs.cat_file(self._path(n)))
+            return LeaseInfo(n, doc["job_id"], doc["host"], int(doc["pid"]), dt.datetime.fromisoformat(doc["expires"]),
+                             doc.get("token"), bool(doc.get("released")))  # fmt: skip
         except FileNotFoundError:
             return None
-        return LeaseInfo(n, doc["job_id"], doc["host"], int(doc["pid"]), dt.datetime.fromisoformat(doc["expires"]),
-                         doc.get("token"), bool(doc.get("released")))  # fmt: skip
+        except (ValueError, KeyError, TypeError):  # not a lease (an older writer's cut file): no holder's
+            return LeaseInfo(n, "unknown", "unknown", 0, dt.datetime.min.replace(tzinfo=dt.timezone.utc), released=True)
 
     def _body(self, released: bool = False) -> bytes:
         expires = _now() if released else _now() + dt.timedelta(seconds=self.ttl)
@@ -173,7 +177,7 @@ class ArchiveLease:
             if self.on_lost:
                 self.on_lost(self.lost)
             return False
-        self.archive.fs.pipe_file(self._path(self.number), self._body())
+        write_whole(self.archive.fs, self._path(self.number), self._body())  # never a cut lease, even locally
         return True
 
     def _renew_loop(self) -> None:
@@ -188,7 +192,7 @@ class ArchiveLease:
         top = self._top() if self.number is not None and self.lost is None else None
         if top is not None and top.number == self.number and top.token == self.token:
             # marked released, not deleted: the number stays taken (see the module's docstring)
-            self.archive.fs.pipe_file(self._path(self.number), self._body(released=True))
+            write_whole(self.archive.fs, self._path(self.number), self._body(released=True))
         self.number = None
 
     def __enter__(self) -> "ArchiveLease":

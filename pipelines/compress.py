@@ -141,11 +141,17 @@ def compress(
             # such as pytest's capture, keeps them alive regardless: see pyproject's addopts.)
             del ds
             gc.collect()
-        if not aborted:
+        # the lease checked now, not at its next renewal: a writer that took it over since the last
+        # batch must not find this job's markers and index written beside its own
+        if lease.number is not None and lease.lost is None:
+            lease.renew()
+        if lease.lost is not None:  # another writer has the archive: nothing more is written to it
+            aborted = aborted or f"LeaseLost: {lease.lost}"
+        elif not aborted:
             commit_shard_markers(arc, sink, job_id)
         else:  # so that the next run goes on past them (operators.failures)
             commit_stopped_failures(arc, ray.get(monitor.kept_failures.remote()), job_id, dt.datetime.now(dt.timezone.utc))
-        index = arc.refresh_index()
+        index = arc.refresh_index(write=lease.lost is None)
         summary = summarise(sink, job_id, source, archive, p, settings, time.time() - t0)
         if aborted:
             summary.update(aborted_counts(arc, index, job_id))

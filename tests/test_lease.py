@@ -171,3 +171,37 @@ def test_compress_refuses_an_archive_another_job_writes(tmp_path):
     finally:
         other.release()
     assert other.holder() is None
+
+
+def test_a_job_whose_lease_was_taken_over_writes_nothing_more(ray_local, tmp_path, monkeypatch):
+    """Taken over after the last batch (no renewal yet): the job checks before its own last writes."""
+    from operators.sink import ArchiveDatasink
+    from pipelines.compress import compress
+
+    src = photo_folder(tmp_path / "src", {"a.png": (64, 48), "b.png": (64, 48)})
+    arc = Archive(str(tmp_path / "arc"))
+    breaker = ArchiveLease(arc, "operator")
+    written = ArchiveDatasink.on_write_complete
+
+    def then_taken_over(self, result):
+        written(self, result)
+        breaker.acquire(force=True)  # --break-lease by another job, while this one finishes
+
+    monkeypatch.setattr(ArchiveDatasink, "on_write_complete", then_taken_over)
+    try:
+        summary = compress(str(src), str(tmp_path / "arc"), batch_size=1)
+        assert summary["aborted"].startswith("LeaseLost: the archive's lease was taken over by job operator")
+        assert not (tmp_path / "arc" / "_index").exists()  # the new holder's to write
+        assert archive_holder(arc) == "operator"
+    finally:
+        breaker.release()
+
+
+def test_a_cut_lease_file_does_not_lock_the_archive(tmp_path):
+    arc = Archive(str(tmp_path / "arc"))
+    os.makedirs(tmp_path / "arc" / "_lease")
+    (tmp_path / "arc" / "_lease" / "000000000001.json").write_text('{"job_id": "old", "ho')  # a writer killed mid-write
+    lease = ArchiveLease(arc, "next")
+    lease.acquire()
+    assert lease.number == 2 and archive_holder(arc) == "next"
+    lease.release()

@@ -104,9 +104,14 @@ def is_glob(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return any(c in path for c in "*?[") and not _retry(lambda: fs.exists(path))
 
 
-def fingerprint(info: dict) -> str:
-    """What says a file changed, from listing metadata alone: size plus ETag or mtime."""
-    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("updated")
+def fingerprint(info: dict) -> str | None:
+    """What says a file changed, from listing metadata alone: size plus ETag or mtime. None when
+    the store gives neither (then every job reads the file and compares its bytes): a size alone
+    would let a same-size rewrite pass for unchanged."""
+    tags = (info.get(k) for k in ("ETag", "etag", "mtime", "LastModified", "updated"))
+    tag = next((t for t in tags if t is not None and t != ""), None)  # an mtime of 0 is a time
+    if tag is None:
+        return None
     if hasattr(tag, "isoformat"):
         tag = tag.isoformat()
     return f"{info.get('size')}:{str(tag).strip(chr(34))}"
@@ -196,8 +201,8 @@ def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterato
                 full = posixpath.join(d, name)
                 try:
                     meta = fs.info(full)
-                except OSError:  # a dangling link: listed, and its read says why it fails
-                    meta = {"name": full, "size": None, "type": "other"}
+                except OSError:  # a dangling link: listed, and its read says why it fails (once)
+                    meta = {"name": full, "size": None, "type": "other", "ETag": "dangling link"}
                 yield full, meta
 
 

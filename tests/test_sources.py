@@ -391,3 +391,12 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
     with pytest.raises(FileNotFoundError):
         sources._retry(missing)
     assert len(calls) == 1  # permanent errors are not retried
+
+
+def test_a_listing_without_a_tag_gives_no_fingerprint():
+    """A size alone would let a same-size rewrite pass for unchanged: no fingerprint, read and compared."""
+    from operators.sources import fingerprint
+
+    assert fingerprint({"size": 5}) is None and fingerprint({"size": 5, "ETag": ""}) is None
+    assert fingerprint({"size": 5, "mtime": 0.0}) == "5:0.0"  # the epoch is a time
+    assert fingerprint({"size": 5, "ETag": '"abc"', "mtime": 1.5}) == "5:abc"

@@ -125,14 +125,31 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _rows(entries: list[tuple[str, str, str]]) -> pa.Table:
+def _rows(entries: list[tuple]) -> pa.Table:
+    """Listing rows from (key, uri, fingerprint[, error]) entries; one with an error has failed."""
     n = len(entries)
+    errors = [e[3] if len(e) > 3 else None for e in entries]
     return pa.table(
         {"key": [e[0] for e in entries], "source_uri": [e[1] for e in entries],
          "source_fingerprint": [e[2] for e in entries], "caption": [None] * n, "caption_source": [None] * n,
-         "status": [None] * n, "error": [None] * n},
+         "status": [None if err is None else STATUS_FAILED for err in errors], "error": errors},
         schema=LISTING_SCHEMA,
     )  # fmt: skip
+
+
+UNKEYABLE = ("object name with an empty, '.' or '..' folder: its key would be another object's "
+             "(photos//a.jpg and photos/a.jpg are both a.jpg); rename it")  # fmt: skip
+
+
+def _file_key(path: str, root: str) -> tuple[str, str | None]:
+    """A listed file's key (its path under ``root``) and, for an object name that a path cannot
+    spell apart from another's (an empty, '.' or '..' segment: S3 allows them), why it fails:
+    its key is then its name as written, kept apart from every other."""
+    if not root:
+        return posixpath.basename(path), None
+    key = posixpath.relpath(path, root)
+    raw = path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/") + "/") else key
+    return (key, None) if raw == key else (raw, UNKEYABLE)
 
 
 def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None = None) -> Iterator[tuple[str, dict]]:
@@ -235,7 +252,8 @@ def _list_files(source: Source, root: str, found: Iterator[tuple[str, dict]]) ->
     for path, meta in found:
         if not _is_image(path):
             continue
-        batch.append((posixpath.relpath(path, root) if root else posixpath.basename(path), _full_uri(fs, path), fingerprint(meta)))
+        key, error = _file_key(path, root)
+        batch.append((key, _full_uri(fs, path), fingerprint(meta), error))
         if len(batch) >= LIST_BLOCK_ROWS:
             yield _rows(batch)
             batch = []

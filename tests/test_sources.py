@@ -400,3 +400,21 @@ def test_a_listing_without_a_tag_gives_no_fingerprint():
     assert fingerprint({"size": 5}) is None and fingerprint({"size": 5, "ETag": ""}) is None
     assert fingerprint({"size": 5, "mtime": 0.0}) == "5:0.0"  # the epoch is a time
     assert fingerprint({"size": 5, "ETag": '"abc"', "mtime": 1.5}) == "5:abc"
+
+
+def test_object_names_a_path_cannot_spell_apart_fail_instead_of_sharing_a_key(s3_server):
+    import uuid
+
+    import boto3
+
+    bucket = f"names-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    for key in ("p/a.png", "p//a.png", "p/./b.png", "p/c.png"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    rows = {r["key"]: r for r in _listing(Source.parse(f"s3://{bucket}/p")).to_pylist()}
+    assert sorted(rows) == ["./b.png", "/a.png", "a.png", "c.png"]  # four objects, four keys
+    assert rows["a.png"]["status"] is None and rows["c.png"]["status"] is None
+    for odd in ("/a.png", "./b.png"):
+        assert rows[odd]["status"] == STATUS_FAILED and "rename it" in rows[odd]["error"]
+        assert rows[odd]["source_uri"].endswith(f"p/{odd}")

@@ -393,14 +393,16 @@ def _manifest_rows(table: pa.Table, seen: dict[str, str], start: int) -> pa.Tabl
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
-def stat_sources(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
+def stat_sources(batch: pa.Table, storage_options: dict[str, Any], missing: frozenset[str] = frozenset()) -> pa.Table:
     """Fill a pending row's missing fingerprint from the store's metadata (a HEAD request, not a
     read), so that an unchanged manifest asset is skipped before its bytes are read. A missing
     one gets ``MISSING`` (its failure is remembered as such); a row the store cannot describe
-    otherwise keeps a null fingerprint; reading it reports why."""
+    otherwise keeps a null fingerprint; reading it reports why. Rows of ``missing`` keys (their
+    last job found no object) are asked again whatever fingerprint the manifest gives: still
+    missing, they stay the same failure; uploaded since, they are read."""
     fps = batch.column("source_fingerprint").to_pylist()
-    for i, row in enumerate(batch.select(["source_uri", "status"]).to_pylist()):
-        if fps[i] is None and row["status"] is None:
+    for i, row in enumerate(batch.select(["key", "source_uri", "status"]).to_pylist()):
+        if (fps[i] is None or row["key"] in missing) and row["status"] is None:
             try:
                 fs, path = url_to_fs(row["source_uri"], **storage_options)
                 fps[i] = fingerprint(_retry(lambda: fs.info(path)))
@@ -496,6 +498,8 @@ def fetch(batch: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
                 st, err = STATUS_FAILED, io_reason(e)
                 if _not_the_source(e):  # access, the store or the network: retried next time
                     fps[i] = None
+                elif isinstance(e, FileNotFoundError):  # whatever a manifest said: not there (yet)
+                    fps[i] = MISSING
             t = time.perf_counter() - t0
         data.append(blob)
         sizes.append(None if blob is None else len(blob))

@@ -36,7 +36,7 @@ from operators.incremental import account_skipped_shards, known_shards, known_so
 from operators.lease import ArchiveLease
 from operators.residual import attach_residual
 from operators.sink import ArchiveDatasink, commit_stopped_failures, finalise_rows
-from operators.sources import ListingDatasource, Source, expand_shards, fetch, stat_sources
+from operators.sources import MISSING, ListingDatasource, Source, expand_shards, fetch, stat_sources
 from pipelines.compact import recover
 from pipelines.ray_runtime import PoolPlan, ensure_ray, gpus_for, plan_pool, worker_env
 from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_WRITTEN
@@ -202,7 +202,10 @@ def build_pipeline(src: Source, known: pa.Table, shards: pa.Table | None, preset
         ds = ds.map_batches(account_skipped_shards, fn_kwargs={"shards": shards}, **light)
     else:
         if src.kind == "manifest":  # a manifest without fingerprints: the store's metadata, not the bytes
-            ds = ds.map_batches(stat_sources, fn_kwargs={"storage_options": so}, batch_size=64, **light)
+            gone = known.filter(pc.equal(known.column("failed_source_fingerprint"), MISSING))  # asked again
+            ds = ds.map_batches(stat_sources, fn_kwargs={"storage_options": so,
+                                                         "missing": frozenset(gone.column("key").to_pylist())},
+                                batch_size=64, **light)  # fmt: skip
         ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_fingerprint"}, **light)
         ds = ds.map_batches(fetch, fn_kwargs={"storage_options": so}, batch_size=batch_size, **light)
     ds = ds.map_batches(mark_unchanged, fn_kwargs={"known": known, "by": "source_sha256",

@@ -246,6 +246,22 @@ def test_manifest_fingerprints_without_reading_bytes(tmp_path):
     assert statted[:2] == ["v1", "5:abc"] and statted[2].startswith("3:") and statted[3] == MISSING
 
 
+def test_a_manifest_row_whose_object_was_missing_is_asked_again(tmp_path):
+    """The manifest names a fingerprint for an object not uploaded yet: remembered as missing
+    (not as the manifest's fingerprint, which would pin the failure once the upload lands)."""
+    table = pa.table({"key": ["late.png"], "uri": [f"file://{tmp_path}/late.png"], "fingerprint": ["v7"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    rows = _listing(Source.parse(str(tmp_path / "m.parquet")))
+    (failed,) = fetch(rows, {}).to_pylist()
+    assert failed["status"] == STATUS_FAILED and failed["source_fingerprint"] == MISSING
+    still = stat_sources(rows, {}, missing=frozenset({"late.png"}))  # the next job, before the upload
+    assert still.column("source_fingerprint").to_pylist() == [MISSING]  # the same failure: not read
+    (tmp_path / "late.png").write_bytes(b"x" * 9)
+    landed = stat_sources(rows, {}, missing=frozenset({"late.png"}))
+    assert landed.column("source_fingerprint").to_pylist()[0].startswith("9:")  # changed: read
+    assert stat_sources(rows, {}).column("source_fingerprint").to_pylist() == ["v7"]  # the manifest's otherwise
+
+
 def test_a_large_manifest_is_listed_in_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 10)
     pq.write_table(pa.table({"uri": [f"s3://b/{i}.png" for i in range(35)]}), tmp_path / "m.parquet", row_group_size=10)
@@ -348,7 +364,7 @@ def test_fetch_reads_hashes_and_fails_per_row(folder):
     out = fetch(table, {}).to_pylist()
     by = {r["key"]: r for r in out}
     assert by["a.png"]["status"] == STATUS_FAILED and by["a.png"]["error"] == "I/O error: file not found"
-    assert by["a.png"]["source_fingerprint"].startswith("10:")  # the file's own failure: remembered
+    assert by["a.png"]["source_fingerprint"] == MISSING  # the file's own failure: remembered as such
     assert by["sub/b.png"]["data"] == b"x" * 10 and by["sub/b.png"]["source_size"] == 10
     assert by["sub/b.png"]["source_sha256"] == __import__("hashlib").sha256(b"x" * 10).hexdigest()
 

@@ -11,6 +11,7 @@ path built from a key touches storage.
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from schemas.archive import STATUS_WRITTEN
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DECODERS = ("auto", "cdm", "plain")  # codec.decoding.DECODERS, without importing torch here
 BATCH_SIZE = 8  # decodes of one decoder replica batched together
+BATCH_PIXELS = 8_000_000  # output pixels of one decode pass (about 40 B each): bigger images pass alone
 # Clients keep a restoration but ask again each time (If-None-Match: a 304 costs no decode):
 # a key archived again restores to new pixels under a new ETag.
 CACHE_CONTROL = "private, no-cache"
@@ -60,6 +62,32 @@ class DecodeResult:
     outcome: str  # ok | damaged (BitstreamError) | too_large (over the pixel cap) | refused (a decoder the model lacks) | error
     body: bytes = b""
     message: str = ""
+
+
+def _pixels(stream: bytes) -> int:
+    """The restoration's pixel count from the stream's header (0 when it cannot be read: its
+    decode then fails on its own)."""
+    from codec.bitstream import Bitstream
+
+    try:
+        head = Bitstream.from_bytes(stream).header
+    except Exception:  # noqa: BLE001 - a damaged stream is the decode's to report
+        return 0
+    return head.width * head.height
+
+
+def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
+    """Positions of ``pixels`` in order, cut into decode passes of at most ``budget`` pixels
+    together (an image over it alone): memory grows with the pixels of a pass, not its count."""
+    chunks: list[list[int]] = []
+    total = budget + 1
+    for i, n in enumerate(pixels):
+        if total + n > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(i)
+        total += n
+    return chunks
 
 
 @serve.deployment(max_ongoing_requests=2 * BATCH_SIZE, max_queued_requests=256, graceful_shutdown_timeout_s=5)
@@ -99,7 +127,9 @@ class AssetDecoder:
         for i, job in enumerate(jobs):
             groups.setdefault(job.decoder, []).append(i)
         results: list[DecodeResult] = [DecodeResult("error")] * len(jobs)
-        for decoder, idx in groups.items():
+        passes = [(decoder, [idx[k] for k in chunk]) for decoder, idx in groups.items()
+                  for chunk in pixel_chunks([_pixels(jobs[i].stream) for i in idx], BATCH_PIXELS)]  # fmt: skip
+        for decoder, idx in passes:
             try:
                 images = codec.decode_batch([jobs[i].stream for i in idx], decoder=decoder, **self.kwargs)
             except Exception:  # noqa: BLE001 - one bad stream: decode them one by one to find whose
@@ -230,6 +260,9 @@ class RestoreAPI:
         self._refreshing = True
         try:
             return await asyncio.to_thread(self.index.refresh)
+        except Exception:  # noqa: BLE001 - storage failing: the index as it was answers meanwhile
+            logging.getLogger("ray.serve").warning("resulic: refreshing the archive's index failed", exc_info=True)
+            return False
         finally:
             self._refreshing, self._refreshed = False, time.monotonic()
 

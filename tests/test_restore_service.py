@@ -274,3 +274,32 @@ def test_a_slow_restore_answers_504_and_still_fills_the_cache(tmp_path):
         assert svc.request("/healthz", token=None)[0] == 200
     finally:
         _stop(svc)
+
+
+def test_a_decode_pass_holds_a_bounded_number_of_pixels():
+    from operators.restore_service import pixel_chunks
+
+    assert pixel_chunks([], 10) == []
+    assert pixel_chunks([3, 3, 3, 3], 10) == [[0, 1, 2], [3]]
+    assert pixel_chunks([4, 50, 4, 4, 0], 10) == [[0], [1], [2, 3, 4]]  # a big one alone; order kept
+
+
+def test_a_failing_refresh_leaves_the_index_answering(tmp_path, monkeypatch):
+    """Storage failing under a refresh (on a miss, or in the background) is logged; lookups go on."""
+    import asyncio
+
+    from operators.restore_service import RestoreAPI, ServiceSettings
+
+    a = Archive(str(tmp_path / "arc"))
+    a.create({"preset": "taef2"})
+    _commit(a, "j1-0", {"a.png": (codec.encode(photo(64, 64), rate=1), None)})
+    cls = RestoreAPI.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper (whose __init__ serves)
+    api = object.__new__(cls)
+    cls.__init__(api, None, ServiceSettings(archive=str(tmp_path / "arc"), max_pixels=MAX_PIXELS))
+
+    def down():
+        raise OSError("the store is unreachable")
+
+    monkeypatch.setattr(api.index, "refresh", down)
+    assert asyncio.run(api._refresh(min_age_s=0)) is False  # no exception out of the handler
+    assert api.index.get("a.png") is not None and not api._refreshing

@@ -52,7 +52,7 @@ def commit_stopped_failures(arc: Archive, failures: list[dict], job_id: str, now
         return None
     table = pa.Table.from_pylist(rows).sort_by("key")
     return arc.write_data_file(finalise_rows(table, job_id, now).select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA),
-                               f"{job_id}-stopped", {})  # fmt: skip
+                               f"{job_id}-stopped", {"job_id": job_id})  # fmt: skip
 
 
 def archived_again(arc: Archive, refreshed: pa.Table, now: dt.datetime) -> pa.Table:

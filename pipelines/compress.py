@@ -147,12 +147,15 @@ def compress(
             lease.renew()
         if lease.lost is not None:  # another writer has the archive: nothing more is written to it
             aborted = aborted or f"LeaseLost: {lease.lost}"
+            own = None
         elif not aborted:
-            commit_shard_markers(arc, sink, job_id)
+            own = commit_shard_markers(arc, sink, job_id)
         else:  # so that the next run goes on past them (operators.failures)
-            commit_stopped_failures(arc, ray.get(monitor.kept_failures.remote()), job_id, dt.datetime.now(dt.timezone.utc))
+            own = commit_stopped_failures(arc, ray.get(monitor.kept_failures.remote()), job_id,
+                                          dt.datetime.now(dt.timezone.utc))  # fmt: skip
         index = arc.refresh_index(write=lease.lost is None)
         summary = summarise(sink, job_id, source, archive, p, settings, time.time() - t0)
+        summary["files"] = sorted(summary["files"] + ([own] if own else []))  # the driver's own data file too
         if aborted:
             summary.update(aborted_counts(arc, index, job_id))
         summary["aborted"], summary["first_reasons"] = aborted, ray.get(monitor.state.remote())["reasons"]
@@ -251,7 +254,7 @@ def caption_env(captions: CaptionConfig) -> dict[str, str]:
     return env
 
 
-def commit_shard_markers(arc: Archive, sink: ArchiveDatasink, job_id: str) -> None:
+def commit_shard_markers(arc: Archive, sink: ArchiveDatasink, job_id: str) -> str | None:
     """Commit the markers of the shards this job read to their end, once every write task is done
     (then every member row they vouch for is committed): the next job skips those shards unread."""
     markers = [m for t in (sink.result.write_returns if sink.result else []) for m in t["shards"]]
@@ -259,7 +262,8 @@ def commit_shard_markers(arc: Archive, sink: ArchiveDatasink, job_id: str) -> No
         table = pa.Table.from_pylist([{**m, "status": STATUS_SHARD} for m in markers],
                                      schema=pa.schema([ASSET_SCHEMA.field(n) for n in ("key", "source_uri", "source_fingerprint", "status")]))  # fmt: skip
         rows = finalise_rows(table, job_id, dt.datetime.now(dt.timezone.utc))
-        arc.write_data_file(rows, f"{job_id}-shards", {"job_id": job_id})
+        return arc.write_data_file(rows, f"{job_id}-shards", {"job_id": job_id})
+    return None
 
 
 def summarise(sink: ArchiveDatasink, job_id: str, source: str, archive: str, preset: Any,

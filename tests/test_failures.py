@@ -89,6 +89,7 @@ def test_a_stopped_job_commits_the_failures_it_met_and_the_rerun_goes_past_them(
     first = compress(src_str := str(src), arc, batch_size=1, rows_per_file=64, max_failure_rate=0.5)
     assert first["aborted"].startswith("JobAborted: ") and first["written"] == 0
     assert first["failed"] >= 8 and len(first["failures"]) == first["failed"]  # committed, with their reasons
+    assert [f.rsplit("-", 1)[1] for f in first["files"]] == ["stopped.parquet"]  # the driver's data file, listed
     again = compress(src_str, arc, batch_size=1, rows_per_file=64, max_failure_rate=0.5)
     assert again["aborted"] is None and again["written"] == 6, again
     assert again["still_failed"] == first["failed"] and again["still_failed"] + again["failed"] == 10

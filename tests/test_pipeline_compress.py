@@ -187,6 +187,7 @@ def test_webdataset_shards(ray_local, tmp_path, monkeypatch):
     arc = str(tmp_path / "arc")
     s = compress(str(tmp_path / "train-{000..001}.tar"), arc, settings=EncodeSettings(rate=1, detail_gain=2.0))
     assert (s["written"], s["failed"], s["detail_gain"]) == (3, 1, 2.0)
+    assert sum(f.endswith("-shards.parquet") for f in s["files"]) == 1  # the markers' data file is the job's too
     assert s["failures"][0]["source"].endswith("train-001.tar#0004.png")
     rows = _archived(arc)
     _check_written(rows, ["train-000/0001.png", "train-000/0002.png", "train-001/0003.png"])

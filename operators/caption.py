@@ -20,7 +20,7 @@ from codec.semantic.captions import clean_caption, is_refusal
 from codec.semantic.residual import clean_residual, residual_prompt
 from operators.decode import pixels_to_array
 from operators.failures import SystemicError, systemic_reason
-from operators.sources import _with
+from operators.sources import _with, forget_sources
 from schemas.archive import STATUS_FAILED
 
 
@@ -68,13 +68,14 @@ class Captioner:
         recon = dict(zip(todo, answers[len(need_original) :]))
         n = len(rows)
         status, error = [r["status"] for r in rows], [r["error"] for r in rows]
-        endpoint_failed: list[int] = []  # not the source's failure: forgotten, so the next job retries it
+        endpoint_failed: set[int] = set()  # the endpoint's passing trouble: forgotten, so the next job retries it
         cap_orig, cap_recon, source, residual = [None] * n, [None] * n, [r["caption_source"] for r in rows], [None] * n
         for i in todo:
             got = [a for a in (original.get(i), recon[i]) if isinstance(a, CaptionError)]
             if got:
                 status[i], error[i] = STATUS_FAILED, f"captioning failed: {got[0]}"
-                endpoint_failed.append(i)
+                if any(e.transient for e in got):
+                    endpoint_failed.add(i)
                 continue
             if i in original:
                 cap_orig[i] = clean_caption(original[i])
@@ -88,15 +89,13 @@ class Captioner:
             for i, answer in zip(asks, self._each(self.backend.complete, prompts)):
                 if isinstance(answer, CaptionError):
                     status[i], error[i] = STATUS_FAILED, f"captioning failed: {answer}"
-                    endpoint_failed.append(i)
+                    if answer.transient:
+                        endpoint_failed.add(i)
                 else:
                     residual[i] = clean_residual(answer, self.config.max_residual_words)
         seconds = (time.perf_counter() - t0) / max(1, len(todo))
         out = batch.drop_columns(["pixels", "recon_pixels"])
-        for column in ("source_fingerprint", "source_sha256"):  # matched by either, it would stay still failed
-            if column in out.column_names and endpoint_failed:
-                known = out.column(column).to_pylist()
-                out = _with(out, **{column: [None if i in endpoint_failed else v for i, v in enumerate(known)]})
+        out = forget_sources(out, endpoint_failed)
         return _with(out, status=status, error=error, caption_source=source, caption_original=cap_orig,
                      caption_reconstruction=cap_recon, residual_text=residual,
                      seconds_caption=pa.array([seconds if i in recon else None for i in range(n)], pa.float64()))  # fmt: skip

@@ -15,17 +15,14 @@ import pyarrow as pa
 
 from codec.images import MAX_PIXELS, ImageError, load_image
 from codec.semantic.embedded import embedded_caption
-from operators.sources import _with
+from operators.sources import _with, forget_sources
 from schemas.archive import STATUS_FAILED
 
 
 def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
     pixels, widths, heights, seconds, status, error, captions, sources = [], [], [], [], [], [], [], []
     listed = [c for c in ("caption", "caption_source") if c in batch.column_names]
-    # a failure that is not the source's own forgets the source (listing fingerprint and content
-    # hash alike): matched by either, the next job would count it still failed and never retry it
-    fps = batch.column("source_fingerprint").to_pylist() if "source_fingerprint" in batch.column_names else None
-    shas = batch.column("source_sha256").to_pylist() if "source_sha256" in batch.column_names else None
+    forget: set[int] = set()  # failed for a reason not the source's own (operators.sources.forget_sources)
     for i, row in enumerate(batch.select(["key", "status", "error", "data", *listed]).to_pylist()):
         st, err, px, w, h, t = row["status"], row["error"], None, None, None, None
         caption = row.get("caption")
@@ -42,9 +39,7 @@ def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
                 st, err = STATUS_FAILED, e.reason  # the row already names its source
             except MemoryError:  # this worker ran short, maybe for another task: failed now, read again next time
                 st, err = STATUS_FAILED, "out of memory while decoding the image"
-                for known in (fps, shas):
-                    if known is not None:
-                        known[i] = None
+                forget.add(i)
             t = time.perf_counter() - t0
         pixels.append(px)
         widths.append(w)
@@ -55,10 +50,7 @@ def decode_images(batch: pa.Table, max_pixels: int = MAX_PIXELS) -> pa.Table:
         captions.append(caption)
         sources.append(source)
     out = batch.drop_columns(["data"])
-    if fps is not None:
-        out = _with(out, source_fingerprint=fps)
-    if shas is not None:
-        out = _with(out, source_sha256=shas)
+    out = forget_sources(out, forget)
     return _with(out, status=status, error=error, caption=captions, caption_source=sources,
                  pixels=pa.array(pixels, pa.large_binary()),
                  width=pa.array(widths, pa.int32()), height=pa.array(heights, pa.int32()),

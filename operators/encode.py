@@ -22,7 +22,7 @@ from PIL import Image
 
 from operators.decode import pixels_to_array
 from operators.failures import SystemicError, systemic_reason
-from operators.sources import _with
+from operators.sources import _with, forget_sources
 from schemas.archive import STATUS_FAILED
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class Encoder:
         for i, r in enumerate(rows):
             if r["status"] is None:
                 groups.setdefault((r["width"], r["height"]), []).append(i)
+        forget: set[int] = set()  # failed for a reason not the source's own (operators.sources.forget_sources)
         for (w, h), idx in groups.items():
             images = [Image.fromarray(pixels_to_array(rows[i]["pixels"], w, h), "RGB") for i in idx]
             try:
@@ -134,6 +135,8 @@ class Encoder:
                         if (why := systemic_reason(e)) is not None:  # not this image's fault: stop the job
                             raise SystemicError(f"encoder: {why}") from e
                         results[i] = f"encode failed: {type(e).__name__}: {e}".split("\n")[0]
+                        if isinstance(e, (MemoryError, torch.OutOfMemoryError)):  # this worker's, maybe another task's
+                            forget.add(i)
         cols: dict[str, list[Any]] = {k: [] for k in (
             "status", "error", "bitstream", "preset", "model_id", "rate_level", "seconds_encode", "seconds_verify",
             "recon_pixels", "encoder_node", *SECTION_TYPES)}  # fmt: skip
@@ -157,5 +160,5 @@ class Encoder:
                  "seconds_verify": pa.float64(), "recon_pixels": pa.large_binary(), **SECTION_TYPES}  # fmt: skip
         if not self.reconstruct:
             cols.pop("recon_pixels")
-        out = batch if self.reconstruct else batch.drop_columns(["pixels"])
+        out = forget_sources(batch if self.reconstruct else batch.drop_columns(["pixels"]), forget)
         return _with(out, **{k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})

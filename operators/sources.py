@@ -43,6 +43,7 @@ MANIFEST_FINGERPRINT_COLUMNS = ("etag", "mtime")
 # Fingerprints of sources that failed before their bytes could say anything, so that the next
 # job knows the failure for the same one (still_failed) instead of committing it again:
 MISSING = "missing"  # listed (a manifest row, a named shard) but not in the store, or no uri at all
+UNLISTABLE = "unlistable"  # a folder the listing could not open (its failed row, keyed <folder>/)
 DUPLICATE = "duplicate"  # a key listed again for another source: the first one listed is the key's
 
 # Listing rows: one per asset (or per shard, for WebDataset sources, expanded later).
@@ -104,11 +105,17 @@ def is_glob(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return any(c in path for c in "*?[") and not _retry(lambda: fs.exists(path))
 
 
+# what fsspec's filesystems call a version or a modification time: S3, GCS, Azure, local, HTTP,
+# FTP, Hugging Face, memory
+TAG_KEYS = ("ETag", "etag", "mtime", "LastModified", "last_modified", "Last-Modified", "updated", "modify",
+            "blob_id", "created")  # fmt: skip
+
+
 def fingerprint(info: dict) -> str | None:
     """What says a file changed, from listing metadata alone: size plus ETag or mtime. None when
     the store gives neither (then every job reads the file and compares its bytes): a size alone
     would let a same-size rewrite pass for unchanged."""
-    tags = (info.get(k) for k in ("ETag", "etag", "mtime", "LastModified", "updated"))
+    tags = (info.get(k) for k in TAG_KEYS)
     tag = next((t for t in tags if t is not None and t != ""), None)  # an mtime of 0 is a time
     if tag is None:
         return None
@@ -185,11 +192,13 @@ def _stream_files(fs: fsspec.AbstractFileSystem, path: str, maxdepth: int | None
     if isinstance(fs, LocalFileSystem):
         yield from _walk_local(fs, path, maxdepth)
         return
-    # a folder that cannot be listed stops the job: its photos would be no job's inputs (fsspec's
-    # default leaves it out without a word)
-    for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True, on_error=_unlistable):
+    # a folder that cannot be listed is a failed row (fsspec's default leaves it out without a word)
+    unlisted: list[tuple[str, OSError]] = []
+    for d, _, files in fs.walk(path, maxdepth=maxdepth, detail=True, on_error=_collect(unlisted, path)):
+        yield from _unlisted(unlisted)
         for name, meta in sorted(files.items()):
             yield posixpath.join(d, name), meta
+    yield from _unlisted(unlisted)
 
 
 def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterator[tuple[str, dict]]:
@@ -200,9 +209,11 @@ def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterato
     ``maxdepth`` as ``fs.walk``'s: 1 is the folder's own files."""
     seen: set[str] = set()
     pending: list[tuple[str, int | None]] = [(path, maxdepth)]
+    unlisted: list[tuple[str, OSError]] = []
     while pending:
         top, depth = pending.pop(0)
-        for d, dirs, files in os.walk(top, onerror=_unlistable):  # not following links: they wait in ``pending``
+        for d, dirs, files in os.walk(top, onerror=_collect(unlisted, top)):  # links wait in ``pending``
+            yield from _unlisted(unlisted)
             real = os.path.realpath(d)
             if real in seen:
                 dirs[:] = []
@@ -218,18 +229,29 @@ def _walk_local(fs: LocalFileSystem, path: str, maxdepth: int | None) -> Iterato
                 full = posixpath.join(d, name)
                 try:
                     meta = fs.info(full)
-                except OSError:  # a dangling link: listed, and its read says why it fails (once)
-                    meta = {"name": full, "size": None, "type": "other", "ETag": "dangling link"}
+                except OSError:  # a dangling link: a failed row, the same one each job
+                    meta = {"name": full, "failed": "I/O error: file not found (a link to nothing)"}
                 yield full, meta
+        yield from _unlisted(unlisted)
 
 
-def _unlistable(e: OSError) -> None:
-    """A folder that cannot be listed stops the job (``os.walk`` and fsspec's walk would skip it
-    without a word, and its photos would be no job's inputs); one that is gone holds none."""
-    if isinstance(e, FileNotFoundError):
-        return
-    where = f" {e.filename}" if getattr(e, "filename", None) else " a folder"
-    raise type(e)(e.errno, f"cannot list{where}: {e.strerror or e}") from e
+def _collect(unlisted: list[tuple[str, OSError]], top: str) -> Callable[[OSError], None]:
+    """A walk's error handler: a folder that cannot be listed is kept, to become a failed row
+    (``os.walk`` and fsspec's walk skip it without a word, and its photos would be no job's
+    inputs); one that is gone holds nothing."""
+
+    def keep(e: OSError) -> None:
+        if not isinstance(e, FileNotFoundError):
+            unlisted.append((getattr(e, "filename", None) or top, e))
+
+    return keep
+
+
+def _unlisted(unlisted: list[tuple[str, OSError]]) -> Iterator[tuple[str, dict]]:
+    """The folders a walk could not list so far, as listing entries that fail (emptied)."""
+    while unlisted:
+        folder, e = unlisted.pop(0)
+        yield str(folder).rstrip("/") + "/", {"failed": f"cannot list this folder: {e.strerror or e}", "folder": True}
 
 
 async def _take(pages: Any, n: int, after: str | None = None) -> list[dict]:
@@ -250,10 +272,18 @@ def _list_files(source: Source, root: str, found: Iterator[tuple[str, dict]]) ->
     fs, _ = source.filesystem()
     batch: list[tuple[str, str, str]] = []
     for path, meta in found:
-        if not _is_image(path):
+        if meta.get("folder"):  # a folder that could not be listed: keyed <folder>/, as no photo is
+            key = _file_key(path.rstrip("/"), root)[0] if root else ""
+            if key in ("", "."):  # the source itself: nothing of it can be accounted for
+                raise OSError(f"cannot list {path.rstrip('/')}: {meta['failed'].split(': ', 1)[1]}")
+            batch.append((key + "/", _full_uri(fs, path.rstrip("/")), UNLISTABLE, meta["failed"]))
+        elif not _is_image(path):
             continue
-        key, error = _file_key(path, root)
-        batch.append((key, _full_uri(fs, path), fingerprint(meta), error))
+        elif "failed" in meta:  # listed, but nothing is there: the same failure each job
+            batch.append((_file_key(path, root)[0], _full_uri(fs, path), MISSING, meta["failed"]))
+        else:
+            key, error = _file_key(path, root)
+            batch.append((key, _full_uri(fs, path), fingerprint(meta), error))
         if len(batch) >= LIST_BLOCK_ROWS:
             yield _rows(batch)
             batch = []
@@ -610,6 +640,17 @@ def _member_table(rows: list[dict]) -> pa.Table:
     blobs = table.column("data").to_pylist()
     return _with(table, source_size=pa.array([None if b is None else len(b) for b in blobs], pa.int64()),
                  source_sha256=[None if b is None else hashlib.sha256(b).hexdigest() for b in blobs])  # fmt: skip
+
+
+def forget_sources(table: pa.Table, rows: set[int]) -> pa.Table:
+    """``table`` with the listing fingerprint and content hash of ``rows`` cleared: rows that
+    failed for a reason not their source's own (memory, a caption endpoint). Matched by either,
+    the next job would count such a row still failed and never try it again."""
+    for column in ("source_fingerprint", "source_sha256"):
+        if rows and column in table.column_names:
+            known = table.column(column).to_pylist()
+            table = _with(table, **{column: [None if i in rows else v for i, v in enumerate(known)]})
+    return table
 
 
 def _with(table: pa.Table, **columns: Any) -> pa.Table:

@@ -745,8 +745,10 @@ def _failures() -> tuple[type[BaseException], ...]:
     from evaluation.weights import WeightsError
     from operators.archive import ArchiveError
     from operators.lease import LeaseHeld
+    from pipelines.serve import ServeAlreadyRunning
 
-    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, LeaseHeld, KeyError, ValueError, OSError)
+    return (ImageError, BitstreamError, FetchError, WeightsError, ArchiveError, LeaseHeld, ServeAlreadyRunning,
+            KeyError, ValueError, OSError)  # fmt: skip
 
 
 if __name__ == "__main__":

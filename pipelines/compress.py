@@ -36,7 +36,7 @@ from operators.incremental import account_skipped_shards, known_shards, known_so
 from operators.lease import ArchiveLease
 from operators.residual import attach_residual
 from operators.sink import ArchiveDatasink, commit_stopped_failures, finalise_rows
-from operators.sources import MISSING, ListingDatasource, Source, expand_shards, fetch, stat_sources
+from operators.sources import MISSING, ListingDatasource, Source, _retry, expand_shards, fetch, stat_sources
 from pipelines.compact import recover
 from pipelines.ray_runtime import PoolPlan, ensure_ray, gpus_for, plan_pool, worker_env
 from schemas.archive import ASSET_SCHEMA, STATUS_FAILED, STATUS_SHARD, STATUS_WRITTEN
@@ -144,7 +144,7 @@ def compress(
         # the lease checked now, not at its next renewal: a writer that took it over since the last
         # batch must not find this job's markers and index written beside its own
         if lease.number is not None and lease.lost is None:
-            lease.renew()
+            _retry(lease.renew)  # a storage hiccup here must not lose the summary of a finished job
         if lease.lost is not None:  # another writer has the archive: nothing more is written to it
             aborted = aborted or f"LeaseLost: {lease.lost}"
             own = None
@@ -299,9 +299,10 @@ def aborted_counts(arc: Archive, index: pa.Table, job_id: str) -> dict:
     (data files are named after their job) and, for the failures' reasons, the failed rows."""
     mine = index.filter(pc.match_substring(index.column("file"), f"/{job_id}-"))
     failed = mine.filter(pc.equal(mine.column("status"), STATUS_FAILED))
-    failures = [{"source": row["source_uri"], "reason": row["error"]}
-                for entry in failed.select(["key", "file", "row_group", "row"]).to_pylist()
-                for row in [arc.read_asset(entry, columns=["key", "source_uri", "error"])]]  # fmt: skip
+    entries = failed.select(["key", "file", "row_group", "row"]).to_pylist()
+    failures = [{"source": e["key"], "reason": f"(its row cannot be read: {row})"} if isinstance(row, Exception)
+                else {"source": row["source_uri"], "reason": row["error"]}
+                for e, row in zip(entries, arc.read_assets(entries, ["source_uri", "error"]))]  # each row group once
     # a written row of this job's files that keeps another job's id is a refreshed one (not encoded)
     written = 0
     for file in set(mine.filter(pc.equal(mine.column("status"), STATUS_WRITTEN)).column("file").to_pylist()):

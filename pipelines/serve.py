@@ -68,6 +68,10 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+class ServeAlreadyRunning(RuntimeError):
+    """The Ray cluster already runs Serve (exit 1: the environment's state, not a usage error)."""
+
+
 def serve_running() -> bool:
     """Whether the connected Ray cluster already has a Serve controller. ``serve.start`` would
     join it and keep its HTTP options (Ray only logs that the new ones are ignored); there is
@@ -127,10 +131,11 @@ def serve_archive(options: ServeOptions, host: str, port: int, on_ready: Callabl
     app = build_app(vars(options))
     ensure_ray()
     if serve_running():
-        raise UsageError("Ray Serve already runs on this cluster: its HTTP host and port would stay its own (a "
-                         "token-less app could answer on a public address), and stopping would remove its other "
-                         "apps. Deploy resulic there as an application (infra/kuberay), or serve from a cluster "
-                         "of its own")  # fmt: skip
+        raise ServeAlreadyRunning(
+            "Ray Serve already runs on this cluster: its HTTP host and port would stay its own (a token-less app "
+            "could answer on a public address), and stopping would remove its other apps. Deploy resulic there as "
+            "an application (infra/kuberay), serve from a cluster of its own, or, if it is what a killed "
+            "`resulic serve` left, stop it (`serve shutdown`, or `ray stop` on a local cluster)")  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -143,4 +148,4 @@ def serve_archive(options: ServeOptions, host: str, port: int, on_ready: Callabl
         serve.shutdown()
 
 
-__all__ = ["ServeOptions", "build_app", "serve_archive", "serve_running", "read_token", "is_loopback", "TOKEN_ENV"]
+__all__ = ["ServeOptions", "build_app", "serve_archive", "serve_running", "ServeAlreadyRunning", "read_token", "is_loopback", "TOKEN_ENV"]

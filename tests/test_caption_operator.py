@@ -84,7 +84,7 @@ def test_a_refused_key_stops_the_job_a_failing_server_fails_rows(batch, monkeypa
     assert failed and all("HTTP 503" in r["error"] for r in failed)
 
 
-def test_a_row_failed_by_the_endpoint_forgets_its_source_so_the_next_job_retries_it(batch, monkeypatch):
+def test_a_row_failed_by_the_endpoint_s_passing_trouble_forgets_its_source_so_the_next_job_retries_it(batch, monkeypatch):
     """Matched by its fingerprint or its content hash, the next job would count it still failed."""
     listed = batch.append_column("source_fingerprint", pa.array(["10:1", "11:1", "12:1"])).append_column(
         "source_sha256", pa.array(["a" * 64, "b" * 64, "c" * 64]))  # fmt: skip
@@ -94,3 +94,8 @@ def test_a_row_failed_by_the_endpoint_forgets_its_source_so_the_next_job_retries
         rows = Captioner(cfg.to_dict())(listed).to_pylist()
     assert all(r["status"] == "failed" for r in rows)
     assert all(r["source_fingerprint"] is None and r["source_sha256"] is None for r in rows)
+    with ChatServer(fail_first=100, fail_status=400) as server:  # the endpoint refuses these images: theirs
+        cfg = CaptionConfig(backend="openai", endpoint=server.url, model="m", retries=0)
+        rows = Captioner(cfg.to_dict())(listed).to_pylist()
+    assert all(r["status"] == "failed" and "HTTP 400" in r["error"] for r in rows)
+    assert [r["source_fingerprint"] for r in rows] == ["10:1", "11:1", "12:1"]  # remembered: one row, not one a night

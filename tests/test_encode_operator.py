@@ -39,3 +39,21 @@ def test_an_actor_with_other_weights_stops_the_job():
     enc = Encoder(settings=EncodeSettings(rate=1), model_id="00" * 8)
     with pytest.raises(SystemicError, match="its weights are model [0-9a-f]{16}, the job's 0000000000000000"):
         enc(decoded())
+
+
+def test_running_out_of_memory_fails_the_row_and_forgets_its_source(monkeypatch):
+    """A GPU another process fills, or a worker short of memory: not the image's fault, retried next job."""
+    import torch
+
+    enc = Encoder(settings=EncodeSettings(rate=1))
+    batch = decoded().append_column("source_fingerprint", pa.array(["1:a", "2:b", "3:c"])).append_column(
+        "source_sha256", pa.array(["a" * 64, "b" * 64, "c" * 64]))  # fmt: skip
+
+    def short(images):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(enc, "_encode", short)
+    out = enc(batch).to_pylist()
+    assert [r["status"] for r in out] == ["failed"] * 3 and "OutOfMemoryError" in out[0]["error"]
+    assert [r["source_fingerprint"] for r in out] == [None, None, "3:c"]  # bad.png failed as an image: its own
+    assert [r["source_sha256"] for r in out] == [None, None, "c" * 64]

@@ -69,7 +69,8 @@ def test_serve_refuses_a_cluster_where_serve_already_runs(ray_local, tmp_path, m
 
     from conftest import free_port
     from operators.archive import Archive
-    from pipelines.serve import ServeOptions, serve_archive, serve_running
+    from pipelines.cli import report_error
+    from pipelines.serve import ServeAlreadyRunning, ServeOptions, serve_archive, serve_running
 
     Archive(str(tmp_path / "arc")).create({"preset": "taef2"})
     monkeypatch.delenv("RESULIC_SERVE_TOKEN", raising=False)
@@ -77,8 +78,10 @@ def test_serve_refuses_a_cluster_where_serve_already_runs(ray_local, tmp_path, m
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
         assert serve_running()
-        with pytest.raises(UsageError, match="Ray Serve already runs on this cluster"):
+        with pytest.raises(ServeAlreadyRunning, match="Ray Serve already runs on this cluster"):
             serve_archive(ServeOptions(archive=str(tmp_path / "arc")), "127.0.0.1", free_port())
+        monkeypatch.setenv("RESULIC_LOG_DIR", str(tmp_path / "logs"))
+        assert report_error(ServeAlreadyRunning("x")) == 1  # the environment's state: exit 1, not 2
     finally:
         serve.shutdown()
     assert not serve_running()

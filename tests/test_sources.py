@@ -343,7 +343,8 @@ def test_an_s3_listing_that_breaks_mid_page_goes_on_where_it_stopped(s3_server, 
     assert keys == [f"{i:03d}.png" for i in range(26)] and len(calls) == 3
 
 
-def test_a_folder_that_cannot_be_listed_stops_the_listing(folder, monkeypatch):
+def test_a_folder_that_cannot_be_listed_is_a_failed_row_and_the_rest_is_listed(folder, monkeypatch, tmp_path):
+    """os.walk skipped it without a word: its photos were no job's inputs and the job stayed green."""
     import os
 
     scandir = os.scandir
@@ -354,8 +355,28 @@ def test_a_folder_that_cannot_be_listed_stops_the_listing(folder, monkeypatch):
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
-    with pytest.raises(PermissionError, match=r"cannot list .*sub: Permission denied"):
-        _listing(Source.parse(str(folder)))
+    rows = {r["key"]: r for r in _listing(Source.parse(str(folder))).to_pylist()}
+    assert sorted(rows) == ["a.png", "sub/", "z/d.webp"]
+    assert rows["sub/"]["status"] == STATUS_FAILED and rows["sub/"]["error"] == "cannot list this folder: Permission denied"
+    assert rows["sub/"]["source_fingerprint"] == "unlistable"  # the same failure next time: one row
+    with pytest.raises(OSError, match=r"cannot list .*sub: Permission denied"):  # the source itself
+        _listing(Source.parse(str(folder / "sub")))
+
+
+def test_a_dangling_link_fails_once_not_every_night(folder):
+    from operators.incremental import known_sources, mark_unchanged
+
+    (folder / "gone.png").symlink_to(folder / "nowhere.png")
+    rows = {r["key"]: r for r in _listing(Source.parse(str(folder))).to_pylist()}
+    assert rows["gone.png"]["status"] == STATUS_FAILED and rows["gone.png"]["source_fingerprint"] == MISSING
+    # the next job: its failure is known with the same fingerprint, so it is still failed, not read again
+    index = pa.table({"key": ["gone.png"], "status": ["failed"], "last_status": ["failed"],
+                      "source_fingerprint": [MISSING], "source_sha256": [None], "last_source_fingerprint": [MISSING],
+                      "last_source_sha256": [None], "file": ["data/j.parquet"], "row_group": pa.array([0], pa.int32()),
+                      "row": pa.array([0], pa.int32())})  # fmt: skip
+    again = _listing(Source.parse(str(folder)))
+    marked = mark_unchanged(again, known_sources(index), "source_fingerprint").to_pylist()
+    assert {r["key"]: r["status"] for r in marked}["gone.png"] == "still_failed"
 
 
 def test_fetch_reads_hashes_and_fails_per_row(folder):

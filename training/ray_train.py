@@ -45,6 +45,16 @@ def add_ray_train_arguments(p: argparse.ArgumentParser, default_name: str) -> No
 _CHECKED: set[str] = set()  # photos this worker process found no evaluation image (once a run, not once a pass)
 
 
+def _refuse_held_out_once(img: Any, path: str) -> None:
+    """``refuse_held_out`` once per photo and worker process. Module-level: a nested function is
+    pickled with a copy of the globals it names, so each task would start with an empty set."""
+    from evaluation.heldout import refuse_held_out
+
+    if path not in _CHECKED:  # fails the run on its first pass: a folder's name proves nothing
+        refuse_held_out(img, path)
+        _CHECKED.add(path)
+
+
 def crops_dataset(source: str, crop: int, captions: dict[str, str] | None = None):
     """Ray Data rows {"image": crop × crop × 3 uint8, "caption": str}: each photo read where it
     lies (folder, s3://, gs://), resized so that its short side is at least ``crop``, cut at a
@@ -52,15 +62,11 @@ def crops_dataset(source: str, crop: int, captions: dict[str, str] | None = None
     import ray.data
     from PIL import Image
 
-    from evaluation.heldout import refuse_held_out
-
     captions = captions or {}
 
     def cut(row: dict[str, Any]) -> dict[str, Any]:
         img = Image.fromarray(row["image"])
-        if row["path"] not in _CHECKED:  # fails the run on its first pass: a folder's name proves nothing
-            refuse_held_out(img, row["path"])
-            _CHECKED.add(row["path"])
+        _refuse_held_out_once(img, row["path"])
         short = min(img.size)
         if short < crop:
             img = img.resize((max(crop, round(img.width * crop / short)), max(crop, round(img.height * crop / short))),

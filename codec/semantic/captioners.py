@@ -31,11 +31,13 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 class CaptionError(RuntimeError):
     """A caption could not be had (after retries); the message is safe to record. ``systemic``:
     the endpoint itself is unusable (refused connections, credentials, a wrong URL), so every
-    other image would fail the same way."""
+    other image would fail the same way. ``transient``: the endpoint's passing trouble (busy,
+    timing out, failing with 5xx through every retry), which a later job may not meet; an
+    answer refusing this image (another 4xx) is the image's."""
 
-    def __init__(self, message: str, systemic: bool = False) -> None:
+    def __init__(self, message: str, systemic: bool = False, transient: bool = False) -> None:
         super().__init__(message)
-        self.systemic = systemic
+        self.systemic, self.transient = systemic, transient
 
 
 SYSTEMIC_STATUS = {401, 403, 404}  # credentials or URL: the same answer for every image
@@ -167,7 +169,8 @@ class ChatCaptioner:
                 return r.json()["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 raise CaptionError("caption endpoint answered without choices[0].message.content") from e
-        raise CaptionError(f"caption endpoint failed after {self.config.retries + 1} attempts ({last})", refused)
+        raise CaptionError(f"caption endpoint failed after {self.config.retries + 1} attempts ({last})", refused,
+                           transient=not refused)  # fmt: skip
 
     def _map(self, contents: list[list[dict]]) -> list[str | CaptionError]:
         def one(content: list[dict]) -> str | CaptionError:

@@ -22,9 +22,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from codec.bitstream import Bitstream, BitstreamError, PixelLimitError
+from operators.archive import Archive
 from operators.asset_index import MAX_PAGE, AssetIndex
 from operators.formats import too_large_for
-from operators.archive import Archive
 from operators.response_cache import CachedResponse, ResponseCache
 from schemas.archive import STATUS_WRITTEN
 
@@ -67,8 +67,6 @@ class DecodeResult:
 def _pixels(stream: bytes) -> int:
     """The restoration's pixel count from the stream's header (0 when it cannot be read: its
     decode then fails on its own)."""
-    from codec.bitstream import Bitstream
-
     try:
         head = Bitstream.from_bytes(stream).header
     except Exception:  # noqa: BLE001 - a damaged stream is the decode's to report

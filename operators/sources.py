@@ -251,7 +251,7 @@ def _unlisted(unlisted: list[tuple[str, OSError]]) -> Iterator[tuple[str, dict]]
     """The folders a walk could not list so far, as listing entries that fail (emptied)."""
     while unlisted:
         folder, e = unlisted.pop(0)
-        yield str(folder).rstrip("/") + "/", {"failed": f"cannot list this folder: {e.strerror or e}", "folder": True}
+        yield str(folder).rstrip("/"), {"failed": f"cannot list this folder: {e.strerror or e}", "folder": True}
 
 
 async def _take(pages: Any, n: int, after: str | None = None) -> list[dict]:
@@ -273,10 +273,10 @@ def _list_files(source: Source, root: str, found: Iterator[tuple[str, dict]]) ->
     batch: list[tuple[str, str, str]] = []
     for path, meta in found:
         if meta.get("folder"):  # a folder that could not be listed: keyed <folder>/, as no photo is
-            key = _file_key(path.rstrip("/"), root)[0] if root else ""
+            key = _file_key(path, root)[0] if root else ""
             if key in ("", "."):  # the source itself: nothing of it can be accounted for
-                raise OSError(f"cannot list {path.rstrip('/')}: {meta['failed'].split(': ', 1)[1]}")
-            batch.append((key + "/", _full_uri(fs, path.rstrip("/")), UNLISTABLE, meta["failed"]))
+                raise OSError(f"cannot list {path}: {meta['failed'].split(': ', 1)[1]}")
+            batch.append((key + "/", _full_uri(fs, path), UNLISTABLE, meta["failed"]))
         elif not _is_image(path):
             continue
         elif "failed" in meta:  # listed, but nothing is there: the same failure each job
